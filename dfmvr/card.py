@@ -1,0 +1,101 @@
+"""The model card: a small JSON record that travels with every artefact (checkpoint, ONNX, engine).
+
+The runtime reads the card from the artefact and never falls back to defaults in its own code. The
+graph I/O names below are the contract between ``dfmvr.export`` and ``dfmvr.runtime``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import __version__
+from .errors import InputError
+from .face.camera import Camera
+from .face.layout import COEFFS, PARSE_CLASSES, VIEWS, CoefficientLayout
+
+__all__ = ["ModelCard", "CARD_FORMAT", "CARD_VERSION", "GRAPH_INPUT", "GRAPH_OUTPUTS",
+           "ONNX_METADATA_KEY"]
+
+CARD_FORMAT = "dfmvr-model-card"
+CARD_VERSION = 1
+# Exported graph I/O. Input: "images" float32 [B, V=3, 3, 224, 224], RGB normalised with the card's
+# mean/std, views in VIEWS order, a missing view all zeros. Outputs: "coefficients" float32 [B, 269]
+# in COEFFS layout; "labels" uint8 [B, V, 224, 224] parse classes.
+GRAPH_INPUT = "images"
+GRAPH_OUTPUTS = ("coefficients", "labels")
+ONNX_METADATA_KEY = "dfmvr.model_card"
+
+
+@dataclass
+class ModelCard:
+    variant: str                                   # registry name: "paper", "tiny", ...
+    architecture: dict[str, Any]                   # widths/depths the variant was built with
+    camera: dict[str, Any] = field(default_factory=lambda: Camera().to_dict())
+    layout: dict[str, int] = field(default_factory=COEFFS.to_dict)
+    views: list[str] = field(default_factory=lambda: list(VIEWS))
+    input_mean: float = 0.5                        # x_normalised = (rgb01 - mean) / std  -> [-1, 1]
+    input_std: float = 0.5
+    image_size: int = 224
+    parse_classes: list[str] = field(default_factory=lambda: list(PARSE_CLASSES))
+    face_model: dict[str, Any] = field(default_factory=dict)   # MorphableModel.identity()
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    dfmvr_version: str = __version__
+    format: str = CARD_FORMAT
+    version: int = CARD_VERSION
+
+    # --- derived ---------------------------------------------------------------------------
+    def camera_obj(self) -> Camera:
+        return Camera.from_dict(self.camera)
+
+    def layout_obj(self) -> CoefficientLayout:
+        return CoefficientLayout(**self.layout)
+
+    # --- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source=None) -> "ModelCard":
+        if not isinstance(d, dict) or d.get("format") != CARD_FORMAT:
+            raise InputError(source, "no dfmvr model card found (or it is of another format)",
+                             "export the model with 'dfmvr-export' so that the card travels with it")
+        if d.get("version") != CARD_VERSION:
+            raise InputError(source, f"model card version {d.get('version')} is not supported "
+                             f"(this dfmvr reads version {CARD_VERSION})", "re-export with this dfmvr")
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:
+            raise InputError(source, f"model card is incomplete ({exc})") from exc
+
+    @classmethod
+    def from_json(cls, text: str, source=None) -> "ModelCard":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(source, f"model card is not valid JSON ({exc})") from exc
+        return cls.from_dict(d, source)
+
+    def check_face_model(self, face_model_identity: dict[str, Any], source=None) -> None:
+        """Refuse a face model that differs from the one the network was trained with.
+
+        A card without a face-model hash (e.g. converted official weights, trained on the user's own
+        BFM) accepts any model with the right vertex count.
+        """
+        want = self.face_model
+        if not want:
+            return
+        if want.get("hash") and want["hash"] != face_model_identity.get("hash"):
+            raise InputError(source, f"face model '{face_model_identity.get('name')}' (hash "
+                             f"{face_model_identity.get('hash')}) does not match the model card's "
+                             f"'{want.get('name')}' (hash {want.get('hash')})",
+                             "pass the face model the network was trained with (--face-model)")
+        if want.get("num_vertices") and want["num_vertices"] != face_model_identity.get("num_vertices"):
+            raise InputError(source, f"face model has {face_model_identity.get('num_vertices')} vertices, "
+                             f"the model card expects {want['num_vertices']}")

@@ -1,0 +1,1 @@
+"""dfmvr.export."""

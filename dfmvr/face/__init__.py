@@ -1,0 +1,1 @@
+"""dfmvr.face: the numpy reference of all face maths (no torch). Import submodules directly."""

@@ -1,0 +1,178 @@
+"""The morphable model: one in-memory record for BFM, converted BFM2009 and the synthetic model.
+
+Loaders for foreign formats live in ``bfm.py`` and ``synthetic.py``; this module owns the record, its
+validation, its content hash and the project's own ``.npz`` format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from .layout import COEFFS, NUM_PARSE_CLASSES
+
+__all__ = ["MorphableModel", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+MAX_ADJACENT = 8  # BFM's point_buf width: up to 8 triangles around a vertex
+
+# name -> (dtype, shape pattern); "N" vertices, "T" triangles, ints are fixed sizes.
+_ARRAYS = {
+    "mean_shape": (np.float32, ("N", 3)),
+    "id_basis": (np.float32, ("N", 3, None)),
+    "exp_basis": (np.float32, ("N", 3, None)),
+    "mean_albedo": (np.float32, ("N", 3)),
+    "albedo_basis": (np.float32, ("N", 3, None)),
+    "triangles": (np.int32, ("T", 3)),
+    "vertex_triangles": (np.int32, ("N", MAX_ADJACENT)),
+    "keypoints": (np.int32, (68,)),
+    "skin_mask": (np.bool_, ("N",)),
+    "parts": (np.uint8, ("N",)),
+    "front_region": (np.bool_, ("N",)),
+}
+
+
+@dataclass
+class MorphableModel:
+    """A linear 3D morphable model in BFM/Deep3D conventions (numpy, float32).
+
+    mean_shape       [N, 3]      mean vertex positions, decimetres, centred on their centroid
+    id_basis         [N, 3, Ki]  identity basis, already scaled by the PCA standard deviations
+    exp_basis        [N, 3, Ke]  expression basis, same scaling
+    mean_albedo      [N, 3]      mean RGB albedo in [0, 1] (BFM meantex / 255)
+    albedo_basis     [N, 3, Kt]  albedo basis in the same [0, 1] units
+    triangles        [T, 3]      0-based vertex ids, counter-clockwise seen from outside the face,
+                                 so cross(v1 - v0, v2 - v0) points outwards
+    vertex_triangles [N, 8]      0-based ids of the triangles around each vertex, -1 = none
+    keypoints        [68]        0-based vertex ids of the 68 iBUG landmarks
+    skin_mask        [N] bool    vertices used by skin statistics (Deep3D's skinmask)
+    parts            [N] uint8   parse class of each vertex (``layout.PARSE_CLASSES``)
+    front_region     [N] bool    the front-face region used for evaluation
+    name             str         e.g. "bfm09-front", "synthetic-seed0"
+    units            str         always "decimetre" (BFM values / 1e5)
+    """
+
+    mean_shape: np.ndarray
+    id_basis: np.ndarray
+    exp_basis: np.ndarray
+    mean_albedo: np.ndarray
+    albedo_basis: np.ndarray
+    triangles: np.ndarray
+    vertex_triangles: np.ndarray
+    keypoints: np.ndarray
+    skin_mask: np.ndarray
+    parts: np.ndarray
+    front_region: np.ndarray
+    name: str = "unnamed"
+    units: str = "decimetre"
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, (dtype, _) in _ARRAYS.items():
+            setattr(self, key, np.ascontiguousarray(getattr(self, key), dtype=dtype))
+        self.validate()
+
+    # --- sizes -----------------------------------------------------------------------------
+    @property
+    def num_vertices(self) -> int:
+        return int(self.mean_shape.shape[0])
+
+    @property
+    def num_triangles(self) -> int:
+        return int(self.triangles.shape[0])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"identity": self.id_basis.shape[2], "expression": self.exp_basis.shape[2],
+                "texture": self.albedo_basis.shape[2]}
+
+    def validate(self, path=None) -> None:
+        """Check shapes, index ranges and dimensions; raise InputError naming the problem."""
+        n = self.mean_shape.shape[0] if self.mean_shape.ndim == 2 else -1
+        t = self.triangles.shape[0] if self.triangles.ndim == 2 else -1
+        sizes = {"N": n, "T": t}
+        for key, (_, pattern) in _ARRAYS.items():
+            arr = getattr(self, key)
+            ok = arr.ndim == len(pattern) and all(
+                want is None or arr.shape[i] == (sizes[want] if isinstance(want, str) else want)
+                for i, want in enumerate(pattern)
+            )
+            if not ok:
+                raise InputError(path, f"face model array '{key}' has shape {arr.shape}, expected {pattern} "
+                                 f"with N={n} vertices and T={t} triangles",
+                                 "rebuild the face model with 'dfmvr data face-model'")
+        if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= n):
+            raise InputError(path, "face model triangles index vertices out of range (are they 1-based?)")
+        if self.vertex_triangles.max() >= t or self.vertex_triangles.min() < -1:
+            raise InputError(path, "face model vertex_triangles index triangles out of range")
+        if self.keypoints.min() < 0 or self.keypoints.max() >= n:
+            raise InputError(path, "face model keypoints index vertices out of range")
+        if self.parts.max(initial=0) >= NUM_PARSE_CLASSES:
+            raise InputError(path, f"face model parts use labels >= {NUM_PARSE_CLASSES}")
+        want = {"identity": COEFFS.identity, "expression": COEFFS.expression, "texture": COEFFS.texture}
+        if self.dims != want:
+            raise InputError(path, f"face model has basis sizes {self.dims}, the network emits {want}",
+                             "use a BFM-compatible face model (80 identity, 64 expression, 80 texture)")
+
+    # --- identity --------------------------------------------------------------------------
+    def content_hash(self) -> str:
+        """sha256 over every array's dtype, shape and bytes (name/source excluded): 16 hex chars."""
+        h = hashlib.sha256()
+        for key in _ARRAYS:
+            arr = getattr(self, key)
+            h.update(f"{key}:{arr.dtype.str}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()[:16]
+
+    def identity(self) -> dict:
+        """The record a model card stores to recognise this face model later."""
+        return {"name": self.name, "hash": self.content_hash(), "num_vertices": self.num_vertices,
+                "num_triangles": self.num_triangles}
+
+    # --- project .npz format ---------------------------------------------------------------
+    def save(self, path) -> Path:
+        path = Path(path)
+        meta = {"format": "dfmvr-face-model", "version": FORMAT_VERSION, "name": self.name,
+                "units": self.units, "source": self.source, "hash": self.content_hash()}
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez_compressed(tmp, meta=np.array(json.dumps(meta)),
+                                **{k: getattr(self, k) for k in _ARRAYS})
+        return path
+
+    @classmethod
+    def load(cls, path) -> "MorphableModel":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "face model file not found",
+                             "create one with 'dfmvr data face-model' or pass the right path")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise InputError(path, f"not a readable dfmvr face model .npz ({exc})",
+                             "the file is truncated or of another format; rebuild it with 'dfmvr data face-model'") from exc
+        if "meta" not in data:
+            raise InputError(path, "not a dfmvr face model (no 'meta' entry)",
+                             "convert BFM files with 'dfmvr data face-model --bfm ...'")
+        meta = json.loads(str(data.pop("meta")))
+        if meta.get("format") != "dfmvr-face-model" or meta.get("version") != FORMAT_VERSION:
+            raise InputError(path, f"unsupported face model format {meta.get('format')} v{meta.get('version')}")
+        missing = [k for k in _ARRAYS if k not in data]
+        if missing:
+            raise InputError(path, f"face model is missing arrays {missing}")
+        model = cls(**{k: data[k] for k in _ARRAYS}, name=meta.get("name", path.stem),
+                    units=meta.get("units", "decimetre"), source=meta.get("source", {}))
+        model.validate(path)
+        if meta.get("hash") and meta["hash"] != model.content_hash():
+            raise InputError(path, "face model content does not match its stored hash (corrupt file)")
+        return model
+
+    def array_names(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name in _ARRAYS]

@@ -1,0 +1,42 @@
+"""Shared test fixtures. Markers: slow, gpu, tensorrt (see pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Prepended to a child interpreter's code: any attempt to import torch raises ImportError.
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import sys, importlib.abc
+    class _BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch.") or name.startswith("dfmvr.train"):
+                raise ImportError("blocked by test: " + name)
+            return None
+    sys.meta_path.insert(0, _BlockTorch())
+    """
+)
+
+
+def run_python(code: str, block_torch: bool = False, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (optionally with torch blocked) and return the result."""
+    src = (BLOCK_TORCH if block_torch else "") + textwrap.dedent(code)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not beside the repository")
+    return SHARED
