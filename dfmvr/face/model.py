@@ -39,6 +39,16 @@ _ARRAYS = {
 }
 
 
+def _compact(arr: np.ndarray) -> np.ndarray:
+    """Store a float32 array as float16 when that is lossless (loading casts back to float32, so the
+    content hash is unchanged); the synthetic model is built float16-representable to stay small."""
+    if arr.dtype == np.float32:
+        half = arr.astype(np.float16)
+        if np.array_equal(half.astype(np.float32), arr):
+            return half
+    return arr
+
+
 @dataclass
 class MorphableModel:
     """A linear 3D morphable model in BFM/Deep3D conventions (numpy, float32).
@@ -143,7 +153,7 @@ class MorphableModel:
                 "units": self.units, "source": self.source, "hash": self.content_hash()}
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(tmp, meta=np.array(json.dumps(meta)),
-                                **{k: getattr(self, k) for k in _ARRAYS})
+                                **{k: _compact(getattr(self, k)) for k in _ARRAYS})
         return path
 
     @classmethod

@@ -1,0 +1,31 @@
+"""``dfmvr data``: face models (``face-model``) and synthetic multi-view datasets (``synth``)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+_SUB = {
+    "face-model": ("dfmvr.cli.data_face_model", "Build a face model: synthetic, BFM front .mat, or BFM2009."),
+    "synth": ("dfmvr.cli.data_synth", "Render a synthetic multi-view dataset with exact ground truth."),
+}
+
+
+class _LazyData(click.Group):
+    def list_commands(self, ctx):
+        return sorted(_SUB)
+
+    def get_command(self, ctx, name):
+        if name not in _SUB:
+            return None
+        return importlib.import_module(_SUB[name][0]).command
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(k, v[1]) for k, v in sorted(_SUB.items())])
+
+
+@click.group(cls=_LazyData)
+def command():
+    """Build face models and synthetic multi-view datasets."""

@@ -1,0 +1,123 @@
+"""``dfmvr-run`` / ``dfmvr run``: reconstruct faces from triplets of photos, without torch.
+
+Exit codes: 0 every triplet reconstructed; 2 bad usage or bad input -- for a batch, 2 when at least
+one triplet failed (the others are still written, and the failures are listed and saved in
+``summary.json``); 3 a requested capability is missing (TensorRT, a GPU); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["command"]
+
+
+DEFAULT_FORMATS = "obj,ply,npz,json,png"
+
+
+@click.command(name="run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--onnx", type=click.Path(path_type=Path), help="ONNX graph made by dfmvr-export (ONNX Runtime).")
+@click.option("--engine", type=click.Path(path_type=Path),
+              help="TensorRT engine made by dfmvr-export, with its .card.json beside it.")
+@click.option("--face-model", type=click.Path(path_type=Path),
+              help="Face model .npz matching the model card (default: the bundled one).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("dfmvr-out"), show_default=True,
+              help="Output folder; each triplet gets a sub-folder.")
+@click.option("--aligned", is_flag=True, help="Inputs are already 224x224 aligned crops: skip detection.")
+@click.option("--detector", type=click.Choice(["dlib", "face-alignment"]), default="dlib", show_default=True)
+@click.option("--format", "formats", default=DEFAULT_FORMATS, show_default=True,
+              help="Comma-separated outputs: obj, ply, npz, json, png.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Triplets per network call.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: CUDA provider / TensorRT and the CUDA mesh kernel.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, threads, quiet):
+    """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
+    a folder of triplet folders (searched recursively), or three image paths (left front right).
+
+    Writes mesh.obj, mesh.ply (front-view pose, vertex colours), coeffs.npz, result.json (per-view
+    yaw/pitch/roll and translation, timings) and overlay.png per triplet.
+    """
+    from ..runtime.inputs import discover_triplets
+    from ..runtime.outputs import parse_formats
+    from ..runtime.pipeline import Pipeline
+
+    fmts = parse_formats(formats)
+    triplets, problems = discover_triplets(inputs)
+    single = len(triplets) + len(problems) == 1
+    if single and problems:
+        raise problems[0].error
+    pipe = Pipeline.from_options(onnx=onnx, engine=engine, face_model=face_model, aligned=aligned,
+                                 detector=detector, device=device, threads=threads,
+                                 keep_photos="png" in fmts)
+    bar = None
+    if not quiet and not single:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(triplets), unit="triplet", desc="reconstructing", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(name, ok):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{'ok' if ok else 'FAILED'} {name}"[:40])
+
+    with pipe:
+        summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=progress)
+    if bar is not None:
+        bar.close()
+    if single:
+        if summary.failed:
+            raise summary.failed[0].error
+        name, folder, times = summary.done[0]
+        if not quiet:
+            click.echo(f"{name}: wrote {folder} ({_stage_line(times.to_ms())})")
+        return
+    _write_summary(out, pipe, summary)
+    if not quiet:
+        _print_table(summary)
+    if summary.failed:
+        click.echo(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.done)} triplets failed "
+                   f"(listed above and in {Path(out) / 'summary.json'})", err=True)
+        sys.exit(2)
+
+
+def _stage_line(ms: dict) -> str:
+    return ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
+
+
+def _write_summary(out: Path, pipe, summary) -> None:
+    from ..atomic import atomic_write_text
+
+    n = len(summary.done)
+    doc = {"model": pipe.artifact.model_id, "device": pipe.device, "wall_s": round(summary.wall, 4),
+           "triplets_per_s": round(n / summary.wall, 3) if summary.wall > 0 and n else 0.0,
+           "mean_stage_ms": {k: round(v / max(n, 1), 3) for k, v in summary.times.to_ms().items()},
+           "done": [{"triplet": name, "folder": str(folder), "timings_ms": t.to_ms()}
+                    for name, folder, t in summary.done],
+           "failed": [{"triplet": p.name, "file": p.error.path, "reason": str(p.error)} for p in summary.failed]}
+    atomic_write_text(Path(out) / "summary.json", json.dumps(doc, indent=2))
+
+
+def _print_table(summary) -> None:
+    rows = [(name, "ok", f"{t.total * 1e3:.0f} ms", str(folder)) for name, folder, t in summary.done]
+    rows += [(p.name, "FAILED", "", str(p.error)) for p in summary.failed]
+    head = ("triplet", "status", "time", "output / reason")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head[:3])]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3]  # noqa: E731
+    click.echo(line(head), err=True)
+    for r in rows:
+        click.echo(line(r), err=True)
+    n = len(summary.done)
+    rate = n / summary.wall if summary.wall > 0 else 0.0
+    click.echo(f"{n} reconstructed, {len(summary.failed)} failed in {summary.wall:.2f} s ({rate:.2f} triplets/s); "
+               f"mean per triplet: {_stage_line({k: v / max(n, 1) for k, v in summary.times.to_ms().items()})}",
+               err=True)
+

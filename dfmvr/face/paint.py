@@ -1,0 +1,123 @@
+"""A small numpy/OpenCV mesh painter for previews and overlays (no torch, no GPU).
+
+Painter's algorithm: triangles are sorted far to near by mean depth and filled one by one, each with
+one flat colour (the mean of its vertex colours) optionally scaled by Lambert shading of its face
+normal. Good enough for preview sheets and result overlays; the differentiable renderer lives in
+``dfmvr.train``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .camera import Camera, project
+from .geometry import assemble_mesh, triangle_normals
+from .layout import COEFFS, VIEW_YAW_DEG
+from .model import MorphableModel
+
+__all__ = ["paint_mesh", "preview_sheet"]
+
+_SHIFT = 4                       # cv2 fixed-point bits: 1/16 pixel precision for vertex positions
+_DEFAULT_LIGHT = (0.35, 0.45, 1.0)
+
+
+def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangles: np.ndarray,
+               colors: np.ndarray | None = None, *, vertices: np.ndarray | None = None,
+               light=_DEFAULT_LIGHT, ambient: float = 0.35, cull_backfaces: bool = True,
+               alpha: float = 1.0, base_color=(0.78, 0.78, 0.78)) -> np.ndarray:
+    """Paint a triangle mesh over ``image`` and return the new image (the input is not modified).
+
+    image     [H, W, C] uint8, C = 3 (any channel order; colours are taken in the same order)
+    pixels    [N, 2] float, vertex positions in pixels (u right, v down; pixel centres at +0.5, as
+              ``camera.project`` returns them)
+    depth     [N] float, distance from the camera along its axis (larger = farther); orders triangles
+    triangles [T, 3] int, counter-clockwise seen from outside (as in ``MorphableModel``)
+    colors    [N, 3] float in [0, 1] (clipped), or None for ``base_color``
+    vertices  [N, 3] float, optional 3D positions in a frame whose +z points at the viewer (the posed
+              model space): enables Lambert shading, ``ambient + (1 - ambient) * max(0, n . light)``
+    cull_backfaces  skip triangles that appear clockwise in the image (facing away)
+    alpha     opacity of the painted mesh over the image
+    """
+    cv2 = _cv2()
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
+    pixels = np.asarray(pixels, np.float64)
+    depth = np.asarray(depth, np.float64)
+    triangles = np.asarray(triangles, np.int64)
+    tri_px = pixels[triangles]                                            # [T, 3, 2]
+    keep = np.isfinite(tri_px).all(axis=(1, 2)) & (depth[triangles] > 0).all(axis=1)
+    if cull_backfaces:
+        e1, e2 = tri_px[:, 1] - tri_px[:, 0], tri_px[:, 2] - tri_px[:, 0]
+        # Counter-clockwise in model space (y up) is clockwise in the image (v down): negative area.
+        keep &= (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0
+    if colors is None:
+        tri_colour = np.tile(np.asarray(base_color, np.float64), (len(triangles), 1))
+    else:
+        tri_colour = np.clip(np.asarray(colors, np.float64), 0, 1)[triangles].mean(axis=1)
+    if vertices is not None:
+        normals = triangle_normals(np.asarray(vertices, np.float32), triangles.astype(np.int32))
+        light_dir = np.asarray(light, np.float64) / np.linalg.norm(light)
+        lambert = ambient + (1.0 - ambient) * np.clip(normals @ light_dir, 0, None)
+        tri_colour = tri_colour * lambert[:, None]
+    order = np.argsort(-depth[triangles].mean(axis=1), kind="stable")
+    order = order[keep[order]]
+    canvas = image.copy()
+    covered = np.zeros(image.shape[:2], np.uint8) if alpha < 1.0 else None
+    # cv2 puts pixel centres at integer coordinates; ours are at +0.5.
+    fixed = np.round((tri_px - 0.5) * (1 << _SHIFT)).astype(np.int32)
+    colour_255 = np.clip(tri_colour * 255.0 + 0.5, 0, 255).astype(np.int32)
+    for t in order:
+        cv2.fillConvexPoly(canvas, fixed[t], colour_255[t].tolist(), lineType=cv2.LINE_8, shift=_SHIFT)
+        if covered is not None:
+            cv2.fillConvexPoly(covered, fixed[t], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    if covered is None:
+        return canvas
+    mix = (alpha * covered)[..., None]
+    return np.clip(image * (1 - mix) + canvas * mix + 0.5, 0, 255).astype(np.uint8)
+
+
+def _cv2():
+    from ..errors import require
+    return require("cv2", "runtime", "painting meshes")
+
+
+def preview_sheet(model: MorphableModel, tile: int = 240, seed: int = 0, sigma: float = 3.0) -> np.ndarray:
+    """A preview of ``model`` as an RGB image [rows * tile, cols * tile, 3] uint8.
+
+    Columns: mean face; identity component 1 at +/-``sigma``; a random identity (N(0, 1)
+    coefficients, random albedo); expression components 1 and 2 at +``sigma``; expression component
+    1 at -``sigma``. Rows: the front view and the left/right views (yaw from ``VIEW_YAW_DEG``).
+    """
+    cv2 = _cv2()
+    rng = np.random.default_rng(seed)
+    ki, ke, kt = COEFFS.identity, COEFFS.expression, COEFFS.texture
+    unit = lambda k, i, s: np.eye(k, dtype=np.float32)[i] * s
+    columns = [
+        ("mean", np.zeros(ki), np.zeros(ke), np.zeros(kt)),
+        (f"id1 +{sigma:g}s", unit(ki, 0, sigma), np.zeros(ke), np.zeros(kt)),
+        (f"id1 -{sigma:g}s", unit(ki, 0, -sigma), np.zeros(ke), np.zeros(kt)),
+        ("random id", rng.normal(size=ki), np.zeros(ke), rng.normal(size=kt)),
+        (f"exp1 +{sigma:g}s", np.zeros(ki), unit(ke, 0, sigma), np.zeros(kt)),
+        (f"exp2 +{sigma:g}s", np.zeros(ki), unit(ke, 1, sigma), np.zeros(kt)),
+        (f"exp1 -{sigma:g}s", np.zeros(ki), unit(ke, 0, -sigma), np.zeros(kt)),
+    ]
+    yaws = (0.0, VIEW_YAW_DEG[0], VIEW_YAW_DEG[2])
+    span = 1.15 * float(np.ptp(model.mean_shape[:, 1]))                # model units across a tile
+    camera = Camera(focal=tile * 10.0 / span, image_size=tile, distance=10.0)
+    sheet = np.full((len(yaws) * tile, len(columns) * tile, 3), 255, np.uint8)
+    for c, (label, ident, expr, tex) in enumerate(columns):
+        coeffs = COEFFS.zeros(1)
+        coeffs.identity[0], coeffs.expression[0], coeffs.texture[0] = ident, expr, tex
+        coeffs.rotation[0, :, 1] = np.radians([yaws[0], yaws[1], yaws[2]])
+        mesh = assemble_mesh(model, coeffs, camera)
+        for r in range(len(yaws)):
+            cell = np.full((tile, tile, 3), 235, np.uint8)
+            verts = mesh.vertices[0, r]
+            cell = paint_mesh(cell, project(verts, camera), camera.distance - verts[:, 2],
+                              model.triangles, mesh.albedo[0], vertices=verts)
+            if r == 0:
+                cv2.putText(cell, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (40, 40, 40), 1, cv2.LINE_AA)
+            sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cell
+    return sheet
+

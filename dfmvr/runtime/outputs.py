@@ -1,0 +1,151 @@
+"""Per-triplet outputs, written into a hidden temporary folder that is renamed into place at the end,
+so a triplet's folder is either complete or absent.
+
+Files (``FORMATS`` selects them):
+- ``mesh.obj`` / ``mesh.ply``: the mesh in the front view's pose (millimetres, ``dfmvr.face.meshio``), vertex
+  colours = the front view's SH-lit colour clipped to [0, 1];
+- ``coeffs.npz``: the coefficient blocks (``Coefficients`` field names, batch axis dropped), the flat
+  vector, parse labels [V, S, S] uint8, landmarks in crop and photo pixels [V, 68, 2];
+- ``result.json``: per-view yaw/pitch/roll (degrees) and translation, per-stage timings (ms), model id;
+- ``overlay.png``: the three photos side by side with the reconstruction painted over them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path, atomic_write_text
+from ..face.geometry import rotation_matrix
+from ..face.layout import VIEWS
+
+__all__ = ["FORMATS", "FORMAT_FILES", "parse_formats", "pose_record", "write_reconstruction",
+           "staged_folder", "landmarks_on_photo"]
+
+FORMATS = ("obj", "ply", "npz", "json", "png")
+FORMAT_FILES = {"obj": "mesh.obj", "ply": "mesh.ply", "npz": "coeffs.npz", "json": "result.json",
+                "png": "overlay.png"}
+FRONT = VIEWS.index("front")
+MM_PER_UNIT = 100.0           # model units are decimetres
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """"obj,ply,json" -> ("obj", "ply", "json"); raises InputError for unknown names."""
+    from ..errors import InputError
+
+    names = tuple(dict.fromkeys(s.strip().lower() for s in str(text).split(",") if s.strip()))
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise InputError(None, f"unknown output format(s) {bad or [text]}", f"choose from {','.join(FORMATS)}")
+    return names
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path):
+    """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` whole."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def pose_record(rotation: np.ndarray, translation: np.ndarray) -> dict:
+    """One view's pose: Euler angles (x, y, z) rad -> pitch (x), yaw (y), roll (z) in degrees.
+
+    rotation [3] radians (R = Rz·Ry·Rx), translation [3] model units (decimetres).
+    """
+    deg = np.degrees(np.asarray(rotation, np.float64))
+    t = np.asarray(translation, np.float64)
+    return {"yaw_deg": float(deg[1]), "pitch_deg": float(deg[0]), "roll_deg": float(deg[2]),
+            "rotation_rad": [float(v) for v in rotation],
+            "rotation_matrix": rotation_matrix(np.asarray(rotation)).astype(float).round(7).tolist(),
+            "translation": [float(v) for v in t], "translation_mm": [float(v) for v in t * MM_PER_UNIT]}
+
+
+def landmarks_on_photo(rec) -> np.ndarray:
+    """Projected landmarks mapped back onto each photo: [V, 68, 2] float32 pixels (crop pixels with --aligned)."""
+    crop_lm = rec.mesh.landmarks[0]
+    out = []
+    for v, sim in enumerate(rec.prepared.similarities):
+        out.append(crop_lm[v] if sim is None else sim.inverse().apply(crop_lm[v]))
+    return np.stack(out).astype(np.float32)
+
+
+def _result_json(pipe, rec) -> dict:
+    c = rec.coeffs
+    views = {}
+    for v, view in enumerate(VIEWS):
+        views[view] = {"image": str(rec.prepared.triplet.paths[view]),
+                       **pose_record(c.rotation[0, v], c.translation[0, v])}
+    return {
+        "triplet": rec.prepared.triplet.name,
+        "model": {"id": pipe.artifact.model_id, "kind": pipe.artifact.kind, "path": str(pipe.artifact.path),
+                  "variant": pipe.card.variant, "face_model": pipe.face_model_identity,
+                  "camera": pipe.camera.to_dict()},
+        "aligned_input": pipe.aligned,
+        "device": pipe.device,
+        "views": views,
+        "units": {"translation": "decimetre (model units)", "translation_mm": "millimetre", "angles": "degree"},
+        "mesh": {"pose": "front", "num_vertices": int(rec.mesh.vertices.shape[2]),
+                 "num_triangles": int(pipe.face_model.num_triangles)},
+        "timings_ms": rec.times.to_ms(),
+    }
+
+
+def _write_npz(path: Path, pipe, rec) -> None:
+    blocks = {k: np.asarray(v[0], np.float32) for k, v in rec.coeffs.as_dict().items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **blocks, coefficients=pipe.layout.join(rec.coeffs)[0], labels=rec.labels,
+                 landmarks_crop=rec.mesh.landmarks[0], landmarks_photo=landmarks_on_photo(rec),
+                 views=np.array(VIEWS))
+
+
+def _front_mesh(rec) -> tuple[np.ndarray, np.ndarray]:
+    verts = rec.mesh.vertices[0, FRONT]
+    colors = np.clip(rec.mesh.colors[0, FRONT], 0.0, 1.0)
+    return verts, colors
+
+
+def write_reconstruction(pipe, rec, out_root: Path, formats) -> Path:
+    """Write one triplet's selected outputs into ``out_root/<triplet name>`` (whole or nothing)."""
+    from ..face import meshio
+
+    start = time.perf_counter()
+    target = Path(out_root) / rec.prepared.triplet.name
+    with staged_folder(target) as tmp:
+        verts, colors = _front_mesh(rec)
+        tris = pipe.face_model.triangles
+        if "obj" in formats:
+            meshio.write_obj(tmp / FORMAT_FILES["obj"], verts, tris, colors=colors)
+        if "ply" in formats:
+            meshio.write_ply(tmp / FORMAT_FILES["ply"], verts, tris, colors=colors)
+        if "npz" in formats:
+            _write_npz(tmp / FORMAT_FILES["npz"], pipe, rec)
+        if "png" in formats:
+            from .overlay import write_overlay
+
+            write_overlay(tmp / FORMAT_FILES["png"], pipe, rec)
+        if "json" in formats:
+            # written last, so that its "write" timing covers the other files
+            rec.times.write = time.perf_counter() - start
+            doc = _result_json(pipe, rec)
+            atomic_write_text(tmp / FORMAT_FILES["json"], json.dumps(doc, indent=2))
+    return target

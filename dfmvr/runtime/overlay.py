@@ -1,0 +1,63 @@
+"""overlay.png: the three input photos side by side, each with the reconstruction painted over it in
+that view's pose, so a person sees at a glance whether the fit is right.
+
+The mesh is projected into the 224 crop by the card's camera, then mapped back onto the photo with
+the inverse of the alignment similarity (the crop itself with --aligned), then scaled to the overlay
+height. Projected landmarks are drawn as dots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..atomic import atomic_write_bytes
+from ..face.camera import project
+from ..face.paint import paint_mesh
+
+__all__ = ["OVERLAY_HEIGHT", "overlay_image", "write_overlay"]
+
+OVERLAY_HEIGHT = 512      # pixels; every photo is scaled to this height
+MESH_OPACITY = 0.6
+LANDMARK_RGB = (40, 255, 80)
+
+
+def overlay_image(pipe, rec, height: int = OVERLAY_HEIGHT) -> np.ndarray:
+    """[height, sum of widths, 3] uint8 RGB: photos (or crops) with the posed, lit mesh painted over."""
+    panels = []
+    mesh = rec.mesh
+    for v, sim in enumerate(rec.prepared.similarities):
+        if rec.prepared.photos is None:      # photos not kept: draw on the crop
+            sim = None
+        photo = rec.prepared.crops[v] if sim is None else rec.prepared.photos[v]
+        scale = height / photo.shape[0]
+        width = max(1, round(photo.shape[1] * scale))
+        panel = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        verts = mesh.vertices[0, v]
+        crop_px = project(verts, pipe.camera)                         # [N, 2] crop pixels
+        lm = mesh.landmarks[0, v]
+        if sim is not None:
+            back = sim.inverse()
+            crop_px, lm = back.apply(crop_px), back.apply(lm)
+        # corner-origin pixel coordinates scale about the corner
+        px, lm = crop_px * np.float32(scale), lm * np.float32(scale)
+        painted = paint_mesh(panel, px, pipe.camera.distance - verts[:, 2], pipe.face_model.triangles,
+                             mesh.colors[0, v])
+        # blending the whole panel equals blending the covered pixels (elsewhere painted == panel),
+        # and paints each triangle once instead of twice (paint_mesh's own alpha path)
+        panel = cv2.addWeighted(panel, 1.0 - MESH_OPACITY, painted, MESH_OPACITY, 0.0)
+        radius = max(1, height // 200)
+        for u, w in lm[np.isfinite(lm).all(axis=1)]:
+            cv2.circle(panel, (int(u), int(w)), radius, LANDMARK_RGB, -1, cv2.LINE_AA)
+        panels.append(panel)
+    return np.concatenate(panels, axis=1)
+
+
+def write_overlay(path: Path, pipe, rec) -> Path:
+    image = overlay_image(pipe, rec)
+    ok, png = cv2.imencode(".png", image[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - cv2 cannot fail on a uint8 RGB array
+        raise OSError(f"could not encode {path}")
+    return atomic_write_bytes(path, png.tobytes())

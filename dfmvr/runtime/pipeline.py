@@ -1,0 +1,266 @@
+"""The reconstruction pipeline: read triplet -> align -> normalise -> network -> assemble -> write.
+
+Each stage is a method, so ``dfmvr bench`` can time them one by one; ``run`` chains them for many
+triplets, batching the network, and records per-stage wall times (``StageTimes``, seconds).
+Stages shared by a batch (normalise, network, assembly) are charged to each triplet as the batch
+time divided by the batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
+from ..errors import InputError, UnavailableError
+from ..face.align import Similarity, align_image, five_points_from_68
+from ..face.geometry import MeshResult, assemble_mesh
+from ..face.layout import VIEWS, Coefficients
+from .artifacts import Artifact, load_artifact, load_face_model
+from .inputs import Triplet, TripletProblem, decode_image
+from .runners import Runner, runner_for
+
+__all__ = ["StageTimes", "Prepared", "Reconstruction", "RunSummary", "Pipeline", "DEVICES"]
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class StageTimes:
+    """Wall time per stage in seconds (for one triplet, or summed over many)."""
+
+    decode_align: float = 0.0
+    normalise: float = 0.0
+    network: float = 0.0
+    assembly: float = 0.0
+    write: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def add(self, other: "StageTimes") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_ms(self) -> dict[str, float]:
+        out = {f.name: round(getattr(self, f.name) * 1e3, 3) for f in fields(self)}
+        out["total"] = round(self.total * 1e3, 3)
+        return out
+
+
+@dataclass
+class Prepared:
+    """A decoded, aligned triplet.
+
+    crops        [V, S, S, 3] uint8 RGB network crops (S = card.image_size), views in VIEWS order
+    photos       the decoded photos (RGB uint8 [H, W, 3]) for the overlay, or None if not kept
+    similarities per view, photo -> crop Similarity (None with --aligned: the crop is the photo)
+    """
+
+    triplet: Triplet
+    crops: np.ndarray
+    photos: list | None
+    similarities: list
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+@dataclass
+class Reconstruction:
+    """One triplet's result (batch axis of 1 on coeffs and mesh)."""
+
+    prepared: Prepared
+    coeffs: Coefficients
+    mesh: MeshResult
+    labels: np.ndarray           # [V, S, S] uint8 parse classes
+    times: StageTimes
+
+
+@dataclass
+class RunSummary:
+    done: list = field(default_factory=list)        # (name, output folder, StageTimes)
+    failed: list = field(default_factory=list)      # TripletProblem
+    wall: float = 0.0                               # seconds for the whole run
+    times: StageTimes = field(default_factory=StageTimes)   # summed over done triplets
+
+
+class Pipeline:
+    """Everything needed to turn triplets into reconstructions, activated once.
+
+    artifact   the network and its card (normalisation, camera, layout, face-model identity)
+    face_model a MorphableModel that matches the card
+    runner     a Runner for the artifact (activated by ``__enter__`` / ``activate``)
+    aligned    True: inputs are already S x S crops; False: detect + align with ``detector``
+    device     "cpu" (numpy assembly) or "cuda" (CUDA mesh kernel)
+    keep_photos keep decoded photos for overlays (needed by the "png" format)
+    """
+
+    def __init__(self, artifact: Artifact, face_model, runner: Runner, *, aligned: bool = False,
+                 detector=None, device: str = "cpu", keep_photos: bool = True):
+        if device not in DEVICES:
+            raise InputError(None, f"unknown device '{device}'", f"choose one of {', '.join(DEVICES)}")
+        if not aligned and detector is None:
+            raise ValueError("a detector is needed unless the inputs are aligned")
+        self.artifact, self.card, self.face_model, self.runner = artifact, artifact.card, face_model, runner
+        self.aligned, self.detector, self.device, self.keep_photos = aligned, detector, device, keep_photos
+        self.face_model_identity = face_model.identity()     # hashes every array: compute once
+        self.camera = self.card.camera_obj()
+        self.layout = self.card.layout_obj()
+        self.size = int(self.card.image_size)
+        # uint8 -> normalised float lookup: (v / 255 - mean) / std, per the card
+        self._lut = ((np.arange(256, dtype=np.float32) / 255.0 - np.float32(self.card.input_mean))
+                     / np.float32(self.card.input_std)).astype(np.float32)
+        self._gpu_assembler = None
+
+    @classmethod
+    def from_options(cls, onnx=None, engine=None, face_model=None, aligned=False, detector="dlib",
+                     device="cpu", threads=None, keep_photos=True) -> "Pipeline":
+        """Load artefact, card and face model and build the runner and detector (CLI options)."""
+        artifact = load_artifact(onnx=onnx, engine=engine)
+        model = load_face_model(face_model, artifact.card)
+        det = None
+        if not aligned:
+            from .detect import make_detector
+
+            det = make_detector(detector, device=device)
+        runner = runner_for(artifact, threads=threads, device="cuda" if device == "cuda" else "cpu")
+        return cls(artifact, model, runner, aligned=aligned, detector=det, device=device,
+                   keep_photos=keep_photos)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def activate(self) -> "Pipeline":
+        self.runner.activate()
+        if self.device == "cuda" and self._gpu_assembler is None:
+            try:
+                from ..kernels.mesh_gpu import CudaMeshAssembler
+            except ImportError as exc:
+                raise UnavailableError(f"--device cuda needs the CUDA mesh kernel ({exc}) -- use --device cpu") from exc
+            self._gpu_assembler = CudaMeshAssembler(self.face_model, self.camera)
+        return self
+
+    def deactivate(self) -> None:
+        self.runner.deactivate()
+        self._gpu_assembler = None
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    # --- stages ----------------------------------------------------------------------------
+    def prepare(self, triplet: Triplet) -> Prepared:
+        """Stage 1, decode + align: the three photos -> crops [V, S, S, 3] uint8."""
+        start = time.perf_counter()
+        crops, photos, sims = [], [], []
+        for view in VIEWS:
+            path = triplet.paths[view]
+            image = decode_image(path)
+            if self.aligned:
+                if image.shape[:2] != (self.size, self.size):
+                    raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} pixels; with --aligned "
+                                     f"every view must be a {self.size}x{self.size} crop",
+                                     "drop --aligned to detect and align the face automatically")
+                crop, sim = image, None
+            else:
+                points5 = five_points_from_68(self.detector.landmarks(image, source=path))
+                crop, sim = align_image(image, points5, size=self.size, source=path)
+            crops.append(crop)
+            photos.append(image if self.keep_photos else None)
+            sims.append(sim)
+        times = StageTimes(decode_align=time.perf_counter() - start)
+        return Prepared(triplet, np.stack(crops), photos if self.keep_photos else None, sims, times)
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        """Stage 2: uint8 crops [B, V, S, S, 3] -> graph input [B, V, 3, S, S] float32 (card mean/std)."""
+        x = self._lut[crops]                                  # [B, V, S, S, 3]
+        return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))
+
+    def infer(self, images: np.ndarray) -> tuple[Coefficients, np.ndarray]:
+        """Stage 3, the network: [B, V, 3, S, S] -> (Coefficients batch B, labels [B, V, S, S] uint8)."""
+        out = self.runner.infer({GRAPH_INPUT: images})
+        flat = np.asarray(out[GRAPH_OUTPUTS[0]], np.float32)
+        if flat.ndim != 2 or flat.shape[0] != images.shape[0]:
+            raise InputError(self.artifact.path, f"network output '{GRAPH_OUTPUTS[0]}' has shape {flat.shape}, "
+                             f"expected [{images.shape[0]}, {self.layout.size}]", "re-export the model")
+        labels = out.get(GRAPH_OUTPUTS[1])
+        labels = (np.zeros(images.shape[:2] + images.shape[3:], np.uint8) if labels is None
+                  else np.asarray(labels).astype(np.uint8, copy=False))
+        return self.layout.split(flat), labels
+
+    def assemble(self, coeffs: Coefficients) -> MeshResult:
+        """Stage 4: coefficients -> posed, lit mesh per view (numpy on CPU, CUDA kernel on GPU)."""
+        if self._gpu_assembler is not None:
+            return self._gpu_assembler.assemble(coeffs)
+        return assemble_mesh(self.face_model, coeffs, self.camera)
+
+    def reconstruct(self, prepared: list[Prepared]) -> list[Reconstruction]:
+        """Stages 2-4 for a batch of prepared triplets (one network call)."""
+        n = len(prepared)
+        t0 = time.perf_counter()
+        images = self.normalise(np.stack([p.crops for p in prepared]))
+        t1 = time.perf_counter()
+        coeffs, labels = self.infer(images)
+        t2 = time.perf_counter()
+        mesh = self.assemble(coeffs)
+        t3 = time.perf_counter()
+        out = []
+        for i, p in enumerate(prepared):
+            times = StageTimes(decode_align=p.times.decode_align, normalise=(t1 - t0) / n,
+                               network=(t2 - t1) / n, assembly=(t3 - t2) / n)
+            one = MeshResult(**{f.name: getattr(mesh, f.name)[i:i + 1] for f in fields(MeshResult)})
+            out.append(Reconstruction(p, coeffs.select(i), one, labels[i], times))
+        return out
+
+    def write(self, rec: Reconstruction, out_root, formats) -> Path:
+        """Stage 5: the triplet's output folder ``out_root/<name>``, written as a whole or not at all."""
+        from .outputs import write_reconstruction
+
+        start = time.perf_counter()
+        folder = write_reconstruction(self, rec, Path(out_root), formats)
+        rec.times.write = time.perf_counter() - start
+        return folder
+
+    # --- many triplets ---------------------------------------------------------------------
+    def run(self, triplets: Iterable[Triplet], out_root, formats, batch: int = 1,
+            problems: Iterable[TripletProblem] = (), progress: Callable | None = None) -> RunSummary:
+        """Reconstruct every triplet; bad ones are recorded in the summary while the rest go on.
+
+        progress(name, ok) is called once per triplet (for a progress bar).
+        """
+        summary = RunSummary(failed=list(problems))
+        start = time.perf_counter()
+        triplets = list(triplets)
+        for lo in range(0, len(triplets), max(1, batch)):
+            ready = []
+            for t in triplets[lo:lo + max(1, batch)]:
+                try:
+                    ready.append(self.prepare(t))
+                except InputError as exc:
+                    summary.failed.append(TripletProblem(t.name, exc))
+                    if progress:
+                        progress(t.name, False)
+            if not ready:
+                continue
+            for rec in self.reconstruct(ready):
+                name = rec.prepared.triplet.name
+                try:
+                    folder = self.write(rec, out_root, formats)
+                except (InputError, OSError, ValueError) as exc:
+                    # ValueError: the mesh writers refuse non-finite vertices (a diverged network)
+                    err = exc if isinstance(exc, InputError) else InputError(
+                        Path(out_root) / name, f"cannot write outputs ({exc})")
+                    summary.failed.append(TripletProblem(name, err))
+                    if progress:
+                        progress(name, False)
+                    continue
+                summary.done.append((name, folder, rec.times))
+                summary.times.add(rec.times)
+                if progress:
+                    progress(name, True)
+        summary.wall = time.perf_counter() - start
+        return summary

@@ -1,0 +1,193 @@
+"""dfmvr's checkpoint format: safetensors weights + model card, and an optional training-state sidecar.
+
+``model.safetensors``
+    Every tensor of ``model.state_dict()`` (parameters and BN buffers), and in the safetensors
+    header metadata: ``format`` = "dfmvr-checkpoint", ``version``, ``model_card`` (the card's JSON)
+    and ``checkpoint_id`` (random hex, shared with the sidecar). Loading parses JSON and raw tensors
+    only: nothing pickled is ever executed.
+``model.train.pt`` (only when a training state is saved)
+    ``{"checkpoint_id", "train_state"}`` written with ``torch.save`` and read with
+    ``torch.load(weights_only=True)``, which admits only tensors, numbers, strings, None and
+    dict/list/tuple containers: optimizer state dicts qualify as they are; RNG states go through
+    ``capture_rng_state`` (numpy's state as a tensor) so that they qualify too.
+
+Both files are written atomically (temporary file, then rename); the shared ``checkpoint_id`` lets
+loading detect a sidecar that belongs to other weights (e.g. a crash between the two renames).
+The name ``default`` resolves to the bundled model ``dfmvr/assets/default/model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfmvr.atomic import atomic_path
+from dfmvr.card import ModelCard
+from dfmvr.errors import InputError, require
+
+__all__ = ["save_checkpoint", "load_checkpoint", "read_card", "resolve_checkpoint", "sidecar_path",
+           "capture_rng_state", "restore_rng_state", "DEFAULT_CHECKPOINT", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "dfmvr-checkpoint"
+CHECKPOINT_VERSION = "1"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default" / "model.safetensors"
+
+
+def _safetensors():
+    return require("safetensors.torch", "train", "reading and writing dfmvr checkpoints")
+
+
+def resolve_checkpoint(path) -> Path:
+    """``"default"`` -> the bundled model; anything else -> Path. Missing file -> InputError."""
+    if str(path) == "default":
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise InputError(DEFAULT_CHECKPOINT, "the bundled default model is not installed",
+                             "pass a checkpoint path (train one with 'dfmvr train' or convert the "
+                             "official weights with 'dfmvr convert official')")
+        return DEFAULT_CHECKPOINT
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "checkpoint file not found", "check the path")
+    return p
+
+
+def sidecar_path(path) -> Path:
+    """The training-state sidecar beside weights ``path``: ``x.safetensors`` -> ``x.train.pt``."""
+    p = Path(path)
+    return p.with_name(p.stem + ".train.pt")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():  # pragma: no cover - no GPU here
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng_state``."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # pragma: no cover - no GPU here
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: dict | None = None) -> Path:
+    """Write ``model``'s weights and ``card`` to ``path`` (.safetensors), plus the sidecar if asked.
+
+    train_state: e.g. ``{"optimizer": opt.state_dict(), "epoch": 3, "rng": capture_rng_state()}``;
+    anything ``torch.load(weights_only=True)`` reads back. Returns ``path``.
+    """
+    st = _safetensors()
+    path = Path(path)
+    checkpoint_id = secrets.token_hex(8)
+    metadata = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "model_card": card.to_json(), "checkpoint_id": checkpoint_id}
+    # safetensors needs contiguous CPU tensors (views of a GPU model would not serialise).
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if train_state is not None:
+        with atomic_path(sidecar_path(path)) as tmp:
+            torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, tmp)
+    with atomic_path(path) as tmp:
+        st.save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], Any]:
+    st = _safetensors()
+    try:
+        handle = st.safe_open(str(path), framework="pt")
+    except Exception as exc:  # safetensors raises its own error type for corrupt/truncated files
+        raise InputError(path, f"not a readable safetensors checkpoint ({exc})",
+                         "pass a checkpoint written by dfmvr (official .pth weights: run "
+                         "'dfmvr convert official')") from exc
+    meta = handle.metadata() or {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, "safetensors file has no dfmvr checkpoint metadata",
+                         "pass a checkpoint written by dfmvr (save_checkpoint / dfmvr convert)")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise InputError(path, f"checkpoint format version {meta.get('version')} is not supported "
+                         f"(this dfmvr reads {CHECKPOINT_VERSION})")
+    return meta, handle
+
+
+def read_card(path) -> ModelCard:
+    """Only the model card of a checkpoint (reads the header, not the tensors)."""
+    path = resolve_checkpoint(path)
+    meta, _ = _read_header(path)
+    return ModelCard.from_json(meta.get("model_card", ""), source=path)
+
+
+def load_checkpoint(path, load_train_state: bool = True):
+    """-> (model DFMVRNet in eval mode, card ModelCard, train_state dict or None).
+
+    Raises InputError for a missing, corrupt, truncated or foreign file, or weights that do not fit
+    the architecture the card describes.
+    """
+    from .models.variants import build_model
+
+    path = resolve_checkpoint(path)
+    meta, handle = _read_header(path)
+    card = ModelCard.from_json(meta.get("model_card", ""), source=path)
+    try:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as exc:
+        raise InputError(path, f"checkpoint is truncated or corrupt ({exc})", "re-save or re-download it") from exc
+    try:
+        model = build_model(card)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"model card describes an architecture this dfmvr cannot build ({exc})") from exc
+    missing, unexpected = _key_diff(model.state_dict(), tensors)
+    if missing or unexpected:
+        raise InputError(path, f"weights do not match the card's '{card.variant}' architecture: "
+                         f"missing {_preview(missing)}, unexpected {_preview(unexpected)}")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:   # shape mismatches
+        raise InputError(path, f"weights do not match the card's architecture ({exc})") from exc
+    model.eval()
+    train_state = _load_sidecar(path, meta["checkpoint_id"]) if load_train_state else None
+    return model, card, train_state
+
+
+def _load_sidecar(path: Path, checkpoint_id: str):
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        blob = torch.load(side, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(side, f"training state is corrupt or contains non-tensor objects ({exc})",
+                         "delete it to load the weights alone") from exc
+    if not isinstance(blob, dict) or blob.get("checkpoint_id") != checkpoint_id:
+        raise InputError(side, "training state belongs to other weights (checkpoint ids differ)",
+                         "delete it, or restore the matching .safetensors file")
+    return blob["train_state"]
+
+
+def _key_diff(expected: dict, found: dict) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+
+
+def _preview(keys: list[str], n: int = 8) -> str:
+    if not keys:
+        return "none"
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return f"{len(keys)} [" + ", ".join(keys[:n]) + more + "]"
+

@@ -1,0 +1,200 @@
+"""``TripletDataset``: (left, front, right) image triplets for training and validation.
+
+One folder per triplet under ``root`` (synthetic datasets from ``dfmvr data synth`` and real data use
+the same layout):
+
+  <triplet>/left.png front.png right.png   aligned 224x224 RGB (.png, .jpg or .jpeg)
+  <triplet>/gt.npz          optional, synthetic ground truth (see ``dfmvr.train.synth``)
+  <triplet>/landmarks.npz   optional: landmarks [3, 68, 2] pixels, landmarks_visible [3, 68] bool,
+                            landmarks3d [68, 3] (dm)
+  <triplet>/labels.npz      optional: labels [3, 224, 224] uint8 parse classes
+
+Arrays in gt.npz serve when the optional files are absent. A folder is a triplet when it holds a
+``front`` image; a missing or unreadable file raises ``InputError`` naming it.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from ..face.layout import COEFFS, NUM_PARSE_CLASSES, VIEWS
+
+__all__ = ["TripletDataset", "IMAGE_SUFFIXES", "find_triplets", "read_rgb", "color_jitter", "gaussian_blur"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SIZE = 224
+INPUT_MEAN, INPUT_STD = 0.5, 0.5     # the model card's normalisation: (rgb01 - 0.5) / 0.5 -> [-1, 1]
+BLUR_PROBABILITY = 0.3               # the paper's augmentation
+
+
+def find_triplets(root) -> list[Path]:
+    """Sorted triplet folders under ``root`` (itself, if it is one). InputError if there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "dataset folder not found", "pass a folder of triplet folders")
+
+    def has_front(d: Path) -> bool:
+        return any((d / f"front{s}").is_file() for s in IMAGE_SUFFIXES)
+
+    if has_front(root):
+        return [root]
+    found = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and has_front(d))
+    if not found:
+        raise InputError(root, "no triplet folders (folders holding left/front/right images) found",
+                         "create a dataset with 'dfmvr data synth --out DIR' or lay out real data the same way")
+    return found
+
+
+def _image_path(folder: Path, view: str) -> Path:
+    for suffix in IMAGE_SUFFIXES:
+        if (folder / f"{view}{suffix}").is_file():
+            return folder / f"{view}{suffix}"
+    raise InputError(folder / f"{view}.png", f"the {view} view image is missing",
+                     f"add {view}.png (or .jpg) to the triplet folder, or remove the folder")
+
+
+def read_rgb(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Image file -> [size, size, 3] uint8 RGB; InputError when unreadable or of another size."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(path, "cannot decode the image (missing, truncated or not an image)",
+                         "replace the file with a valid PNG/JPEG")
+    if image.shape[:2] != (size, size):
+        raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]}, expected aligned {size}x{size}",
+                         "align the photos first (five-point alignment to the 224 template)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise InputError(path, f"cannot read the .npz file ({exc})", "regenerate or replace it") from exc
+
+
+def _checked(path: Path, arrays: dict, key: str, shape: tuple) -> np.ndarray | None:
+    if key not in arrays:
+        return None
+    value = arrays[key]
+    if value.shape != shape:
+        raise InputError(path, f"'{key}' has shape {value.shape}, expected {shape}")
+    return value
+
+
+def color_jitter(images: torch.Tensor, rng: np.random.Generator, brightness=0.3, contrast=0.3,
+                 saturation=0.3, hue=0.05) -> torch.Tensor:
+    """One random colour jitter applied identically to every view: images [V, 3, H, W] in [0, 1]."""
+    b = rng.uniform(1 - brightness, 1 + brightness)
+    c = rng.uniform(1 - contrast, 1 + contrast)
+    s = rng.uniform(1 - saturation, 1 + saturation)
+    h = rng.uniform(-hue, hue)
+    out = images * b
+    grey = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2])[:, None]
+    out = (out - grey.mean(dim=(2, 3), keepdim=True)) * c + grey.mean(dim=(2, 3), keepdim=True)
+    grey = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2])[:, None]
+    out = (out - grey) * s + grey
+    if h:
+        # Hue shift as a rotation of the chroma plane about the grey axis (YIQ rotation).
+        angle = 2 * np.pi * h
+        cos, sin = np.cos(angle), np.sin(angle)
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        rot = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float32)
+        m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+        out = torch.einsum("ij,vjhw->vihw", m, out)
+    return out.clamp(0.0, 1.0)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [C, H, W] (reflect padding), kernel radius ceil(3 sigma)."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = image.shape[0]
+    img = torch.nn.functional.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    img = torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return img[0]
+
+
+class TripletDataset(Dataset):
+    """Triplets as tensors. ``augment`` (off by default, for validation) applies the paper's
+    augmentation: one colour jitter shared by the three views, and a Gaussian blur (sigma 0.1-2 px)
+    of each view with probability 0.3. Augmentation draws from torch's RNG, so ``torch.manual_seed``
+    and DataLoader worker seeding make it reproducible.
+
+    Each item is a dict:
+      images            [3, 3, 224, 224] float32, RGB normalised to [-1, 1], views in VIEWS order
+      labels            [3, 224, 224] int64 parse classes (zeros if absent; see has_labels)
+      landmarks         [3, 68, 2] float32 pixels (zeros if absent); landmarks_visible [3, 68] bool
+      has_labels, has_landmarks   bool tensors
+      landmarks3d       [68, 3] float32 (dm), when present
+      coefficients      [269] float32 COEFFS layout, vertices [N, 3] float32 (dm), when gt.npz exists
+      index             int
+    """
+
+    def __init__(self, root, augment: bool = False):
+        self.root = Path(root)
+        self.folders = find_triplets(self.root)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def _annotations(self, folder: Path) -> tuple[dict, dict[str, Path]]:
+        """Merge gt.npz, landmarks.npz and labels.npz (the dedicated files win); key -> array."""
+        arrays, sources = {}, {}
+        for name in ("gt.npz", "landmarks.npz", "labels.npz"):
+            path = folder / name
+            if path.exists():
+                for key, value in _load_npz(path).items():
+                    arrays[key], sources[key] = value, path
+        return arrays, sources
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        folder = self.folders[index]
+        rgb = np.stack([read_rgb(_image_path(folder, view)) for view in VIEWS])     # [V, H, W, 3]
+        images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
+        if self.augment:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            images = color_jitter(images, rng)
+            images = torch.stack([gaussian_blur(im, rng.uniform(0.1, 2.0))
+                                  if rng.uniform() < BLUR_PROBABILITY else im for im in images])
+        item: dict[str, torch.Tensor] = {
+            "images": (images - INPUT_MEAN) / INPUT_STD,
+            "index": torch.tensor(index),
+        }
+        arrays, sources = self._annotations(folder)
+        v = len(VIEWS)
+        where = lambda key: sources.get(key, folder)  # noqa: E731
+        labels = _checked(where("labels"), arrays, "labels", (v, IMAGE_SIZE, IMAGE_SIZE))
+        if labels is not None and labels.max(initial=0) >= NUM_PARSE_CLASSES:
+            raise InputError(where("labels"), f"labels hold values >= {NUM_PARSE_CLASSES}",
+                             "label maps must use the 10 parse classes 0-9")
+        item["has_labels"] = torch.tensor(labels is not None)
+        item["labels"] = (torch.from_numpy(labels.astype(np.int64)) if labels is not None
+                          else torch.zeros(v, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.int64))
+        landmarks = _checked(where("landmarks"), arrays, "landmarks", (v, 68, 2))
+        visible = _checked(where("landmarks_visible"), arrays, "landmarks_visible", (v, 68))
+        item["has_landmarks"] = torch.tensor(landmarks is not None)
+        item["landmarks"] = (torch.from_numpy(landmarks.astype(np.float32)) if landmarks is not None
+                             else torch.zeros(v, 68, 2))
+        item["landmarks_visible"] = (torch.from_numpy(visible.astype(bool)) if visible is not None
+                                     else torch.full((v, 68), landmarks is not None))
+        lm3d = _checked(where("landmarks3d"), arrays, "landmarks3d", (68, 3))
+        if lm3d is not None:
+            item["landmarks3d"] = torch.from_numpy(lm3d.astype(np.float32))
+        coeffs = _checked(where("coefficients"), arrays, "coefficients", (COEFFS.size,))
+        if coeffs is not None:
+            item["coefficients"] = torch.from_numpy(coeffs.astype(np.float32))
+        if "vertices" in arrays:
+            item["vertices"] = torch.from_numpy(arrays["vertices"].astype(np.float32))
+        return item

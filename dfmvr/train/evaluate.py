@@ -1,0 +1,215 @@
+"""Evaluation over a dataset: a model (torch checkpoint or ONNX graph) against ground-truth 3D shapes.
+
+Importing this module needs no torch: the ONNX path (``OnnxPredictor``) runs with ONNX Runtime
+through ``dfmvr.runtime``; only ``TorchPredictor`` imports torch, when it is built.
+
+Each triplet is scored with ``dfmvr.face.metrics.evaluate_reconstruction`` (NoW-style: crop by the
+eye-corner radius, 7-point similarity, ICP, scan-to-mesh distances in mm) three times in one run:
+- ``model``: the network given all three views;
+- ``baselines.front_only``: the same network given only the front view (left/right all zeros);
+- ``baselines.mean_face``: the face model's mean shape (no network at all).
+
+Dataset layouts (one folder per triplet; ``root`` may itself be one):
+- synthetic (``dfmvr data synth``): left/front/right.png + gt.npz with ``vertices`` [N, 3] (dm) on
+  the face model's topology and ``landmarks3d`` [68, 3] (dm);
+- real: the three aligned 224x224 images + ``scan.obj`` or ``scan.ply`` (mm, any topology) +
+  scan landmarks ``scan_landmarks.{txt,pts,pp,npy}``: 7 points (``SEVEN_POINTS_IBUG`` order) or
+  the 68 iBUG points, in mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..face.geometry import face_shape
+from ..face.layout import COEFFS, VIEWS
+from ..face.meshio import MM_PER_MODEL_UNIT, read_landmarks, read_mesh
+from ..face.metrics import SEVEN_POINTS_IBUG, evaluate_reconstruction, summarize
+from ..face.model import MorphableModel
+
+__all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "TorchPredictor", "OnnxPredictor",
+           "evaluate_dataset", "METHODS"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SCAN_LANDMARK_NAMES = ("scan_landmarks.txt", "scan_landmarks.pts", "scan_landmarks.pp", "scan_landmarks.npy")
+METHODS = ("model", "front_only", "mean_face")
+
+
+@dataclass
+class EvalSample:
+    """One triplet to score. images [3, 224, 224, 3] uint8 RGB (VIEWS order); scan_vertices [M, 3] mm;
+    scan_triangles [S, 3] int or None; scan_landmarks7 [7, 3] mm (``SEVEN_POINTS_IBUG`` order)."""
+
+    name: str
+    images: np.ndarray
+    scan_vertices: np.ndarray
+    scan_triangles: np.ndarray | None
+    scan_landmarks7: np.ndarray
+
+
+def _image_path(folder: Path, view: str) -> Path | None:
+    for s in IMAGE_SUFFIXES:
+        if (folder / f"{view}{s}").is_file():
+            return folder / f"{view}{s}"
+    return None
+
+
+def find_eval_folders(root) -> list[Path]:
+    """Triplet folders under ``root`` (or ``root`` itself), sorted. InputError when there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "evaluation data folder not found", "pass a folder of triplet folders")
+    if _image_path(root, "front"):
+        return [root]
+    found = sorted(d for d in root.iterdir()
+                   if d.is_dir() and not d.name.startswith(".") and _image_path(d, "front"))
+    if not found:
+        raise InputError(root, "no triplet folders (left/front/right images) found",
+                         "create one with 'dfmvr data synth' or lay out real data as in docs/training.md")
+    return found
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(path, "cannot decode the image", "replace it with a valid PNG/JPEG")
+    if img.shape[:2] != (size, size):
+        raise InputError(path, f"image is {img.shape[1]}x{img.shape[0]}, expected aligned {size}x{size}",
+                         "align the photos first (dfmvr-run aligns; evaluation expects aligned crops)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_eval_sample(folder, face_model: MorphableModel, image_size: int = 224) -> EvalSample:
+    """Read one triplet folder of either layout (see the module docstring)."""
+    folder = Path(folder)
+    paths = {v: _image_path(folder, v) for v in VIEWS}
+    missing = [v for v, p in paths.items() if p is None]
+    if missing:
+        raise InputError(folder, f"the {', '.join(missing)} view image(s) are missing",
+                         "evaluation needs left, front and right images in every triplet folder")
+    images = np.stack([_read_rgb(paths[v], image_size) for v in VIEWS])
+    scans = [folder / n for n in ("scan.obj", "scan.ply") if (folder / n).is_file()]
+    if scans:
+        verts, tris = read_mesh(scans[0])
+        lm_files = [folder / n for n in SCAN_LANDMARK_NAMES if (folder / n).is_file()]
+        if not lm_files:
+            raise InputError(folder, "a scan without landmarks", f"add one of {', '.join(SCAN_LANDMARK_NAMES)} "
+                             "(7 points in SEVEN_POINTS_IBUG order, or 68 iBUG points, in mm)")
+        lm = read_landmarks(lm_files[0], num_points=None, dims=(3,))
+        if lm.shape[0] == 68:
+            lm = lm[list(SEVEN_POINTS_IBUG)]
+        elif lm.shape[0] != 7:
+            raise InputError(lm_files[0], f"{lm.shape[0]} scan landmarks, expected 7 or 68")
+        return EvalSample(folder.name, images, verts, tris, lm.astype(np.float32))
+    gt_path = folder / "gt.npz"
+    if not gt_path.is_file():
+        raise InputError(folder, "no ground truth: neither scan.obj/scan.ply nor gt.npz",
+                         "add the scan and its landmarks (real data) or use 'dfmvr data synth'")
+    try:
+        with np.load(gt_path, allow_pickle=False) as z:
+            verts, lm3d = z["vertices"], z["landmarks3d"]
+    except Exception as exc:
+        raise InputError(gt_path, f"cannot read 'vertices' and 'landmarks3d' ({exc})",
+                         "regenerate the triplet with 'dfmvr data synth'") from exc
+    if verts.shape != (face_model.num_vertices, 3):
+        raise InputError(gt_path, f"ground-truth mesh has {verts.shape[0]} vertices, the face model "
+                         f"'{face_model.name}' has {face_model.num_vertices}",
+                         "pass the dataset's face model (--face-model DIR/face_model.npz)")
+    return EvalSample(folder.name, images, verts * MM_PER_MODEL_UNIT, face_model.triangles,
+                      lm3d[list(SEVEN_POINTS_IBUG)] * MM_PER_MODEL_UNIT)
+
+
+class TorchPredictor:
+    """A DFMVRNet (eval mode) as a predictor: images [B, 3, 3, H, W] normalised -> [B, 269] float32."""
+
+    def __init__(self, model, device: str = "cpu"):
+        import torch
+
+        self._torch = torch
+        self.model = model.eval().to(device)
+        self.device = device
+        self.card = model.card
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            coeffs, _ = self.model(torch.from_numpy(images).to(self.device))
+        return coeffs.float().cpu().numpy()
+
+
+class OnnxPredictor:
+    """An exported graph through ``dfmvr.runtime``'s ONNX Runtime runner (no torch)."""
+
+    def __init__(self, path, threads: int | None = None):
+        from ..card import GRAPH_INPUT
+        from ..runtime.artifacts import load_onnx_artifact
+        from ..runtime.runners import OnnxrtRunner
+
+        self.artifact = load_onnx_artifact(path)
+        self.card = self.artifact.card
+        self._input = GRAPH_INPUT
+        self.runner = OnnxrtRunner(path, threads=threads).activate()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = self.runner.infer({self._input: np.ascontiguousarray(images, np.float32)})
+        return np.asarray(out["coefficients"], np.float32)
+
+
+def _normalise(images: np.ndarray, card) -> np.ndarray:
+    """uint8 [B, V, H, W, 3] -> float32 [B, V, 3, H, W] with the card's mean/std."""
+    x = images.astype(np.float32).transpose(0, 1, 4, 2, 3) / 255.0
+    return (x - np.float32(card.input_mean)) / np.float32(card.input_std)
+
+
+def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSample, **metric) -> dict:
+    r = evaluate_reconstruction(vertices_dm, face_model.triangles, face_model.keypoints[list(SEVEN_POINTS_IBUG)],
+                                sample.scan_vertices, sample.scan_triangles, sample.scan_landmarks7,
+                                source=sample.name, **metric)
+    return {k: r[k] for k in ("mean_mm", "median_mm", "rmse_mm", "landmark_error_mm")}
+
+
+def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
+                     batch: int = 4, baselines: bool = True, progress: bool = False, **metric) -> dict:
+    """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
+
+    predictor: callable images [B, 3, 3, H, W] float32 (normalised per ``predictor.card``) ->
+    coefficients [B, 269]. ``metric`` is passed to ``evaluate_reconstruction`` (e.g. icp_iterations).
+    Returns {"model": summary, "baselines": {"mean_face": summary, "front_only": summary},
+    "rows": [{"name", "model": {...}, "front_only": {...}, "mean_face": {...}}], "num_triplets"};
+    a summary has mean_mm, median_mm, rmse_mm (means over triplets) and num_scans.
+    """
+    folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
+    card = predictor.card
+    size = int(card.image_size)
+    mean_shape = face_model.mean_shape
+    rows = []
+    iterator = range(0, len(folders), batch)
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc="eval", unit="batch")
+    for start in iterator:
+        samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
+        x = _normalise(np.stack([s.images for s in samples]), card)
+        preds = {"model": predictor(x)}
+        if baselines:
+            front = np.zeros_like(x)
+            front[:, VIEWS.index("front")] = x[:, VIEWS.index("front")]
+            preds["front_only"] = predictor(front)
+        for i, sample in enumerate(samples):
+            row = {"name": sample.name}
+            for method, coeffs in preds.items():
+                c = COEFFS.split(coeffs[i:i + 1])
+                shape = face_shape(face_model, c.identity, c.expression)[0]
+                row[method] = _score(shape, face_model, sample, **metric)
+            if baselines:
+                row["mean_face"] = _score(mean_shape, face_model, sample, **metric)
+            rows.append(row)
+    out = {"model": summarize([r["model"] for r in rows]), "num_triplets": len(rows), "rows": rows}
+    if baselines:
+        out["baselines"] = {m: summarize([r[m] for r in rows]) for m in ("mean_face", "front_only")}
+    return out

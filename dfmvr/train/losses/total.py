@@ -1,0 +1,154 @@
+"""The total training loss: weights (defaults from the official recipe) and their combination.
+
+One render pass per view: the posed, SH-lit mesh of every view is rasterized once at the image size;
+the photometric and mask losses read that render, the landmark and PRDL losses use projected
+vertices and need no render. Each view is lit with its own rotation (``FaceModelTorch`` rotates the
+normals per view before shading; the official code used the right view's rotation for all three).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ...face.layout import COEFFS
+from ..face_torch import FaceModelTorch
+from ..render import render_mesh
+from .landmarks import landmark_2d_loss, landmark_3d_loss, landmark_weights
+from .mask import mask_loss
+from .photo import photo_weight_map, photometric_loss
+from .prdl import PRDL, PRDLConfig
+from .regularizers import coefficient_regularizer, gamma_regularizer, reflectance_regularizer
+
+__all__ = ["LossWeights", "TrainingLoss"]
+
+
+@dataclass
+class LossWeights:
+    """Loss weights and switches. Defaults: DF-MVR's released recipe (REFERENCE.md), with its
+    defects fixed. Saved in the model card's ``loss_weights``."""
+
+    landmark_2d: float = 0.02
+    coefficient_reg: float = 3e-4
+    reflectance: float = 5.0
+    photo: float = 24.0
+    gamma: float = 10.0
+    landmark_3d: float = 1.0
+    # The official code adds the mask loss after epoch 100 of 280 with weight 1; the weight is not
+    # in the paper. ``mask_start`` is the fraction of training after which it is on.
+    mask: float = 1.0
+    mask_start: float = 100.0 / 280.0
+    prdl: float = 0.0                     # off by default; 3DDFA-V3 used 0.8e-3 (pixels here)
+    supervised: float = 0.0               # synthetic data only: MSE to the true coefficients
+    landmark_emphasis: float = 20.0       # weight of nose 28-30 and inner mouth 60-67
+    landmark_eyes: bool = False           # also emphasise the eyes 36-47 (the official code)
+    photo_dilation: int = 10              # the features' dilation (pixels, square) in the weight map
+    coefficient_reg_weights: tuple = (1.0, 0.8, 0.017)
+    prdl_config: dict = field(default_factory=lambda: PRDLConfig().to_dict())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["coefficient_reg_weights"] = list(self.coefficient_reg_weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossWeights":
+        known = set(cls.__dataclass_fields__)
+        out = cls(**{k: v for k, v in d.items() if k in known})
+        out.coefficient_reg_weights = tuple(out.coefficient_reg_weights)
+        return out
+
+
+class TrainingLoss(nn.Module):
+    """Computes every loss term from the network's coefficients and a batch.
+
+    face: ``FaceModelTorch``; parse_net: the frozen parser (needed only when the mask loss is on).
+    """
+
+    def __init__(self, face: FaceModelTorch, weights: LossWeights | None = None,
+                 parse_net: nn.Module | None = None):
+        super().__init__()
+        self.face = face
+        self.weights = weights or LossWeights()
+        self.parse_net = parse_net
+        self.register_buffer("lm_weights", landmark_weights(self.weights.landmark_emphasis,
+                                                            self.weights.landmark_eyes), persistent=False)
+        self.prdl = None
+        if self.weights.prdl > 0:
+            cfg = dict(self.weights.prdl_config)
+            cfg["parts"] = tuple(cfg["parts"])
+            self.prdl = PRDL(face.parts.cpu().numpy(), face.mean_shape.cpu().numpy(), PRDLConfig(**cfg))
+
+    def forward(self, coefficients: torch.Tensor, batch: dict, view_mask: torch.Tensor | None = None,
+                progress: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """coefficients [B, 269] (COEFFS layout); batch (tensors on the same device):
+          photos     [B, V, 3, H, W] float in [0, 1]  the input photos
+          labels     [B, V, H, W] int64                parse labels of the photos
+          landmarks  [B, V, 68, 2] float pixels        2D landmarks (u right, v down)
+          landmark_visible [B, V, 68] bool (optional)
+          landmarks_3d     [B, 68, 3] (optional)        ground-truth 3D keypoints, unposed (dm)
+          gt_coefficients  [B, 269] (optional)          for the supervised term
+        view_mask [B, V] bool: views fed to the network (others take no part in per-view losses);
+        progress: fraction of training done (switches the mask loss on).
+        Returns (total scalar, {term name: unweighted scalar}).
+        """
+        w = self.weights
+        mesh = self.face(coefficients)
+        c = COEFFS.split(coefficients)
+        b, v = mesh.vertices.shape[:2]
+        terms: dict[str, torch.Tensor] = {}
+        photos, labels = batch["photos"], batch["labels"]
+        h, wd = labels.shape[-2:]
+
+        need_render = w.photo > 0 or (w.mask > 0 and progress >= w.mask_start and self.parse_net is not None)
+        if need_render:
+            n = mesh.vertices.shape[2]
+            rendered = render_mesh(mesh.vertices.reshape(b * v, n, 3), self.face.triangles,
+                                   self.face.camera, colors=mesh.colors.reshape(b * v, n, 3))
+            image = rendered.image.reshape(b, v, h, wd, 3).permute(0, 1, 4, 2, 3)   # [B, V, 3, H, W]
+            coverage = rendered.mask.reshape(b, v, h, wd).to(image.dtype)
+            if w.photo > 0:
+                wmap = photo_weight_map(labels, w.photo_dilation)
+                terms["photo"] = photometric_loss(image, photos, coverage, wmap, view_mask)
+            if w.mask > 0 and progress >= w.mask_start and self.parse_net is not None:
+                terms["mask"] = mask_loss(self.parse_net, image.clamp(0, 1), coverage, photos, labels, view_mask)
+        if w.landmark_2d > 0:
+            terms["landmark_2d"] = landmark_2d_loss(mesh.landmarks, batch["landmarks"], self.lm_weights,
+                                                    batch.get("landmark_visible"), view_mask)
+        if w.landmark_3d > 0 and batch.get("landmarks_3d") is not None:
+            pred3d = mesh.shape[:, self.face.keypoints]
+            terms["landmark_3d"] = landmark_3d_loss(pred3d, batch["landmarks_3d"])
+        if w.coefficient_reg > 0:
+            terms["coefficient_reg"] = coefficient_regularizer(c.identity, c.expression, c.texture,
+                                                               w.coefficient_reg_weights)
+        if w.gamma > 0:
+            terms["gamma"] = gamma_regularizer(c.lighting)
+        if w.reflectance > 0:
+            terms["reflectance"] = reflectance_regularizer(mesh.albedo, self.face.skin_mask)
+        if self.prdl is not None:
+            projected = mesh.pixels_depth[..., :2]
+            # A vertex takes part when its normal faces the camera (camera at (0, 0, distance)).
+            to_cam = -mesh.vertices
+            to_cam = to_cam + torch.tensor([0.0, 0.0, self.face.camera.distance], device=to_cam.device)
+            visible = (mesh.normals * to_cam).sum(-1) > 0
+            terms["prdl"] = self.prdl(projected, labels, visible.detach(), view_mask)
+        if w.supervised > 0 and batch.get("gt_coefficients") is not None:
+            terms["supervised"] = self.supervised_term(coefficients, batch["gt_coefficients"], view_mask)
+
+        total = coefficients.new_zeros(())
+        for name, value in terms.items():
+            total = total + getattr(w, name) * value
+        return total, terms
+
+    @staticmethod
+    def supervised_term(pred: torch.Tensor, gt: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean squared coefficient error; a dropped view's pose is unknowable and left out."""
+        p, g = COEFFS.split(pred), COEFFS.split(gt)
+        shared = sum(((getattr(p, k) - getattr(g, k)) ** 2).sum(-1)
+                     for k in ("identity", "expression", "texture", "lighting"))
+        pose = ((p.rotation - g.rotation) ** 2).sum(-1) + ((p.translation - g.translation) ** 2).sum(-1)  # [B, V]
+        if view_mask is not None:
+            pose = pose * view_mask.to(pose.dtype)
+        return (shared + pose.sum(-1)).mean() / COEFFS.size

@@ -1,0 +1,130 @@
+"""Artefact loading (ONNX card scan, engines, face models) and the runners' shared lifecycle."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from dfmvr.card import ONNX_METADATA_KEY
+from dfmvr.errors import InputError, UnavailableError
+from dfmvr.runtime.artifacts import (DEFAULT_ONNX, TRT_ENGINE_MAGIC, engine_card_path, load_artifact,
+                                     load_engine_artifact, load_face_model, load_onnx_artifact,
+                                     read_onnx_metadata)
+from dfmvr.runtime.runners import OnnxrtRunner, TensorrtRunner, runner_for
+
+from .conftest import CARD_MEAN, CARD_STD, build_stats_onnx, expected_coefficients, make_crops
+
+
+def test_card_is_read_from_metadata_props(stats_onnx, card):
+    meta = read_onnx_metadata(stats_onnx)
+    assert meta["note"] == "runtime test model"
+    art = load_onnx_artifact(stats_onnx)
+    assert art.kind == "onnx" and art.card.to_dict() == card.to_dict()
+    assert "stats-test" in art.model_id and "runtime-fixture" in art.model_id
+
+
+def test_truncated_or_foreign_onnx_is_refused(stats_onnx, tmp_path, card):
+    data = stats_onnx.read_bytes()
+    cases = {"cut.onnx": data[: len(data) // 2], "tail.onnx": data[:-3], "empty.onnx": b"",
+             "text.onnx": b"hello, this is not a protobuf model\n" * 4}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(InputError) as err:
+            load_onnx_artifact(tmp_path / name)
+        assert name in str(err.value)
+    bare = build_stats_onnx(tmp_path / "bare.onnx", card, metadata=False)
+    with pytest.raises(InputError, match=ONNX_METADATA_KEY):
+        load_onnx_artifact(bare)
+
+
+def test_engine_files_are_checked_before_tensorrt_is_needed(stats_onnx, tmp_path, card):
+    as_engine = tmp_path / "model.plan"
+    as_engine.write_bytes(stats_onnx.read_bytes())
+    with pytest.raises(InputError, match="ONNX model") as err:
+        load_engine_artifact(as_engine)
+    assert "model.plan" in str(err.value)
+    png = tmp_path / "photo.plan"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(InputError, match="PNG"):
+        load_engine_artifact(png)
+    plan = tmp_path / "good.plan"
+    plan.write_bytes(TRT_ENGINE_MAGIC + bytes(range(256)) * 4)
+    with pytest.raises(InputError, match="card"):              # no card beside it
+        load_engine_artifact(plan)
+    engine_card_path(plan).write_text(card.to_json())
+    art = load_artifact(engine=plan)
+    assert art.kind == "engine" and art.card.input_mean == CARD_MEAN
+    with pytest.raises(InputError):
+        load_artifact(onnx=stats_onnx, engine=plan)
+
+
+def test_face_model_must_match_the_card(stats_onnx, face_model, face_model_path, tmp_path):
+    art = load_onnx_artifact(stats_onnx)
+    assert load_face_model(face_model_path, art.card).identity() == face_model.identity()
+    other = dataclasses.replace(face_model, mean_shape=face_model.mean_shape * 1.01, name="other")
+    other_path = other.save(tmp_path / "other.npz")
+    with pytest.raises(InputError, match="does not match") as err:
+        load_face_model(other_path, art.card)
+    assert "other.npz" in str(err.value)
+
+
+@pytest.mark.skipif(DEFAULT_ONNX.is_file(), reason="the bundled default model is installed")
+def test_missing_bundled_model_is_a_clear_error():
+    with pytest.raises(InputError, match="--onnx"):
+        load_artifact()
+
+
+def test_onnxrt_runner_lifecycle_and_numbers(stats_onnx):
+    crops = make_crops(2)[None]
+    x = np.ascontiguousarray(((crops / 255.0 - CARD_MEAN) / CARD_STD).astype(np.float32).transpose(0, 1, 4, 2, 3))
+    runner = OnnxrtRunner(stats_onnx, threads=1)
+    with pytest.raises(RuntimeError, match="not active"):
+        runner.infer({"images": x})
+    assert runner.last_inference_time() is None
+    with runner as r:
+        assert r.is_active and r.session.get_session_options().intra_op_num_threads == 1
+        out = r.infer({"images": x})
+        assert r.last_inference_time() > 0
+    assert not runner.is_active and runner.session is None
+    np.testing.assert_allclose(out["coefficients"], expected_coefficients(crops), atol=2e-5)
+    assert out["labels"].dtype == np.uint8 and out["labels"].shape == (1, 3, 224, 224)
+    np.testing.assert_array_equal(out["labels"], (x[:, :, 0] > 0).astype(np.uint8))
+
+
+def test_onnxrt_runner_refuses_a_graph_ort_cannot_load(tmp_path, stats_onnx):
+    # a whole protobuf that is not a valid model for ORT: the graph field is mangled but well-framed
+    import onnx
+
+    model = onnx.load(str(stats_onnx))
+    model.graph.node[2].op_type = "NoSuchOp"
+    bad = tmp_path / "badop.onnx"
+    onnx.save(model, str(bad))
+    load_onnx_artifact(bad)                                    # the card is still readable
+    with pytest.raises(InputError, match="ONNX Runtime cannot load") as err:
+        OnnxrtRunner(bad).activate()
+    assert "badop.onnx" in str(err.value)
+
+
+def test_cuda_provider_absent_is_unavailable(stats_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(UnavailableError, match="CUDA"):
+        OnnxrtRunner(stats_onnx, device="cuda").activate()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+def test_tensorrt_runner_without_tensorrt_is_unavailable(tmp_path, card):
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(TRT_ENGINE_MAGIC + bytes(1000))
+    engine_card_path(plan).write_text(json.dumps(card.to_dict()))
+    runner = runner_for(load_engine_artifact(plan))
+    assert isinstance(runner, TensorrtRunner)
+    with pytest.raises(UnavailableError, match="TensorRT"):
+        runner.activate()
+

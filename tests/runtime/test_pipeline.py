@@ -1,0 +1,166 @@
+"""The pipeline end to end on a real ORT session (the statistics model) and real outputs."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from dfmvr.errors import InputError
+from dfmvr.face.align import TEMPLATE_224, estimate_similarity, five_points_from_68
+from dfmvr.face.geometry import assemble_mesh
+from dfmvr.face.layout import COEFFS, VIEWS
+from dfmvr.face.meshio import read_mesh
+from dfmvr.runtime.detect import DlibDetector
+from dfmvr.runtime.inputs import Triplet, discover_triplets
+from dfmvr.runtime.outputs import FORMATS, landmarks_on_photo, staged_folder
+from dfmvr.runtime.pipeline import Pipeline
+
+from .conftest import expected_coefficients, make_crops, write_triplet
+
+
+@pytest.fixture()
+def aligned_pipe(stats_onnx, face_model_path):
+    with Pipeline.from_options(onnx=stats_onnx, face_model=face_model_path, aligned=True, threads=1) as pipe:
+        yield pipe
+
+
+def test_aligned_triplet_gives_the_graph_numbers_and_every_output(aligned_pipe, face_model, tmp_path):
+    crops = make_crops(7)
+    write_triplet(tmp_path / "in" / "t1", crops)
+    triplets, _ = discover_triplets([tmp_path / "in"])
+    summary = aligned_pipe.run(triplets, tmp_path / "out", FORMATS)
+    assert not summary.failed and len(summary.done) == 1
+    folder = tmp_path / "out" / "t1"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["mesh.obj", "mesh.ply", "coeffs.npz", "result.json", "overlay.png"])
+
+    want = expected_coefficients(crops[None])                 # card mean/std, VIEWS order, layout
+    npz = np.load(folder / "coeffs.npz")
+    np.testing.assert_allclose(npz["coefficients"], want[0], atol=2e-5)
+    c = COEFFS.split(want)
+    np.testing.assert_allclose(npz["rotation"], c.rotation[0], atol=1e-6)
+    assert npz["labels"].shape == (3, 224, 224) and set(np.unique(npz["labels"])) <= {0, 1}
+
+    mesh = assemble_mesh(face_model, COEFFS.split(npz["coefficients"][None]), aligned_pipe.camera)
+    verts_mm, tris = read_mesh(folder / "mesh.ply")
+    np.testing.assert_allclose(verts_mm, mesh.vertices[0, 1] * 100.0, atol=1e-3)   # front pose, mm
+    np.testing.assert_array_equal(tris, face_model.triangles)
+    obj_verts, _ = read_mesh(folder / "mesh.obj")
+    np.testing.assert_allclose(obj_verts, verts_mm, atol=1e-2)
+    np.testing.assert_allclose(npz["landmarks_crop"], mesh.landmarks[0], atol=1e-3)
+    np.testing.assert_allclose(npz["landmarks_photo"], mesh.landmarks[0], atol=1e-3)   # --aligned: same
+
+    doc = json.loads((folder / "result.json").read_text())
+    for v, view in enumerate(VIEWS):
+        pose = doc["views"][view]
+        assert pose["yaw_deg"] == pytest.approx(np.degrees(c.rotation[0, v, 1]), abs=1e-4)
+        assert pose["pitch_deg"] == pytest.approx(np.degrees(c.rotation[0, v, 0]), abs=1e-4)
+        assert pose["translation_mm"][2] == pytest.approx(c.translation[0, v, 2] * 100, abs=1e-3)
+    assert doc["model"]["id"].startswith("stats-test") and doc["model"]["face_model"]["hash"]
+    assert set(doc["timings_ms"]) == {"decode_align", "normalise", "network", "assembly", "write", "total"}
+    assert doc["timings_ms"]["write"] > 0
+
+    overlay = cv2.imread(str(folder / "overlay.png"))
+    assert overlay.shape == (512, 3 * 512, 3)
+    plain = cv2.resize(crops[1][:, :, ::-1], (512, 512))
+    assert np.abs(overlay[:, 512:1024].astype(int) - plain).mean() > 5    # the mesh is painted on
+
+
+def test_batching_gives_the_same_numbers(aligned_pipe, tmp_path):
+    for i in range(3):
+        write_triplet(tmp_path / "in" / f"t{i}", make_crops(10 + i))
+    triplets, _ = discover_triplets([tmp_path / "in"])
+    one = aligned_pipe.reconstruct([aligned_pipe.prepare(t) for t in triplets[:1]])
+    three = aligned_pipe.reconstruct([aligned_pipe.prepare(t) for t in triplets])
+    np.testing.assert_allclose(COEFFS.join(three[0].coeffs), COEFFS.join(one[0].coeffs), atol=1e-5)
+    np.testing.assert_allclose(three[0].mesh.vertices, one[0].mesh.vertices, atol=1e-5)
+    for rec, t in zip(three, triplets):
+        want = expected_coefficients(np.stack([cv2.imread(str(p))[:, :, ::-1] for p in t.ordered()])[None])
+        np.testing.assert_allclose(COEFFS.join(rec.coeffs), want, atol=2e-5)
+        assert rec.times.network > 0 and rec.times.decode_align > 0
+
+
+def test_batch_with_bad_triplets_finishes_the_good_ones(aligned_pipe, tmp_path):
+    write_triplet(tmp_path / "in" / "good1", make_crops(1))
+    write_triplet(tmp_path / "in" / "good2", make_crops(2))
+    bad = write_triplet(tmp_path / "in" / "small", make_crops(3, size=100))    # not 224 with --aligned
+    write_triplet(tmp_path / "in" / "partial", make_crops(4)[:2], names=["left", "front"])
+    triplets, problems = discover_triplets([tmp_path / "in"])
+    seen = []
+    summary = aligned_pipe.run(triplets, tmp_path / "out", ("json", "npz"), batch=2, problems=problems,
+                               progress=lambda name, ok: seen.append((name, ok)))
+    assert sorted(n for n, _, _ in summary.done) == ["good1", "good2"]
+    reasons = {p.name: str(p.error) for p in summary.failed}
+    assert set(reasons) == {"small", "partial"}
+    assert "100x100" in reasons["small"] and str(bad / "left.png") in reasons["small"]
+    assert "right" in reasons["partial"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1", "good2"]
+    assert sorted(seen) == [("good1", True), ("good2", True), ("small", False)]
+
+
+def test_staged_folder_is_all_or_nothing(tmp_path):
+    target = tmp_path / "out" / "t"
+    with pytest.raises(RuntimeError):
+        with staged_folder(target) as tmp:
+            (tmp / "mesh.obj").write_text("half")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list((tmp_path / "out").iterdir()) == []
+    with staged_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with staged_folder(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]          # replaced whole, not merged
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"]  # no temporary folders left
+
+
+def test_dlib_finds_the_synthetic_face_offline(rendered_faces):
+    photos, true68 = rendered_faces
+    det = DlibDetector()
+    found = det.landmarks(photos[1])
+    f5, t5 = five_points_from_68(found), five_points_from_68(true68[1])
+    iod = np.linalg.norm(t5[0] - t5[1])
+    assert (np.linalg.norm(f5 - t5, axis=1) < 0.25 * iod).all()
+    with pytest.raises(InputError, match="no face found") as err:
+        det.landmarks(np.full((300, 400, 3), 128, np.uint8), source="grey.png")
+    assert "grey.png" in str(err.value)
+
+
+def test_detect_and_align_maps_results_back_to_the_photo(stats_onnx, face_model_path, rendered_faces, tmp_path):
+    photos, _ = rendered_faces
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name, img in zip(("s0", "s1", "s2"), photos):     # official 0/1/2 naming, jpg
+        cv2.imwrite(str(folder / f"{name}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    with Pipeline.from_options(onnx=stats_onnx, face_model=face_model_path, threads=1) as pipe:
+        (triplet,), _ = discover_triplets([folder])
+        prep = pipe.prepare(triplet)
+        assert prep.crops.shape == (3, 224, 224, 3)
+        for v in range(3):
+            sim = prep.similarities[v]
+            five = pipe.detector.landmarks(prep.photos[v])
+            # the crop is the least-squares fit of the detected five points onto the template
+            np.testing.assert_allclose(sim.matrix, estimate_similarity(five_points_from_68(five),
+                                                                       TEMPLATE_224).matrix, atol=1e-6)
+            if VIEWS[v] == "front":     # a frontal face fits the frontal template to a few pixels
+                assert np.abs(sim.apply(five_points_from_68(five)) - TEMPLATE_224).max() < 8
+            # crop pixel (row, col) shows the photo at sim^-1 of its centre
+            u, w = sim.inverse().apply(np.array([112.5, 112.5]))
+            assert np.abs(prep.crops[v][112, 112].astype(int) - prep.photos[v][int(w), int(u)]).max() < 40
+        rec = pipe.reconstruct([prep])[0]
+        back = landmarks_on_photo(rec)
+        for v in range(3):
+            np.testing.assert_allclose(prep.similarities[v].apply(back[v]), rec.mesh.landmarks[0, v], atol=1e-2)
+        out = pipe.write(rec, tmp_path / "out", ("png",))
+        overlay = cv2.imread(str(out / "overlay.png"))
+        assert overlay.shape[0] == 512 and overlay.shape[1] == 3 * 512
+
+
+def test_triplet_with_unreadable_view_is_refused(aligned_pipe, tmp_path):
+    folder = write_triplet(tmp_path / "t", make_crops(0))
+    (folder / "front.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty") as err:
+        aligned_pipe.prepare(Triplet("t", {v: folder / f"{v}.png" for v in VIEWS}))
+    assert "front.png" in str(err.value)
