@@ -76,6 +76,6 @@ def write_preview(model, path: Path) -> Path:
 
     sheet = preview_sheet(model)
     with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), sheet[:, :, ::-1]):
+        if not cv2.imwrite(str(tmp), sheet[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
             raise InputError(path, "could not write the preview image", "check the folder and the .png suffix")
     return path

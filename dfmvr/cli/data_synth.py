@@ -16,20 +16,23 @@ from ..errors import require
 @click.option("--seed", default=0, show_default=True, type=int, help="Dataset seed.")
 @click.option("--face-model", "face_model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Face model .npz (default: the built-in synthetic face model).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Render in this many processes (the output does not depend on it).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(out: Path, triplets: int, seed: int, face_model: Path | None, quiet: bool):
+def command(out: Path, triplets: int, seed: int, face_model: Path | None, workers: int, quiet: bool):
     """Render TRIPLETS (left, front, right) triplets with ground truth into OUT.
 
     Each triplet folder holds left/front/right.png (224x224, aligned like real crops) and gt.npz
     (coefficients, poses, 68 landmarks + visibility, label maps, vertices). Deterministic per
     (seed, index); finished triplets are skipped, so an interrupted run resumes.
     """
-    require("torch", "train", "Rendering the synthetic dataset")
     from ..face.model import MorphableModel
+
+    model = MorphableModel.load(face_model) if face_model is not None else None  # fail fast, before torch
+    require("torch", "train", "Rendering the synthetic dataset")
     from ..train.synth import write_dataset
 
-    model = MorphableModel.load(face_model) if face_model is not None else None
-    report = write_dataset(out, triplets, seed=seed, model=model, progress=not quiet)
+    report = write_dataset(out, triplets, seed=seed, model=model, progress=not quiet, workers=workers)
     click.echo(f"{out}: wrote {report.written} triplets, skipped {report.skipped} finished "
                f"({report.rate:.2f} triplets/s)" if report.written else
                f"{out}: all {report.skipped} triplets already present")

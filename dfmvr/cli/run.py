@@ -38,8 +38,11 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
               help="cuda: CUDA provider / TensorRT and the CUDA mesh kernel.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--resume", is_flag=True,
+              help="Skip triplets whose output folder exists (folders are only ever complete).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
-def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, threads, quiet):
+def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, threads, resume,
+            quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
 
@@ -50,9 +53,17 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
     from ..runtime.outputs import parse_formats
     from ..runtime.pipeline import Pipeline
 
+    _quiet_opencv()
     fmts = parse_formats(formats)
     triplets, problems = discover_triplets(inputs)
     single = len(triplets) + len(problems) == 1
+    if resume:
+        skipped = [t for t in triplets if (Path(out) / t.name).is_dir()]
+        triplets = [t for t in triplets if t not in skipped]
+        if skipped and not quiet:
+            click.echo(f"--resume: {len(skipped)} triplet(s) already done, skipped", err=True)
+        if not triplets and not problems:
+            return
     if single and problems:
         raise problems[0].error
     pipe = Pipeline.from_options(onnx=onnx, engine=engine, face_model=face_model, aligned=aligned,
@@ -87,6 +98,16 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         click.echo(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.done)} triplets failed "
                    f"(listed above and in {Path(out) / 'summary.json'})", err=True)
         sys.exit(2)
+
+
+def _quiet_opencv() -> None:
+    """Corrupt images are reported by our own InputError; OpenCV's C++ log lines would only add noise."""
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # pragma: no cover - older OpenCV builds without the logging module
+        pass
 
 
 def _stage_line(ms: dict) -> str:

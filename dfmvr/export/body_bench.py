@@ -1,6 +1,7 @@
 """Measure formulations of the involution function body in ONNX Runtime (CPU) on RedNet's shapes.
 
     python -m dfmvr.export.body_bench [--out benchmarks/results/export_involution_body.json]
+    python -m dfmvr.export.body_bench --graph tiny|paper|CHECKPOINT [--batch 1] [--repeats 5]
 
 Compares, per RedNet-50 involution shape at batch 1:
 - ``function``      the shipped FunctionProto (gather-matmul), generic in K and stride;
@@ -153,11 +154,44 @@ def run(repeats: int = 20, threads: int = 0) -> dict:
             "rows": rows, "totals_ms": totals}
 
 
+def graph_speed(spec: str, batch: int = 1, repeats: int = 5) -> dict:
+    """Whole exported graph in ORT CPU vs the torch model in eager mode (same weights, same inputs)."""
+    import tempfile
+
+    import torch
+
+    from .onnx_export import export_onnx
+    from .parity import OnnxrtRunner, TorchRunner
+    from .pipeline import load_for_export
+
+    model, card, what = load_for_export(spec)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch, 3, 3, card.image_size, card.image_size)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", card).path
+        ort_runner = OnnxrtRunner(path)
+        ort_ms = _time(lambda: ort_runner(images), repeats)
+    torch_runner = TorchRunner(model)
+    torch_ms = _time(lambda: torch_runner(images), repeats)
+    return {"benchmark": "exported graph, ORT CPU vs torch eager", "model": what, "batch": batch,
+            "repeats": repeats, "torch_threads": torch.get_num_threads(), "onnxruntime_ms": round(ort_ms, 2),
+            "torch_eager_ms": round(torch_ms, 2), "speedup": round(torch_ms / ort_ms, 3)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/export_involution_body.json")
+    ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/export_<what>.json)")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--graph", default=None, help="also time a whole exported variant/checkpoint (e.g. tiny)")
+    ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.graph:
+        result = graph_speed(args.graph, args.batch, args.repeats)
+        out = args.out or f"benchmarks/results/export_graph_{Path(args.graph).stem}_b{args.batch}.json"
+        atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
+        print(result, "->", out)
+        return
+    args.out = args.out or "benchmarks/results/export_involution_body.json"
     result = run(args.repeats)
     atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
     for r in result["rows"]:

@@ -33,7 +33,6 @@ __all__ = ["ExportError", "OnnxExportResult", "export_onnx", "graph_wrapper", "r
            "check_exported_model"]
 
 log = logging.getLogger(__name__)
-OPTIMIZE = True
 
 
 class ExportError(DfmvrError):
@@ -80,7 +79,7 @@ def _torch_export(model, image_size: int, opset: int) -> onnx.ModelProto:
             graph_wrapper(model), (example,), dynamo=True, opset_version=opset,
             custom_translation_table={torch_op: involution_translation},
             input_names=[GRAPH_INPUT], output_names=list(GRAPH_OUTPUTS),
-            dynamic_shapes=({0: batch},), optimize=OPTIMIZE, verbose=False,
+            dynamic_shapes=({0: batch},), optimize=True, verbose=False,
         )
     log.debug("torch.onnx.export log:\n%s", sink.getvalue())
     return program.model_proto

@@ -5,17 +5,15 @@ top-left *corner* of the image, so the centre of pixel (row i, col j) is (j + 0.
 pixel centres at integers; ``Similarity.cv2_matrix`` converts, so ``align_image`` and every landmark or
 mesh overlay agree to the sub-pixel.
 
-The template. ``TEMPLATE_224`` is where the five points of an average adult face, frontal and
-centred on the model origin, land under the Deep3D camera (``camera.DEEP3D_CAMERA``: focal 1015 px,
-distance 10 dm, i.e. 101.5 px per decimetre at z = 0). Deep3D's own crops use an orthographic scale
-of 102 px per decimetre about the BFM origin, so a face rendered by our camera with zero pose and
-a face cropped by this template line up, and a frontal face fills the crop as in Deep3D's crops
-(eyes at about 36% of the height, nose tip near the centre, mouth at about 70%). The 3D points
-(``TEMPLATE_3D``, decimetres) are anthropometric means: eye centres 63 mm apart, mouth corners 50 mm
-apart, nose tip 40 mm below the eye line (ArcFace's template also puts it about halfway to the
-mouth), mouth 68 mm below it; the BFM front-face centroid (our model origin) sits between the eye
-line and the nose tip. The numbers are ours, not Deep3D's: a user face model's mean face lands
-within a few pixels of them, which the network's pose head absorbs.
+The template. ``TEMPLATE_224`` is where Deep3DFaceRecon's crop puts the five points, so that a
+frontal face fills our crop as it fills Deep3D's.
+Deep3D fits its "standard 5 landmarks" (``TEMPLATE_3D``: BFM model space, decimetres, y up; the
+numbers published with Deep3DFaceRecon, mirror-averaged here so the template is exactly symmetric)
+to the detected points with an orthographic scale + translation, then rescales the photo so that one
+decimetre spans ``DEEP3D_CROP_SCALE`` = 102 pixels and the model origin lands on the crop centre. So
+the template is u = 112 + 102·x, v = 112 - 102·y: eyes at v = 82 (37% of the height), nose tip near
+the centre (v = 117), mouth corners at v = 151. Deep3D's own camera (focal 1015 px at distance 10 dm)
+magnifies the origin by 101.5 px/dm, which is why 102 matches a face rendered with zero pose.
 """
 
 from __future__ import annotations
@@ -25,35 +23,38 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .camera import DEEP3D_CAMERA, project
 
 __all__ = [
-    "FIVE_POINT_NAMES", "TEMPLATE_3D", "TEMPLATE_224", "Similarity", "five_points_from_68",
+    "FIVE_POINT_NAMES", "TEMPLATE_3D", "DEEP3D_CROP_SCALE", "TEMPLATE_224", "Similarity", "five_points_from_68",
     "umeyama", "estimate_similarity", "template_for_size", "align_image",
 ]
 
 # Order of the five points, in image terms (the subject's right eye appears on the image's left).
 FIVE_POINT_NAMES = ("left_eye", "right_eye", "nose_tip", "left_mouth", "right_mouth")
 
-# 0-based iBUG-68 indices: eye contours (image-left eye 36-41, image-right 42-47), nose tip, mouth corners.
-_LEFT_EYE_68 = list(range(36, 42))
-_RIGHT_EYE_68 = list(range(42, 48))
+# 0-based iBUG-68 indices: eye corners (image-left eye 36, 39; image-right 42, 45), nose tip, mouth corners.
+_LEFT_EYE_68 = [36, 39]
+_RIGHT_EYE_68 = [42, 45]
 _NOSE_TIP_68 = 30
 _MOUTH_CORNERS_68 = (48, 54)
 
-# Anthropometric mean face in model space (decimetres; x right as seen by the camera, y up, z to camera).
+# Deep3DFaceRecon's standard five landmarks (decimetres, x right as seen by the camera, y up, z to the
+# camera), mirror-averaged: left/right pairs differ by under 2e-3 dm in the published numbers.
 TEMPLATE_3D = np.array(
     [
-        [-0.315, 0.280, 0.60],   # left eye centre (image left)
-        [0.315, 0.280, 0.60],    # right eye centre
-        [0.000, -0.120, 1.05],   # nose tip
-        [-0.250, -0.400, 0.72],  # left mouth corner
-        [0.250, -0.400, 0.72],   # right mouth corner
+        [-0.31064, 0.29004, 0.13279],    # left eye centre (image left)
+        [0.31064, 0.29004, 0.13279],     # right eye centre
+        [0.00000, -0.04618, 0.55244],    # nose tip
+        [-0.25032, -0.38131, 0.22321],   # left mouth corner
+        [0.25032, -0.38131, 0.22321],    # right mouth corner
     ],
     dtype=np.float32,
 )
+DEEP3D_CROP_SCALE = 102.0   # pixels per decimetre in a 224 crop (Deep3D's rescale_factor)
 
-TEMPLATE_224: np.ndarray = project(TEMPLATE_3D, DEEP3D_CAMERA)
+TEMPLATE_224: np.ndarray = np.stack(
+    [112.0 + DEEP3D_CROP_SCALE * TEMPLATE_3D[:, 0], 112.0 - DEEP3D_CROP_SCALE * TEMPLATE_3D[:, 1]], axis=1,
+).astype(np.float32)
 """[5, 2] float32 pixel positions of the five points in a 224x224 crop (see the module docstring)."""
 TEMPLATE_224.setflags(write=False)
 
@@ -63,7 +64,7 @@ def template_for_size(size: int) -> np.ndarray:
     return (TEMPLATE_224 * np.float32(size / 224.0)).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous: compare .matrix with a tolerance
 class Similarity:
     """A 2D similarity transform p' = A·p + b (A = s·R, det R = +1) in continuous pixel coordinates.
 
@@ -127,8 +128,10 @@ class Similarity:
 def five_points_from_68(landmarks) -> np.ndarray:
     """iBUG-68 landmarks [..., 68, 2] -> five points [..., 5, 2] float32, order ``FIVE_POINT_NAMES``.
 
-    Eye centres are the means of the six eye-contour points; the nose tip is point 30; mouth corners
-    are 48 and 54 (0-based). Coordinates pass through unchanged (any units, any pixel origin).
+    Eye centres are the midpoints of each eye's two corners (36/39, 42/45), as in Deep3D, whose
+    template numbers were made that way (and the eyelids, which move when people blink, stay out);
+    the nose tip is point 30; mouth corners are 48 and 54 (0-based). Coordinates pass through
+    unchanged (any units, any pixel origin).
     """
     lm = np.asarray(landmarks, dtype=np.float32)
     if lm.ndim < 2 or lm.shape[-2:] != (68, 2):

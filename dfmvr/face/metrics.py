@@ -121,7 +121,8 @@ class MeshDistance:
             # centroid lies within best + max_radius can beat the best found: examine all of them.
             todo = np.flatnonzero(dist[:, -1] - self.max_radius < np.sqrt(best_d2))
             if todo.size:
-                lists = self._centroid_tree.query_ball_point(points[todo], np.sqrt(best_d2[todo]) + self.max_radius)
+                radii = np.sqrt(best_d2[todo]) + self.max_radius
+                lists = self._centroid_tree.query_ball_point(points[todo], radii)
                 counts = np.fromiter((len(x) for x in lists), np.int64, len(lists))
                 cand = np.fromiter((t for x in lists for t in x), np.int64, int(counts.sum()))
                 owner = np.repeat(todo, counts)
@@ -158,7 +159,8 @@ def crop_scan(scan_vertices, scan_landmarks7, radius_factor: float = 1.0) -> tup
     radius = ``radius_factor`` x |outer eye corner (36) - outer eye corner (45)|, centred on the nose tip.
     """
     lm = np.asarray(scan_landmarks7, np.float64)
-    radius = radius_factor * float(np.linalg.norm(lm[OUTER_EYE_CORNERS_OF_SEVEN[0]] - lm[OUTER_EYE_CORNERS_OF_SEVEN[1]]))
+    left, right = OUTER_EYE_CORNERS_OF_SEVEN
+    radius = radius_factor * float(np.linalg.norm(lm[left] - lm[right]))
     d = np.linalg.norm(np.asarray(scan_vertices, np.float64) - lm[NOSE_TIP_OF_SEVEN], axis=1)
     return d <= radius, radius
 
@@ -197,10 +199,12 @@ def evaluate_reconstruction(pred_vertices, pred_triangles, pred_landmarks, scan_
     """
     pv = _as_points("pred_vertices", pred_vertices) * pred_scale
     pt = np.asarray(pred_triangles)
+    if pt.ndim != 2 or pt.shape[1] != 3 or not len(pt) or pt.min() < 0 or pt.max() >= len(pv):
+        raise ValueError(f"pred_triangles must be [T, 3] ids into the {len(pv)} predicted vertices")
     pl = np.asarray(pred_landmarks)
     if pl.ndim == 1:
-        if pl.shape != (7,) or not np.issubdtype(pl.dtype, np.integer):
-            raise ValueError(f"pred_landmarks as vertex ids must be 7 integers, got {pl.dtype} {pl.shape}")
+        if pl.shape != (7,) or not np.issubdtype(pl.dtype, np.integer) or pl.min() < 0 or pl.max() >= len(pv):
+            raise ValueError(f"pred_landmarks as vertex ids must be 7 integers in [0, {len(pv)}), got {pl}")
         pl = pv[pl]
     else:
         pl = _as_points("pred_landmarks", pl, 7) * pred_scale

@@ -46,7 +46,11 @@ def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangl
     depth = np.asarray(depth, np.float64)
     triangles = np.asarray(triangles, np.int64)
     tri_px = pixels[triangles]                                            # [T, 3, 2]
-    keep = np.isfinite(tri_px).all(axis=(1, 2)) & (depth[triangles] > 0).all(axis=1)
+    # Vertices far outside the image (beyond OpenCV's fixed-point range) are dropped with their
+    # triangles, like those behind the camera.
+    limit = 64.0 * max(image.shape[:2])
+    with np.errstate(invalid="ignore"):
+        keep = (np.abs(tri_px) < limit).all(axis=(1, 2)) & (depth[triangles] > 0).all(axis=1)
     if cull_backfaces:
         e1, e2 = tri_px[:, 1] - tri_px[:, 0], tri_px[:, 2] - tri_px[:, 0]
         # Counter-clockwise in model space (y up) is clockwise in the image (v down): negative area.
@@ -65,7 +69,9 @@ def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangl
     canvas = image.copy()
     covered = np.zeros(image.shape[:2], np.uint8) if alpha < 1.0 else None
     # cv2 puts pixel centres at integer coordinates; ours are at +0.5.
-    fixed = np.round((tri_px - 0.5) * (1 << _SHIFT)).astype(np.int32)
+    # Skipped triangles may hold NaN: zero them so that the integer cast is clean.
+    safe = np.where(keep[:, None, None], tri_px, 0.0)
+    fixed = np.round((safe - 0.5) * (1 << _SHIFT)).astype(np.int32)
     colour_255 = np.clip(tri_colour * 255.0 + 0.5, 0, 255).astype(np.int32)
     for t in order:
         cv2.fillConvexPoly(canvas, fixed[t], colour_255[t].tolist(), lineType=cv2.LINE_8, shift=_SHIFT)
@@ -86,8 +92,8 @@ def preview_sheet(model: MorphableModel, tile: int = 240, seed: int = 0, sigma: 
     """A preview of ``model`` as an RGB image [rows * tile, cols * tile, 3] uint8.
 
     Columns: mean face; identity component 1 at +/-``sigma``; a random identity (N(0, 1)
-    coefficients, random albedo); expression components 1 and 2 at +``sigma``; expression component
-    1 at -``sigma``. Rows: the front view and the left/right views (yaw from ``VIEW_YAW_DEG``).
+    coefficients, random albedo); expression components 1 and 2 at +``sigma``; a random expression
+    (N(0, 1)). Rows: the front view and the left/right views (yaw from ``VIEW_YAW_DEG``).
     """
     cv2 = _cv2()
     rng = np.random.default_rng(seed)
@@ -100,7 +106,7 @@ def preview_sheet(model: MorphableModel, tile: int = 240, seed: int = 0, sigma: 
         ("random id", rng.normal(size=ki), np.zeros(ke), rng.normal(size=kt)),
         (f"exp1 +{sigma:g}s", np.zeros(ki), unit(ke, 0, sigma), np.zeros(kt)),
         (f"exp2 +{sigma:g}s", np.zeros(ki), unit(ke, 1, sigma), np.zeros(kt)),
-        (f"exp1 -{sigma:g}s", np.zeros(ki), unit(ke, 0, -sigma), np.zeros(kt)),
+        ("random exp", np.zeros(ki), rng.normal(size=ke), np.zeros(kt)),
     ]
     yaws = (0.0, VIEW_YAW_DEG[0], VIEW_YAW_DEG[2])
     span = 1.15 * float(np.ptp(model.mean_shape[:, 1]))                # model units across a tile

@@ -18,6 +18,8 @@ Construction:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import sparse
 from scipy.linalg import solve_triangular
@@ -54,30 +56,41 @@ def synthetic_face_model(seed: int = DEFAULT_SEED, num_vertices: int = 3000) -> 
     """Build the synthetic face model (deterministic for ``seed``; ~``num_vertices`` vertices).
 
     The mean surface, keypoints and parts do not depend on the seed; the bases' random tails do.
+    Built models are cached; each call returns a private copy, so callers may modify it.
     """
+    cached = _build(int(seed), int(num_vertices))
+    return MorphableModel(**{k: getattr(cached, k).copy() for k in cached.array_names()},
+                          name=cached.name, source=dict(cached.source))
+
+
+@functools.lru_cache(maxsize=4)
+def _build(seed: int, num_vertices: int) -> MorphableModel:
     theta, height, triangles, row_step = _grid(num_vertices)
     X, Y, Z = _surface(theta, height)
-    ref = np.stack([X, Y, Z], axis=1)                                    # frontal reference, [N, 3]
-    keypoints = _keypoints(ref, row_step)
-    parts = P.parts_from_landmarks(ref, keypoints)
+    design = np.stack([X, Y, Z], axis=1)                                 # design frame, [N, 3]
+    keypoints = _keypoints(design, row_step)
+    design_parts = P.parts_from_landmarks(design, keypoints)
     rng = np.random.default_rng(seed)
-    adjacency = _adjacency(triangles, len(ref))
-    id_basis = _basis(_identity_fields(ref) + _random_fields(ref, rng, 80 - 17, 0.25, 0.75),
-                      _decay(80, 0.05, 8, 0.8), rng)
-    exp_basis = _basis(_expression_fields(ref) + _random_fields(ref, rng, 64 - 12, 0.12, 0.3, local=True),
-                       _decay(64, 0.07, 4, 0.9), rng)
-    mean_albedo = _mean_albedo(ref, parts, keypoints, adjacency)
-    albedo_basis = _basis(_albedo_fields(ref, parts, mean_albedo, adjacency)
-                          + _random_fields(ref, rng, 80 - 8, 0.15, 0.5, colour=True),
+    adjacency = _adjacency(triangles, len(design))
+    stretch = _height_slope(Y)                                          # d(final y) / d(design y)
+    expression_sd = _decay(64, 0.05, 4, 0.9)
+    expression_sd[0] = 0.12                                             # jaw open: the chin moves 12 mm at 1 sigma
+    id_basis = _basis(_identity_fields(design) + _random_fields(design, rng, 80 - 17, 0.35, 0.15),
+                      _decay(80, 0.05, 8, 0.8), rng, stretch)
+    exp_basis = _basis(_expression_fields(design) + _random_fields(design, rng, 64 - 12, 0.15, 0.08, local=True),
+                       expression_sd, rng, stretch)
+    mean_albedo = _mean_albedo(design, design_parts, keypoints, adjacency)
+    albedo_basis = _basis(_albedo_fields(design, design_parts, mean_albedo, adjacency)
+                          + _random_fields(design, rng, 80 - 8, 0.3, 0.1, colour=True),
                           _decay(80, 0.07, 6, 0.9), rng)
+    ref = np.stack([X, _height(Y), Z], axis=1)
     mean_shape = _half(ref - ref.mean(axis=0))
+    parts = P.parts_from_landmarks(mean_shape, keypoints)   # as the BFM loaders derive them
     return MorphableModel(
         mean_shape=mean_shape, id_basis=id_basis, exp_basis=exp_basis,
         mean_albedo=_half(mean_albedo), albedo_basis=albedo_basis, triangles=triangles,
-        vertex_triangles=build_vertex_triangles(triangles, len(ref)), keypoints=keypoints,
-        skin_mask=P.skin_mask_from_parts(parts, triangles),
-        # Parts again from the final mean shape, exactly as the BFM loaders derive them.
-        parts=P.parts_from_landmarks(mean_shape, keypoints),
+        vertex_triangles=build_vertex_triangles(triangles, len(design)), keypoints=keypoints,
+        skin_mask=P.skin_mask_from_parts(parts, triangles), parts=parts,
         front_region=P.front_region_mask(mean_shape, keypoints, triangles),
         name=f"synthetic-seed{seed}", source={"generator": "dfmvr.face.synthetic", "seed": int(seed)},
     )
@@ -142,6 +155,21 @@ def _g2(X, Y, cx, cy, sx, sy):
 
 def _box(v, half, soft):
     return 1.0 / (1.0 + np.exp((np.abs(v) - half) / soft))
+
+
+# The features are laid out in a design frame; the final heights compress the lower face a little
+# (eyes to chin 1.24 dm) and extend the forehead, keeping 2.3 dm from chin to forehead top.
+_DESIGN_Y = np.array([_F["chin_y"], _F["eye_y"], _F["top_y"]])
+_FINAL_Y = np.array([-0.97, 0.27, 1.33])
+
+
+def _height(y):
+    return np.interp(y, _DESIGN_Y, _FINAL_Y)
+
+
+def _height_slope(y):
+    slopes = np.diff(_FINAL_Y) / np.diff(_DESIGN_Y)
+    return np.where(y < _DESIGN_Y[1], slopes[0], slopes[1])
 
 
 def _nose_height(X, Y):
@@ -243,15 +271,17 @@ def _half(a):
     return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
 
 
-def _basis(fields, peaks, rng):
+def _basis(fields, peaks, rng, y_stretch=None):
     """Fields (list of [N, C]) -> orthonormalised in order, scaled so that the largest per-vertex
     displacement at 1 sigma equals ``peaks[k]`` -> [N, C, K] float32 (float16-representable).
 
     A field that is (numerically) a combination of earlier ones, e.g. a part with no vertices on a
     coarse mesh, is replaced by random noise so that the basis keeps full rank."""
     n, c = np.asarray(fields[0]).shape
+    if y_stretch is not None:   # displacements follow the design -> final height map
+        fields = [np.asarray(f) * np.stack([np.ones(n), y_stretch, np.ones(n)], axis=1) for f in fields]
     m = np.stack([np.asarray(f, np.float64).ravel() for f in fields], axis=1)      # [N*C, K]
-    gram = m.T @ m
+    gram = np.einsum("dk,dl->kl", m, m)      # not BLAS: steady speed on a busy machine, same bits
     try:    # fast path: Gram-Schmidt in order through the Cholesky factor of the K x K Gram matrix
         chol = np.linalg.cholesky(gram)
         well_posed = np.all(np.diag(chol) > 1e-4 * np.sqrt(np.diag(gram)))
@@ -353,7 +383,10 @@ def _random_fields(ref, rng, count, sigma_hi, sigma_lo, local=False, colour=Fals
                 cx, cy = cx + rng.normal(0, 0.08), cy + rng.normal(0, 0.08)
             else:
                 cx, cy = rng.uniform(-0.7, 0.7), rng.uniform(-1.1, 1.1)
-            d = rng.normal(0, 1, 3) * (np.ones(3) if colour else np.array([0.6, 0.6, 1.0]))
+            if colour:   # skin-like variation: mostly lightness, then red-brown and yellow axes
+                d = rng.normal(0, 1, 3) @ np.array([[0.7, 0.55, 0.45], [0.45, -0.05, -0.2], [0.15, 0.15, -0.3]])
+            else:
+                d = rng.normal(0, 1, 3) * np.array([0.6, 0.6, 1.0])
             f += _g(X, Y, cx, cy, sigma, sigma)[:, None] * d
             if mirrored:
                 f += _g(X, Y, -cx, cy, sigma, sigma)[:, None] * (d if colour else d * [-1, 1, 1])

@@ -270,8 +270,10 @@ def write_register_report(path, report: dict | None = None) -> Path:
     """Write ``register_report()`` (plus the tool versions and source digest) as JSON, atomically."""
     report = register_report() if report is None else report
     nvcc = find_nvcc()
-    version = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1] \
-        if nvcc else None
+    version = None
+    if nvcc:
+        lines = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True).stdout.splitlines()
+        version = next((ln.strip() for ln in lines if "release" in ln), None)
     try:
         nvrtc_version = ".".join(map(str, require("cuda.bindings.nvrtc", "gpu", "NVRTC").nvrtcVersion()[1:]))
     except ImportError:

@@ -144,6 +144,11 @@ class CudaModule:
                                           f"cuModuleGetFunction({name})")
         return self._functions[name]
 
+    def unload(self) -> None:
+        if getattr(self, "module", None) is not None:
+            driver().cuModuleUnload(self.module)
+            self.module, self._functions = None, {}
+
     def launch(self, name: str, cfg, values, kinds, stream) -> None:
         """Launch kernel ``name`` with LaunchConfig ``cfg``; skipped when the config has no work."""
         if cfg.empty:

@@ -21,7 +21,7 @@ from ..face.camera import Camera
 from ..face.geometry import MeshResult
 from ..face.layout import Coefficients
 from ..face.model import MorphableModel
-from ..kernels.op import involution_output_size
+from .op import involution_output_size
 from .build import CUDA_DIR, cache_dir, source_digest
 from .mesh_buffers import MeshOutputs, camera_args, pack_coefficients, pack_model
 

@@ -16,7 +16,7 @@ from ..face.layout import Coefficients
 from ..face.model import MorphableModel
 
 __all__ = ["BASIS_DTYPES", "PackedModel", "PackedCoefficients", "pack_model", "pack_coefficients",
-           "MeshOutputs"]
+           "MeshOutputs", "camera_args"]
 
 BASIS_DTYPES = {"float32": np.float32, "float16": np.float16}
 

@@ -115,6 +115,9 @@ class CudaMeshAssembler:
         for group in ("_model", "_inputs", "_outputs"):
             for buf in getattr(self, group, {}).values():
                 buf.free()
+        if getattr(self, "module", None) is not None:
+            self.module.unload()
+            self.module = None
         if getattr(self, "ctx", None) is not None:
             self.ctx.close()
             self.ctx = None

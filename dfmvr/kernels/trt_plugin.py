@@ -30,7 +30,7 @@ tensorrt is imported only inside ``register_involution_plugin``.
 
 from __future__ import annotations
 
-from .launch import INVOLUTION_KERNEL_SIZES, involution_kernel_name
+from .launch import INVOLUTION_KERNEL_SIZES
 from .op import INVOLUTION
 
 __all__ = ["PLUGIN_ID", "PLUGIN_VERSION", "PLUGIN_BLOCK", "PTX_ARCH", "TYPE_COMBINATION", "TENSOR_FORMAT",

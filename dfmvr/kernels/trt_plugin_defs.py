@@ -1,5 +1,6 @@
-"""The ``tensorrt.plugin`` definitions of dfmvr::Involution; imported only by
-``trt_plugin.register_involution_plugin`` (so only where TensorRT is installed).
+"""The ``tensorrt.plugin`` definitions of dfmvr::Involution, made by ``define(trtp, ptx)``, which
+``trt_plugin.register_involution_plugin`` calls with the imported ``tensorrt.plugin`` module (this
+module itself imports without TensorRT).
 
 No ``from __future__ import annotations`` here, on purpose: tensorrt.plugin reads the decorated
 functions' annotations as objects (``issubclass(annotation, TensorDesc)``, the aot_impl return
@@ -44,6 +45,10 @@ def define(trtp, ptx: bytes) -> None:
                             outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(TYPE_COMBINATION, TENSOR_FORMAT)]
 
+    if not hasattr(trtp, "aot_impl"):  # TensorRT < 10.8: JIT implementation only (needs Python at run time)
+        _define_jit(trtp, ptx)
+        return
+
     @trtp.aot_impl(PLUGIN_ID)
     def involution_aot(x: trtp.TensorDesc, w: trtp.TensorDesc, kernel_size: int, stride: int, groups: int,
                        outputs: Tuple[trtp.TensorDesc], tactic: int
@@ -55,6 +60,12 @@ def define(trtp, ptx: bytes) -> None:
         params.shared_mem = 0
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in aot_scalar_args(xs, groups, stride)])
         return involution_kernel_name(kernel_size, dtype_from_trt(x.dtype)).encode(), ptx, params, extra
+
+    _define_jit(trtp, ptx)
+
+
+def _define_jit(trtp, ptx: bytes) -> None:
+    """The JIT implementation: the same PTX launched through cuda-python on TensorRT's stream."""
 
     @trtp.impl(PLUGIN_ID)
     def involution_jit(x: trtp.Tensor, w: trtp.Tensor, kernel_size: int, stride: int, groups: int,

@@ -21,8 +21,9 @@ __all__ = ["DETECTORS", "Detector", "DlibDetector", "FaceAlignmentDetector", "ma
            "dlib_model_path"]
 
 DETECTORS = ("dlib", "face-alignment")
-# Photos are searched at most this large (longest side, pixels); landmarks are then refined at full size.
-DETECT_MAX_SIDE = 640
+# Photos are searched at most this large (longest side, pixels; HOG cost grows with the area, and
+# portrait faces are large); landmarks are then placed on the full-size photo.
+DETECT_MAX_SIDE = 480
 
 
 def dlib_model_path(name: str) -> Path:

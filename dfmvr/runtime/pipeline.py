@@ -134,6 +134,10 @@ class Pipeline:
     # --- lifecycle -------------------------------------------------------------------------
     def activate(self) -> "Pipeline":
         self.runner.activate()
+        try:        # the mesh writers' trimesh takes ~1-2 s to import: pay it here, not in the first write
+            import trimesh  # noqa: F401
+        except ImportError:  # pragma: no cover - a base dependency
+            pass
         if self.device == "cuda" and self._gpu_assembler is None:
             try:
                 from ..kernels.mesh_gpu import CudaMeshAssembler
@@ -144,7 +148,9 @@ class Pipeline:
 
     def deactivate(self) -> None:
         self.runner.deactivate()
-        self._gpu_assembler = None
+        if self._gpu_assembler is not None:
+            self._gpu_assembler.close()      # frees the bases and buffers on the device
+            self._gpu_assembler = None
 
     def __enter__(self):
         return self.activate()

@@ -73,7 +73,8 @@ class OnnxrtRunner(Runner):
     """ONNX Runtime session over an ONNX file.
 
     threads: intra-op threads (None: ORT's default, one per physical core).
-    device:  "cpu", or "cuda" to put the CUDA provider first (UnavailableError if ORT lacks it).
+    device:  "cpu", or "cuda" to put the CUDA provider first when present (onnxruntime-gpu); the
+             providers in use are in ``session.get_providers()`` after activation.
     """
 
     name = "onnxruntime"
@@ -86,14 +87,10 @@ class OnnxrtRunner(Runner):
         self.session = None
 
     def providers(self) -> list[str]:
+        """CUDA provider first when ``device == "cuda"`` and this onnxruntime has it; CPU otherwise."""
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        if self.device == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise UnavailableError(
-                    "--device cuda with ONNX Runtime needs the CUDA execution provider, which this "
-                    f"onnxruntime lacks (it has {available}) -- install onnxruntime-gpu or use --device cpu")
+        if self.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
@@ -109,8 +106,6 @@ class OnnxrtRunner(Runner):
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers())
-        except UnavailableError:
-            raise
         except Exception as exc:   # ORT raises its own Fail/InvalidGraph/... types
             raise InputError(self.path, f"ONNX Runtime cannot load this model ({str(exc).strip()[:300]})",
                              "re-export it with 'dfmvr-export'") from exc
@@ -130,8 +125,9 @@ class OnnxrtRunner(Runner):
 class TensorrtRunner(Runner):
     """A TensorRT engine on the current CUDA device, fed through cuda-python device buffers.
 
-    plugin_libraries: shared libraries with TensorRT plugins (the Involution plugin) loaded before the
-    engine is deserialized; also read from ``DFMVR_TRT_PLUGINS`` (os.pathsep separated).
+    The Involution plugin is registered with ``dfmvr.kernels.trt_plugin.register_involution_plugin``
+    (TensorRT >= 10.8). plugin_libraries: extra shared libraries with TensorRT plugins loaded before
+    the engine is deserialized; also read from ``DFMVR_TRT_PLUGINS`` (os.pathsep separated).
     Not verified here: this machine has neither a GPU nor TensorRT.
     """
 
@@ -165,6 +161,13 @@ class TensorrtRunner(Runner):
 
         for lib in self.plugin_libraries:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        from ..kernels.trt_plugin import register_involution_plugin
+
+        try:
+            register_involution_plugin()          # the dfmvr::Involution plugin (tensorrt.plugin API)
+        except UnavailableError:
+            if not self.plugin_libraries:         # a C++ plugin library may provide it instead
+                raise
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")

@@ -65,7 +65,8 @@ def _preview(keys, n: int = 10) -> str:
     return f"{len(keys)}: " + ", ".join(keys[:n]) + more if keys else "none"
 
 
-def _load_strict(path, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def _load_strict(path, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str,
+                 assign: bool = False) -> None:
     expected = module.state_dict()
     missing = set(expected) - set(state)
     unexpected = set(state) - set(expected)
@@ -77,7 +78,7 @@ def _load_strict(path, module: torch.nn.Module, state: dict[str, torch.Tensor], 
              for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise InputError(path, f"is not {what}: shapes differ for {_preview(wrong)}")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 def _sha256(path: Path) -> str:
@@ -90,14 +91,14 @@ def _sha256(path: Path) -> str:
 
 @dataclass
 class ConversionReport:
-    tensors: int
-    parameters: int
-    dead: dict[str, int] = field(default_factory=dict)    # prefix -> parameter count kept but unused
+    tensors: int                                          # tensors read (parameters and BN buffers)
+    parameters: int                                       # learnable numbers among them
+    dead: dict[str, int] = field(default_factory=dict)    # prefix -> parameters kept but never used
 
     def lines(self) -> list[str]:
-        out = [f"loaded {self.tensors} tensors ({self.parameters:,} numbers) strictly into 'paper'"]
+        out = [f"loaded {self.tensors} tensors ({self.parameters:,} parameters) strictly into 'paper'"]
         for prefix, n in self.dead.items():
-            out.append(f"kept {n:,} dead numbers under '{prefix}*' (present in the official file, "
+            out.append(f"kept {n:,} dead parameters under '{prefix}*' (present in the official file, "
                        f"never used by the forward pass)")
         return out
 
@@ -109,10 +110,16 @@ def convert_official(path) -> tuple[DFMVRNet, ModelCard, ConversionReport]:
     card = make_card("paper", camera=OFFICIAL_CAMERA)
     card.provenance = {"source": "official DF-MVR checkpoint (weiguangzhao/DF_MVR)", "file": path.name,
                        "sha256": _sha256(path)}
-    model = build_model(card)
-    _load_strict(path, model, state, "an official DF-MVR checkpoint")
-    dead = {p: sum(v.numel() for k, v in state.items() if k.startswith(p)) for p in DEAD_PREFIXES}
-    report = ConversionReport(tensors=len(state), parameters=sum(v.numel() for v in state.values()), dead=dead)
+    # Built on the meta device and then given the file's tensors (assign=True): no 110 M-parameter
+    # random initialisation, and a wrong file is refused before any memory is allocated.
+    with torch.device("meta"):
+        model = build_model(card)
+    _load_strict(path, model, state, "an official DF-MVR checkpoint", assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):   # a tensor the file did not fill
+        raise RuntimeError("official conversion left uninitialised (meta) tensors; this is a dfmvr bug")
+    params = dict(model.named_parameters())   # counts exclude BN running statistics
+    dead = {p: sum(v.numel() for k, v in params.items() if k.startswith(p)) for p in DEAD_PREFIXES}
+    report = ConversionReport(tensors=len(state), parameters=sum(v.numel() for v in params.values()), dead=dead)
     return model.eval(), model.card, report
 
 

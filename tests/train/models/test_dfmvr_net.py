@@ -15,8 +15,8 @@ from dfmvr.train.models.variants import VARIANTS, build_model
 
 
 @pytest.mark.parametrize("batch,views,size", [
-    (1, ("front",), 224), (2, ("left", "right"), 64), (3, ("left", "front", "right"), 64),
-    (4, ("front", "right"), 64),
+    (1, ("front",), 224), (2, ("left", "right"), 32), (3, ("left", "front", "right"), 32),
+    (4, ("front", "right"), 32),
 ])
 def test_output_shapes_and_missing_view_labels(tiny_model, batch, views, size):
     torch.manual_seed(batch)
@@ -38,7 +38,7 @@ def test_output_shapes_and_missing_view_labels(tiny_model, batch, views, size):
 
 
 def test_batch_rows_are_independent(tiny_model):
-    images = torch.rand(3, 3, 3, 64, 64) * 2 - 1
+    images = torch.rand(3, 3, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         full, _ = tiny_model(images)
         one, _ = tiny_model(images[1:2])
@@ -63,7 +63,7 @@ def test_heads_fill_the_layout_in_official_order():
         conv.bias.data.copy_(b)
         biases.append(b)
     with torch.no_grad():
-        coeffs, _ = model(torch.zeros(1, 3, 3, 64, 64))
+        coeffs, _ = model(torch.zeros(1, 3, 3, 32, 32))
     assert torch.equal(coeffs[0], torch.cat(biases))
     c = COEFFS.split(coeffs.numpy())
     np.testing.assert_array_equal(c.identity[0], np.arange(80))                 # conv2_id
@@ -77,7 +77,7 @@ def test_parse_net_frozen_and_always_eval_while_rest_trains():
     model.train()
     assert not model.parse_net.training and model.uuunet.training
     assert all(not p.requires_grad for p in model.parse_net.parameters())
-    coeffs, _ = model(torch.rand(2, 3, 3, 64, 64) * 2 - 1)
+    coeffs, _ = model(torch.rand(2, 3, 3, 32, 32) * 2 - 1)
     coeffs.square().mean().backward()
     assert all(p.grad is None for p in model.parse_net.parameters())
     assert model.uuunet.conv1_0.conv[0].weight.grad.abs().sum() > 0
@@ -89,7 +89,7 @@ def test_conv9_is_never_called(tiny_model):
     handle = tiny_model.uuunet.conv9.register_forward_hook(lambda *a: calls.append(1))
     try:
         with torch.no_grad():
-            tiny_model(torch.zeros(1, 3, 3, 64, 64))
+            tiny_model(torch.zeros(1, 3, 3, 32, 32))
     finally:
         handle.remove()
     assert calls == []

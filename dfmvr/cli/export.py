@@ -1,0 +1,35 @@
+"""``dfmvr-export`` / ``dfmvr export``: one ONNX graph (+ fp16 graph, + TensorRT engine) and parity."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: model.onnx, model.parity.json (+ model.fp16.onnx, model.plan).")
+@click.option("--fp16", is_flag=True, help="Also write an fp16 graph (fp32 I/O); the engine is built with FP16.")
+@click.option("--engine", default=None, help="Demand a TensorRT engine at this path (relative: inside --out); "
+              "exit 3 if this machine cannot build one. Without it an engine is built only where possible.")
+@click.option("--batch", default="1:1:4", show_default=True, help="TensorRT profile MIN:OPT:MAX batch sizes.")
+@click.option("--workspace", "workspace_gb", default=4.0, show_default=True, type=float,
+              help="TensorRT builder workspace limit, GiB.")
+@click.option("--timing-cache", default=None, type=click.Path(dir_okay=False),
+              help="TensorRT timing cache file (read if present, written back).")
+@click.option("--face-model", default=None, type=click.Path(dir_okay=False),
+              help="Face model .npz for the mm parity (default: the built-in synthetic model).")
+@click.option("--parity-batch", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="Synthetic triplets used for the parity report.")
+def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache, face_model, parity_batch):
+    """Export CHECKPOINT to one ONNX graph with dfmvr::Involution nodes, check parity, build engines.
+
+    CHECKPOINT is a dfmvr .safetensors checkpoint, the official DF-MVR .pth weights (converted on the
+    fly), 'default' (the bundled model), or a variant name ('tiny', 'paper') for random weights.
+    The export fails (exit 1) if ONNX Runtime disagrees with PyTorch beyond the tolerances.
+    """
+    from ..export.pipeline import export_all
+
+    export_all(checkpoint, out_dir, fp16=fp16, engine=engine, batch=batch, workspace_gb=workspace_gb,
+               timing_cache=timing_cache, face_model=face_model, parity_batch=parity_batch,
+               echo=click.echo)

@@ -1,0 +1,93 @@
+"""``dfmvr train`` / ``dfmvr-train``: train DF-MVR (main stage) or its parse net (``--stage parse``).
+
+Multi-process: ``torchrun --nproc_per_node N -m dfmvr.cli.train ...`` (or ``torchrun $(which
+dfmvr-train) ...``); each process then uses ``--batch`` triplets per step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import require
+
+_PATH = click.Path(path_type=Path)
+
+
+@click.command(name="train")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Training data: triplet folders (dfmvr data synth) or, for --stage parse, CelebAMask-HQ.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: checkpoint.safetensors (+ .train.pt), metrics.jsonl.")
+@click.option("--variant", default="tiny", show_default=True, type=click.Choice(["tiny", "paper"]))
+@click.option("--stage", default="main", show_default=True, type=click.Choice(["main", "parse"]),
+              help="main: the reconstruction network; parse: the BiSeNet parser on label maps.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch", default=4, show_default=True, type=click.IntRange(min=1), help="Per process.")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate (default 1e-4 main, 1e-3 parse); main: constant, then cosine to 1e-6.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its checkpoint ends.")
+@click.option("--face-model", "face_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Face model .npz (default: DATA/face_model.npz, else the synthetic one).")
+@click.option("--parse-net", "parse_net", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Frozen parser: parse_net.safetensors (--stage parse), face_mask.pth or 79999_iter.pth.")
+@click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Validation triplets scored (mm) after every epoch.")
+@click.option("--val-limit", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--supervised-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Synthetic data only: weight of an MSE to the true coefficients (recorded in the card).")
+@click.option("--prdl-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Part re-projection distance loss weight (0 = off; 3DDFA-V3 used 8e-4).")
+@click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Parse-consistency (mask) loss weight, on after 100/280 of training.")
+@click.option("--eye-landmarks", is_flag=True, help="Weigh the eye landmarks 20 too (the official code).")
+@click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--no-view-dropout", is_flag=True, help="Always feed all three views.")
+@click.option("--no-augment", is_flag=True, help="No colour jitter / blur.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
+@click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),
+              help="End after this epoch (the schedule still spans --epochs); continue with --resume.")
+@click.option("--max-steps", "max_steps", default=None, type=click.IntRange(min=1), help="Cap steps per epoch.")
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
+            supervised_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            seed, workers, stop_after, max_steps, device, quiet):
+    """Train on DATA, writing checkpoints and metrics to OUT."""
+    require("torch", "train", "Training")
+    if stage == "parse":
+        from ..train.parse_stage import ParseConfig, train_parse_net
+
+        path = train_parse_net(ParseConfig(data=str(data), out=str(out), variant=variant, epochs=epochs,
+                                           batch=batch, lr=lr or 1e-3, resume=resume, seed=seed, workers=workers,
+                                           max_steps_per_epoch=max_steps, progress=not quiet))
+        click.echo(f"parse net: {path}")
+        return
+    from ..train.losses.total import LossWeights
+    from ..train.trainer import Trainer, TrainConfig
+
+    weights = LossWeights(supervised=supervised_weight, prdl=prdl_weight, mask=mask_weight,
+                          landmark_eyes=eye_landmarks)
+    cfg = TrainConfig(data=str(data), out=str(out), variant=variant, epochs=epochs, batch=batch, lr=lr or 1e-4,
+                      clip_grad=clip_grad, resume=resume, face_model=str(face_model) if face_model else None,
+                      parse_net=str(parse_net) if parse_net else None, val=str(val) if val else None,
+                      val_limit=val_limit, seed=seed, augment=not no_augment, view_dropout=not no_view_dropout,
+                      workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
+                      device=device, progress=not quiet, weights=weights.to_dict())
+    trainer = Trainer(cfg)
+    try:
+        last = trainer.run()
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in last.items()
+                 if k in ("epoch", "train_loss", "seconds_per_step", "val_mean_mm", "val_rmse_mm")}
+        click.echo(f"{trainer.ckpt_path} ({shown})")
+
+
+if __name__ == "__main__":   # torchrun -m dfmvr.cli.train ...
+    from . import invoke
+
+    invoke(command, prog_name="dfmvr-train")

@@ -1,0 +1,195 @@
+"""Parity reports: the exported graph (ONNX Runtime, TensorRT) against the torch model, on real inputs.
+
+A runner is a callable ``images [B, 3, 3, 224, 224] float32 -> (coefficients [B, 269] float32, labels
+[B, 3, 224, 224] uint8)``. ``compare`` measures a candidate against the reference:
+
+- max / mean absolute error of the coefficients;
+- label agreement (fraction of equal pixels);
+- the resulting mesh difference in millimetres: both coefficient sets go through
+  ``dfmvr.face.geometry.assemble_mesh`` with the card's camera and a face model (the synthetic model by
+  default), and the per-vertex distance of the posed vertices (decimetres x 100) is reported.
+
+Tolerances are explicit per precision (``FP32_TOLERANCE``, ``FP16_TOLERANCE``); ``check_reports``
+raises ``ExportError`` when any report fails, so an export never ships a graph that disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write_text
+from ..card import GRAPH_INPUT, GRAPH_OUTPUTS, ModelCard
+from ..face.geometry import assemble_mesh
+from ..face.layout import NUM_VIEWS
+from ..face.model import MorphableModel
+from .onnx_export import ExportError
+
+__all__ = ["Tolerance", "FP32_TOLERANCE", "FP16_TOLERANCE", "ParityReport", "OnnxrtRunner", "TorchRunner",
+           "parity_inputs", "mesh_difference_mm", "compare", "skipped_report", "check_reports", "write_reports",
+           "format_table"]
+
+MM_PER_MODEL_UNIT = 100.0    # model space is in decimetres
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    coefficients_max_abs: float | None     # None: reported, not gated
+    mesh_max_mm: float
+    labels_min_agreement: float
+
+
+FP32_TOLERANCE = Tolerance(coefficients_max_abs=1e-4, mesh_max_mm=0.01, labels_min_agreement=0.999)
+# fp16 weights and activations: ~1e-3 relative per layer through ~100 layers; gate on what matters
+# (the mesh) and report the raw coefficient error.
+FP16_TOLERANCE = Tolerance(coefficients_max_abs=None, mesh_max_mm=1.0, labels_min_agreement=0.98)
+
+
+@dataclass
+class ParityReport:
+    backend: str                   # "onnxruntime-cpu", "onnxruntime-cpu-fp16", "tensorrt", ...
+    reference: str                 # "torch"
+    precision: str                 # "fp32" | "fp16"
+    batch: int
+    coefficients_max_abs: float | None = None
+    coefficients_mean_abs: float | None = None
+    labels_agreement: float | None = None
+    mesh_max_mm: float | None = None
+    mesh_mean_mm: float | None = None
+    face_model: str = ""
+    tolerance: dict = field(default_factory=dict)
+    passed: bool | None = None     # None: not run (see skipped)
+    failures: list[str] = field(default_factory=list)
+    skipped: str | None = None     # why this backend could not run here
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class OnnxrtRunner:
+    """ONNX Runtime on an exported graph (path or bytes); plain ORT runs dfmvr::Involution's function."""
+
+    def __init__(self, model, providers=("CPUExecutionProvider",)):
+        import onnxruntime as ort
+
+        source = str(model) if isinstance(model, (str, Path)) else model
+        self.session = ort.InferenceSession(source, providers=list(providers))
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coefficients, labels = self.session.run(list(GRAPH_OUTPUTS), {GRAPH_INPUT: np.ascontiguousarray(images, np.float32)})
+        return coefficients, labels
+
+
+class TorchRunner:
+    """The torch model (eval, no grad) with the graph's output types (labels uint8)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            coefficients, labels = self.model(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
+        return coefficients.float().numpy(), labels.to(torch.uint8).numpy()
+
+
+def parity_inputs(card: ModelCard, batch: int = 2, seed: int = 0, face_model: MorphableModel | None = None) -> np.ndarray:
+    """Realistic normalised inputs [batch, 3, 3, S, S] float32: rendered synthetic triplets.
+
+    Every other batch item has its right view missing (all zeros), the graph's missing-view input.
+    """
+    from ..face.synthetic import default_face_model
+    from ..train.synth import TripletGenerator
+
+    size = int(card.image_size)
+    gen = TripletGenerator(face_model or default_face_model(), seed=seed)
+    out = np.zeros((batch, NUM_VIEWS, 3, size, size), np.float32)
+    for b in range(batch):
+        rgb = gen.sample(b).images.astype(np.float32) / 255.0                # [V, H, W, 3]
+        if rgb.shape[1] != size:
+            raise ExportError(f"synthetic triplets are {rgb.shape[1]} px, the card expects {size}")
+        out[b] = ((rgb - card.input_mean) / card.input_std).transpose(0, 3, 1, 2)
+        if b % 2 == 1:
+            out[b, -1] = 0.0
+    return out
+
+
+def mesh_difference_mm(face_model: MorphableModel, card: ModelCard, coefficients_a: np.ndarray,
+                       coefficients_b: np.ndarray) -> tuple[float, float]:
+    """Max and mean per-vertex distance (mm) of the posed meshes of two [B, 269] coefficient sets."""
+    layout, camera = card.layout_obj(), card.camera_obj()
+    va = assemble_mesh(face_model, layout.split(np.asarray(coefficients_a, np.float32)), camera).vertices
+    vb = assemble_mesh(face_model, layout.split(np.asarray(coefficients_b, np.float32)), camera).vertices
+    dist = np.linalg.norm(va.astype(np.float64) - vb, axis=-1) * MM_PER_MODEL_UNIT       # [B, V, N]
+    return float(dist.max()), float(dist.mean())
+
+
+def compare(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
+            card: ModelCard, face_model: MorphableModel, backend: str, precision: str = "fp32",
+            tolerance: Tolerance | None = None, reference_name: str = "torch") -> ParityReport:
+    """Compare a candidate's outputs with the reference's (both (coefficients, labels) numpy)."""
+    tol = tolerance or (FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE)
+    ref_c, ref_l = reference
+    cand_c, cand_l = candidate
+    report = ParityReport(backend=backend, reference=reference_name, precision=precision,
+                          batch=int(ref_c.shape[0]), face_model=face_model.name, tolerance=asdict(tol))
+    if cand_c.shape != ref_c.shape or cand_l.shape != ref_l.shape:
+        report.passed = False
+        report.failures.append(f"output shapes {cand_c.shape}, {cand_l.shape} differ from the reference's "
+                               f"{ref_c.shape}, {ref_l.shape}")
+        return report
+    err = np.abs(cand_c.astype(np.float64) - ref_c)
+    report.coefficients_max_abs, report.coefficients_mean_abs = float(err.max()), float(err.mean())
+    report.labels_agreement = float(np.mean(cand_l == ref_l))
+    report.mesh_max_mm, report.mesh_mean_mm = mesh_difference_mm(face_model, card, ref_c, cand_c)
+    if not np.isfinite(cand_c).all():
+        report.failures.append("non-finite coefficients")
+    if tol.coefficients_max_abs is not None and not report.coefficients_max_abs <= tol.coefficients_max_abs:
+        report.failures.append(f"coefficients max abs error {report.coefficients_max_abs:.3g} > {tol.coefficients_max_abs:g}")
+    if not report.mesh_max_mm < tol.mesh_max_mm:
+        report.failures.append(f"mesh difference {report.mesh_max_mm:.3g} mm >= {tol.mesh_max_mm:g} mm")
+    if report.labels_agreement < tol.labels_min_agreement:
+        report.failures.append(f"label agreement {report.labels_agreement:.5f} < {tol.labels_min_agreement:g}")
+    report.passed = not report.failures
+    return report
+
+
+def skipped_report(backend: str, precision: str, reason: str) -> ParityReport:
+    """A report for a backend that cannot run here, with the reason."""
+    return ParityReport(backend=backend, reference="torch", precision=precision, batch=0, skipped=reason)
+
+
+def check_reports(reports: list[ParityReport]) -> None:
+    """Raise ExportError listing every failed report (skipped ones are not failures)."""
+    bad = [r for r in reports if r.passed is False]
+    if bad:
+        raise ExportError("parity check failed: " + "; ".join(f"{r.backend} ({r.precision}): "
+                                                              + ", ".join(r.failures) for r in bad))
+
+
+def format_table(reports: list[ParityReport]) -> str:
+    """A fixed-width table of the reports, one row per backend."""
+    head = f"{'backend':<24} {'prec':<5} {'coef max':>10} {'coef mean':>10} {'labels':>8} {'mesh max mm':>12} {'mesh mean mm':>12}  result"
+    rows = [head, "-" * len(head)]
+    def fmt(value, spec: str) -> str:
+        width = int(spec.split(".")[0])
+        return "-".rjust(width) if value is None else format(value, spec)
+
+    for r in reports:
+        result = f"skipped: {r.skipped}" if r.skipped else ("ok" if r.passed else "FAIL: " + "; ".join(r.failures))
+        rows.append(f"{r.backend:<24} {r.precision:<5} {fmt(r.coefficients_max_abs, '10.3g')} "
+                    f"{fmt(r.coefficients_mean_abs, '10.3g')} {fmt(r.labels_agreement, '8.5f')} "
+                    f"{fmt(r.mesh_max_mm, '12.3g')} {fmt(r.mesh_mean_mm, '12.3g')}  {result}")
+    return "\n".join(rows)
+
+
+def write_reports(path, reports: list[ParityReport], extra: dict | None = None) -> Path:
+    """Write ``{"reports": [...], **extra}`` as JSON, atomically."""
+    doc = dict(extra or {})
+    doc["reports"] = [r.to_dict() for r in reports]
+    doc["passed"] = all(r.passed is not False for r in reports)
+    return atomic_write_text(Path(path), json.dumps(doc, indent=2) + "\n")

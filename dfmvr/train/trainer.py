@@ -1,0 +1,340 @@
+"""The main-stage trainer: weakly supervised DF-MVR training, single process or DDP under torchrun.
+
+Reproducibility and exact resume: everything random is derived from (seed, epoch, step, rank) —
+the sample order of each epoch, the augmentation (torch's RNG, re-seeded at each epoch start) and
+the single-view input dropout (a numpy generator per step) — so a run resumed from the checkpoint
+of epoch k takes exactly the steps an uninterrupted run takes. The checkpoint (written atomically
+at the end of every epoch) carries the weights, the card, Adam's state, the epoch and step
+counters and the RNG states.
+
+Distributed: under ``torchrun`` (env ``WORLD_SIZE`` > 1) the process group uses NCCL on CUDA and
+gloo on CPU; DistributedSampler shards each epoch; rank 0 alone validates, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from ..errors import InputError
+from ..face.camera import Camera
+from ..face.model import MorphableModel
+from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
+from .data import TripletDataset
+from .face_torch import FaceModelTorch
+from .losses.total import LossWeights, TrainingLoss
+from .models.variants import build_model, make_card
+from .schedule import lr_at, sample_view_masks
+
+__all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "METRICS_NAME", "resolve_face_model"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a main-stage run needs. Paths are strings so the config is JSON-serialisable."""
+
+    data: str
+    out: str
+    variant: str = "tiny"
+    epochs: int = 10
+    batch: int = 4                       # per process
+    lr: float = 1e-4
+    final_lr: float = 1e-6
+    clip_grad: float = 10.0              # max global gradient norm
+    resume: bool = False
+    face_model: str | None = None        # .npz; default: DATA/face_model.npz, else the synthetic default
+    parse_net: str | None = None         # frozen parser weights (see parse_stage.load_parse_weights)
+    val: str | None = None
+    val_limit: int | None = 16           # triplets scored per validation (None: all)
+    seed: int = 0
+    augment: bool = True
+    view_dropout: bool = True            # the paper's single-view training (p = 2/3 all views)
+    workers: int = 0
+    stop_after_epoch: int | None = None  # end this invocation after that epoch (resume later)
+    max_steps_per_epoch: int | None = None
+    device: str | None = None            # default: cuda if available, else cpu
+    progress: bool = True
+    weights: dict = field(default_factory=lambda: LossWeights().to_dict())
+
+
+def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
+    """``--face-model`` if given, else the dataset's ``face_model.npz``, else the synthetic default."""
+    if path is not None:
+        return MorphableModel.load(path), str(path)
+    local = Path(data_root) / "face_model.npz"
+    if local.is_file():
+        return MorphableModel.load(local), str(local)
+    from ..face.synthetic import default_face_model
+    return default_face_model(), "default synthetic face model"
+
+
+def _dataset_camera(data_root) -> Camera:
+    meta = Path(data_root) / "meta.json"
+    if meta.is_file():
+        try:
+            return Camera.from_dict(json.loads(meta.read_text())["camera"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(meta, f"dataset meta.json has no valid camera ({exc})") from exc
+    return Camera()
+
+
+class Trainer:
+    """Builds model, data, loss and optimizer from a ``TrainConfig``; ``run()`` trains."""
+
+    def __init__(self, config: TrainConfig):
+        self.cfg = config
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        want_cuda = config.device == "cuda" or (config.device is None and torch.cuda.is_available())
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+        if want_cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        self.amp = self.device.type == "cuda"          # mixed precision on GPU only
+        self.out = Path(config.out)
+        self.ckpt_path = self.out / CHECKPOINT_NAME
+        torch.manual_seed(config.seed)
+
+        self.dataset = TripletDataset(config.data, augment=config.augment)
+        face_model, fm_source = resolve_face_model(config.face_model, config.data)
+        camera = _dataset_camera(config.data)
+        self.face_model = face_model
+        train_state = None
+        if config.resume and self.ckpt_path.is_file():
+            model, card, train_state = load_checkpoint(self.ckpt_path)
+            if train_state is None:
+                raise InputError(self.ckpt_path.with_suffix(".train.pt"), "no training state beside the checkpoint",
+                                 "cannot resume exactly; start a new run (--out elsewhere)")
+            card.check_face_model(face_model.identity(), source=fm_source)
+            weights = LossWeights.from_dict(card.loss_weights)
+        else:
+            if config.resume and self.rank == 0:
+                print(f"no checkpoint at {self.ckpt_path}; starting a new run")
+            weights = LossWeights.from_dict(config.weights)
+            card = make_card(config.variant, camera=camera, face_model=face_model.identity(),
+                             loss_weights=weights.to_dict())
+            card.provenance = self._provenance(weights, fm_source)
+            model = build_model(card)
+            if config.parse_net:
+                from .parse_stage import attach_parse_weights
+                attach_parse_weights(model, config.parse_net)
+        self.card = model.card = card
+        self.weights = weights
+        self.model = model.to(self.device).train()
+        self.face = FaceModelTorch(face_model, Camera.from_dict(card.camera)).to(self.device)
+        self.loss = TrainingLoss(self.face, weights, parse_net=self.model.parse_net).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch, self.step = 0, 0
+        if train_state is not None:
+            self.optimizer.load_state_dict(train_state["optimizer"])
+            self.epoch, self.step = int(train_state["epoch"]), int(train_state["step"])
+            if train_state.get("scaler"):
+                self.scaler.load_state_dict(train_state["scaler"])
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        per_epoch = len(self.dataset) // (config.batch * self.world)
+        if per_epoch == 0:
+            raise InputError(config.data, f"{len(self.dataset)} triplets are fewer than one batch "
+                             f"({config.batch} x {self.world} processes)", "lower --batch or add data")
+        self.steps_per_epoch = min(per_epoch, config.max_steps_per_epoch or per_epoch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+    def _provenance(self, weights: LossWeights, fm_source: str) -> dict:
+        c = self.cfg
+        prov = {"trainer": "dfmvr-train", "stage": "main", "data": str(c.data), "triplets": len(self.dataset),
+                "epochs": c.epochs, "batch_per_process": c.batch, "processes": self.world, "lr": c.lr,
+                "final_lr": c.final_lr, "seed": c.seed, "augment": c.augment, "view_dropout": c.view_dropout,
+                "face_model_source": fm_source, "parse_net": c.parse_net or "untrained (random init)"}
+        if weights.supervised > 0:
+            prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
+        return prov
+
+    # --- data ------------------------------------------------------------------------------
+    def _loader(self, epoch: int) -> DataLoader:
+        seed = self.cfg.seed * 100003 + epoch
+        if self.world > 1:
+            sampler = DistributedSampler(self.dataset, self.world, self.rank, shuffle=True, seed=seed, drop_last=True)
+            sampler.set_epoch(0)
+        else:
+            sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(seed))
+        return DataLoader(self.dataset, batch_size=self.cfg.batch, sampler=sampler, drop_last=True,
+                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+
+    def _loss_batch(self, item: dict, labels_pred: torch.Tensor) -> dict:
+        """Dataset items -> the loss batch (see ``TrainingLoss.forward``)."""
+        d = self.device
+        has_lab = item["has_labels"].to(d)[:, None, None, None]
+        batch = {
+            "photos": (item["images"].to(d) * self.card.input_std + self.card.input_mean).clamp(0, 1),
+            # without annotated labels the frozen parser's own labels drive the weight map
+            "labels": torch.where(has_lab, item["labels"].to(d), labels_pred),
+            "landmarks": item["landmarks"].to(d),
+            "landmark_visible": item["landmarks_visible"].to(d) & item["has_landmarks"].to(d)[:, None, None],
+        }
+        if "landmarks3d" in item:
+            batch["landmarks_3d"] = item["landmarks3d"].to(d)
+        if "coefficients" in item:
+            batch["gt_coefficients"] = item["coefficients"].to(d)
+        return batch
+
+    # --- loop ------------------------------------------------------------------------------
+    def train_step(self, item: dict, epoch: int, index: int) -> dict:
+        cfg = self.cfg
+        lr = lr_at(self.step / max(self.total_steps, 1), cfg.lr, cfg.final_lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        images = item["images"].to(self.device)
+        b = images.shape[0]
+        if cfg.view_dropout:
+            rng = np.random.default_rng([cfg.seed, epoch, index, self.rank])
+            view_mask = torch.from_numpy(sample_view_masks(b, rng)).to(self.device)
+        else:
+            view_mask = torch.ones(b, 3, dtype=torch.bool, device=self.device)
+        net_in = images * view_mask[:, :, None, None, None].to(images.dtype)   # missing view = zeros
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            coeffs, labels_pred = self.net(net_in)
+        batch = self._loss_batch(item, labels_pred)
+        progress = self.step / max(self.total_steps, 1)
+        total, terms = self.loss(coeffs.float(), batch, view_mask, progress)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return {"loss": float(total.detach()), "lr": lr, "grad_norm": float(grad_norm),
+                **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def run(self) -> dict:
+        """Train from ``self.epoch`` to ``cfg.epochs`` (or ``stop_after_epoch``); returns the last
+        epoch's record."""
+        cfg = self.cfg
+        logger = _MetricsLog(self.out, enabled=self.rank == 0)
+        last = {}
+        end = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
+        while self.epoch < end:
+            epoch = self.epoch
+            torch.manual_seed(cfg.seed * 100003 + epoch * 101 + self.rank)   # augmentation stream
+            self.model.train()
+            bar = None
+            if cfg.progress and self.rank == 0:
+                from tqdm import tqdm
+                bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step")
+            sums: dict[str, float] = {}
+            start = time.perf_counter()
+            for index, item in enumerate(self._loader(epoch)):
+                if index >= self.steps_per_epoch:
+                    break
+                rec = self.train_step(item, epoch, index)
+                logger.write({"kind": "step", "epoch": epoch, "step": self.step, **rec})
+                for k, v in rec.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+            if bar is not None:
+                bar.close()
+            self.epoch = epoch + 1
+            seconds = time.perf_counter() - start
+            last = {"kind": "epoch", "epoch": epoch, "step": self.step, "seconds": seconds,
+                    "seconds_per_step": seconds / max(self.steps_per_epoch, 1),
+                    **{f"train_{k}": v / max(self.steps_per_epoch, 1) for k, v in sums.items()}}
+            if self.world > 1:
+                last["replicas_identical"] = self._replicas_identical()
+            if self.rank == 0:
+                if cfg.val:
+                    last.update(self.validate())
+                self.save()
+                logger.write(last)
+            if self.world > 1:
+                dist.barrier()
+        logger.close()
+        return last
+
+    def close(self) -> None:
+        """Leave the process group (if this trainer created one)."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def validate(self) -> dict:
+        from .evaluate import TorchPredictor, evaluate_dataset
+
+        self.model.eval()
+        try:
+            report = evaluate_dataset(TorchPredictor(self.model, str(self.device)), self.cfg.val, self.face_model,
+                                      limit=self.cfg.val_limit, baselines=False)
+        finally:
+            self.model.train()
+        return {f"val_{k}": v for k, v in report["model"].items()}
+
+    def save(self) -> Path:
+        state = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "rng": capture_rng_state(), "config": json.dumps(asdict(self.cfg)),
+                 "scaler": self.scaler.state_dict() if self.amp else {}}
+        return save_checkpoint(self.ckpt_path, self.model, self.card, state)
+
+    def _replicas_identical(self) -> bool:
+        """All ranks hold bit-identical trainable parameters (a DDP sanity check, every epoch)."""
+        # per-parameter sum and sum of squares: tiny to gather, and any drift changes them
+        probe = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                             for p in self.model.parameters() if p.requires_grad]).reshape(-1)
+        gathered = [torch.zeros_like(probe) for _ in range(self.world)]
+        dist.all_gather(gathered, probe)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+class _MetricsLog:
+    """metrics.jsonl (one JSON object per line, appended and flushed) + TensorBoard if installed."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / METRICS_NAME, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except Exception:          # tensorboard is optional
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            prefix = record.get("kind", "x")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()

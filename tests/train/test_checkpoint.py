@@ -1,0 +1,141 @@
+"""dfmvr checkpoints: safetensors weights + card, training-state sidecar, refusal of bad files."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dfmvr.errors import InputError
+from dfmvr.train import checkpoint as ckpt
+from dfmvr.train.checkpoint import (capture_rng_state, load_checkpoint, read_card, restore_rng_state,
+                                    save_checkpoint, sidecar_path)
+from dfmvr.train.models.variants import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)   # shared 2-core machine: avoid OpenMP oversubscription
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny():
+    """A tiny model after one Adam step (so BN statistics and optimizer moments are non-trivial)."""
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    coeffs, _ = model(torch.rand(2, 3, 3, 32, 32) * 2 - 1)
+    coeffs.square().mean().backward()
+    opt.step()
+    return model.eval(), opt
+
+
+def test_round_trip_weights_card_and_training_state(tmp_path, trained_tiny):
+    model, opt = trained_tiny
+    model.card.provenance = {"note": "round trip"}
+    rng = capture_rng_state()
+    path = save_checkpoint(tmp_path / "m.safetensors", model, model.card,
+                           {"optimizer": opt.state_dict(), "epoch": 7, "rng": rng})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.train.pt"]
+    loaded, card, state = load_checkpoint(path)
+    assert card.to_dict() == model.card.to_dict() and read_card(path).variant == "tiny"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], model(x)[0])
+    assert state["epoch"] == 7
+    # The optimizer resumes exactly: same moments, and a fresh optimizer accepts the state dict.
+    fresh = torch.optim.Adam([p for p in loaded.parameters() if p.requires_grad], lr=1e-3)
+    fresh.load_state_dict(state["optimizer"])
+    for k, v in opt.state_dict()["state"].items():
+        assert torch.equal(fresh.state_dict()["state"][k]["exp_avg"], v["exp_avg"])
+    # RNG states restore python, numpy and torch streams.
+    restore_rng_state(state["rng"])
+    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    restore_rng_state(state["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+
+
+def test_weights_only_checkpoint_has_no_sidecar(tmp_path, trained_tiny):
+    model, _ = trained_tiny
+    save_checkpoint(tmp_path / "w.safetensors", model, model.card)
+    assert not sidecar_path(tmp_path / "w.safetensors").exists()
+    assert load_checkpoint(tmp_path / "w.safetensors")[2] is None
+
+
+def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path, trained_tiny):
+    model, _ = trained_tiny
+    good = save_checkpoint(tmp_path / "good.safetensors", model, model.card)
+    data = good.read_bytes()
+    cases = {
+        "truncated.safetensors": data[: len(data) // 2],
+        "garbage.safetensors": b"\x00\x01not a checkpoint" * 10,
+        "empty.safetensors": b"",
+    }
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(InputError, match=name):
+            load_checkpoint(tmp_path / name)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(InputError, match="no dfmvr checkpoint metadata"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    torch.save(model.state_dict(), tmp_path / "pickle.pth")
+    with pytest.raises(InputError, match="dfmvr convert official"):
+        load_checkpoint(tmp_path / "pickle.pth")
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_weights_that_do_not_fit_the_card_are_refused(tmp_path, trained_tiny):
+    from safetensors.torch import save_file
+
+    model, _ = trained_tiny
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors.pop("rednet_fc.conv2_id.bias")
+    meta = {"format": ckpt.CHECKPOINT_FORMAT, "version": "1", "model_card": model.card.to_json(),
+            "checkpoint_id": "0"}
+    save_file(tensors, str(tmp_path / "partial.safetensors"), metadata=meta)
+    with pytest.raises(InputError, match="missing 1 \\[rednet_fc.conv2_id.bias\\]"):
+        load_checkpoint(tmp_path / "partial.safetensors")
+
+
+class _NotATensor:
+    pass
+
+
+def test_sidecar_with_pickled_objects_or_other_id_is_refused(tmp_path, trained_tiny):
+    model, _ = trained_tiny
+    path = save_checkpoint(tmp_path / "m.safetensors", model, model.card, {"epoch": 1})
+    torch.save({"checkpoint_id": "x", "train_state": _NotATensor()}, sidecar_path(path))
+    with pytest.raises(InputError, match="non-tensor objects"):
+        load_checkpoint(path)
+    torch.save({"checkpoint_id": "other", "train_state": {"epoch": 1}}, sidecar_path(path))
+    with pytest.raises(InputError, match="other weights"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, load_train_state=False)[2] is None
+
+
+def test_failed_save_leaves_no_file_behind(tmp_path, trained_tiny):
+    model, _ = trained_tiny
+    with pytest.raises(Exception):
+        save_checkpoint(tmp_path / "m.safetensors", model, model.card, {"fn": lambda: 0})  # unpicklable
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_name_resolves_to_bundled_model():
+    if ckpt.DEFAULT_CHECKPOINT.is_file():
+        assert ckpt.resolve_checkpoint("default") == ckpt.DEFAULT_CHECKPOINT
+        assert read_card("default").format == "dfmvr-model-card"
+    else:
+        with pytest.raises(InputError, match="bundled default model is not installed"):
+            load_checkpoint("default")
+    assert ckpt.DEFAULT_CHECKPOINT.parts[-3:] == ("assets", "default", "model.safetensors")
