@@ -154,8 +154,12 @@ def run(repeats: int = 20, threads: int = 0) -> dict:
             "rows": rows, "totals_ms": totals}
 
 
-def graph_speed(spec: str, batch: int = 1, repeats: int = 5) -> dict:
-    """Whole exported graph in ORT CPU vs the torch model in eager mode (same weights, same inputs)."""
+def graph_speed(spec: str, batch: int = 1, repeats: int = 5, onnx_path=None) -> dict:
+    """Whole exported graph in ORT CPU vs the torch model in eager mode (same weights, same inputs).
+
+    ``onnx_path``: an existing export of the same ``spec`` (e.g. ``dfmvr-export paper --out D`` ->
+    ``D/model.onnx``) instead of exporting again.
+    """
     import tempfile
 
     import torch
@@ -168,7 +172,7 @@ def graph_speed(spec: str, batch: int = 1, repeats: int = 5) -> dict:
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (batch, 3, 3, card.image_size, card.image_size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx", card).path
+        path = onnx_path or export_onnx(model, Path(tmp) / "model.onnx", card).path
         ort_runner = OnnxrtRunner(path)
         ort_ms = _time(lambda: ort_runner(images), repeats)
     torch_runner = TorchRunner(model)
@@ -184,9 +188,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--graph", default=None, help="also time a whole exported variant/checkpoint (e.g. tiny)")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--onnx", default=None, help="with --graph: reuse this export of the same model")
     args = ap.parse_args(argv)
     if args.graph:
-        result = graph_speed(args.graph, args.batch, args.repeats)
+        result = graph_speed(args.graph, args.batch, args.repeats, args.onnx)
         out = args.out or f"benchmarks/results/export_graph_{Path(args.graph).stem}_b{args.batch}.json"
         atomic_write_text(Path(out), json.dumps(result, indent=2) + "\n")
         print(result, "->", out)

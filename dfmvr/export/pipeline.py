@@ -98,11 +98,24 @@ def _face_model(path, card: ModelCard) -> MorphableModel:
     return model
 
 
+def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
+    """Rename each artefact whose parity failed to ``*.rejected*`` so that nothing ships it by mistake."""
+    artefacts = {("onnxruntime-cpu", "fp32"): summary.onnx_path, ("onnxruntime-cpu", "fp16"): summary.fp16_path,
+                 ("tensorrt", "fp32"): summary.engine_path, ("tensorrt", "fp16"): summary.engine_path}
+    for report in reports:
+        path = artefacts.get((report.backend, report.precision))
+        if report.passed is False and path is not None and path.is_file():
+            rejected = path.with_name(f"{path.stem}.rejected{path.suffix}")
+            path.replace(rejected)
+            echo(f"parity failed: moved {path.name} to {rejected.name}")
+
+
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
                workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
                echo: Callable[[str], None] = print) -> ExportSummary:
-    """Run the whole export; raises ExportError on a parity failure, UnavailableError when ``engine``
-    was demanded and cannot be built (after the ONNX files and report are written)."""
+    """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
+    ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
+    built (after the ONNX files and report are written)."""
     from .tensorrt_build import parse_batch, tensorrt_unavailable
 
     profile = parse_batch(batch)           # validate before spending minutes on the export
@@ -144,13 +157,17 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
 
         target = Path(engine) if engine else Path("model.plan")
         target = target if target.is_absolute() else out_dir / target
-        built = build_engine(onnx_model, target, card, fp16=fp16, profile=profile,
-                             workspace_gb=workspace_gb, timing_cache=timing_cache)
-        summary.engine_path = built.engine_path
-        echo(f"wrote {built.engine_path} and {built.card_path}")
-        reports.append(parity.compare(reference, TensorrtRunner(built.engine_path)(images), card, mesh_model,
-                                      "tensorrt", "fp16" if fp16 else "fp32"))
-    else:
+        try:
+            built = build_engine(onnx_model, target, card, fp16=fp16, profile=profile,
+                                 workspace_gb=workspace_gb, timing_cache=timing_cache)
+        except UnavailableError as exc:      # e.g. the plugin or the parser failed: report, then decide
+            reason = str(exc)
+        else:
+            summary.engine_path = built.engine_path
+            echo(f"wrote {built.engine_path} and {built.card_path}")
+            reports.append(parity.compare(reference, TensorrtRunner(built.engine_path)(images), card,
+                                          mesh_model, "tensorrt", "fp16" if fp16 else "fp32"))
+    if reason is not None:
         summary.engine_skipped = reason
         reports.append(parity.skipped_report("tensorrt", "fp16" if fp16 else "fp32", reason))
     summary.reports = reports
@@ -162,6 +179,7 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
         "engine_skipped": summary.engine_skipped, "seconds": summary.seconds})
     echo(parity.format_table(reports))
     echo(f"wrote {summary.parity_path}")
+    _reject_failed(summary, reports, echo)
     parity.check_reports(reports)
     if summary.engine_skipped:
         if engine:

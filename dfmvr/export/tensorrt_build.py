@@ -5,9 +5,10 @@ an engine cannot be built here (no package, no GPU). NOT VERIFIED on a GPU in th
 (no TensorRT wheel can be installed there): ``tests/export`` runs these paths only where TensorRT works.
 
 Build (``build_engine``):
-1. a copy of the graph WITHOUT the ``dfmvr::Involution`` function body, with ``plugin_namespace`` /
-   ``plugin_version`` attributes on each Involution node, so that the ONNX parser cannot inline a
-   fallback and must import the node as the plugin registered by ``dfmvr.kernels.trt_plugin``;
+1. a copy of the graph WITHOUT the ``dfmvr::Involution`` function body, each Involution node with the
+   attributes ``dfmvr.kernels.trt_plugin.onnx_node_attributes`` defines (``plugin_namespace``,
+   ``plugin_version``, ``aot``), so that the ONNX parser cannot inline a fallback and must import the
+   node as the plugin that ``register_involution_plugin`` registered;
 2. ``trt.Builder`` -> network -> ``trt.OnnxParser.parse`` (errors listed);
 3. builder config: workspace limit (``MemoryPoolType.WORKSPACE``), ``BuilderFlag.FP16`` when asked, one
    optimisation profile on ``images`` from ``--batch MIN:OPT:MAX``, a timing cache read from / written
@@ -30,7 +31,6 @@ from ..atomic import atomic_write_bytes, atomic_write_text
 from ..card import GRAPH_INPUT, GRAPH_OUTPUTS, ModelCard
 from ..errors import InputError, UnavailableError
 from ..face.layout import NUM_VIEWS
-from ..kernels.op import INVOLUTION
 from .involution_onnx import involution_nodes, strip_involution_function
 
 __all__ = ["BatchProfile", "parse_batch", "tensorrt_unavailable", "graph_for_tensorrt", "build_engine",
@@ -82,17 +82,20 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def graph_for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without the involution function body, its nodes tagged with the plugin's namespace/version."""
+def graph_for_tensorrt(model: onnx.ModelProto, aot: bool = True) -> onnx.ModelProto:
+    """A copy without the involution function body, each Involution node carrying exactly the
+    attributes ``dfmvr.kernels.trt_plugin.onnx_node_attributes`` asks for (plugin namespace/version,
+    ``aot``: the kernel's PTX is embedded in the engine, so it runs without Python)."""
+    from ..kernels.trt_plugin import onnx_node_attributes
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     strip_involution_function(copy)
     for node in involution_nodes(copy):
-        keep = [a for a in node.attribute if a.name not in ("plugin_namespace", "plugin_version")]
+        current = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = onnx_node_attributes(current["kernel_size"], current["stride"], current["groups"], aot=aot)
         del node.attribute[:]
-        node.attribute.extend(keep)
-        node.attribute.extend([onnx.helper.make_attribute("plugin_namespace", INVOLUTION.plugin_namespace),
-                               onnx.helper.make_attribute("plugin_version", str(INVOLUTION.version))])
+        node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in attrs.items())
     return copy
 
 

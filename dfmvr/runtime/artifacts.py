@@ -8,6 +8,7 @@ ONNX Runtime sees it.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,8 @@ class Artifact:
 
 
 # --- ONNX ------------------------------------------------------------------------------------------
-def _varint(f, path) -> int:
+def _varint(f) -> int:
+    """One protobuf varint from file ``f``; EOFError at the end, ValueError if malformed."""
     shift, value = 0, 0
     while True:
         b = f.read(1)
@@ -67,19 +69,17 @@ def _varint(f, path) -> int:
             return value
         shift += 7
         if shift > 63:
-            raise InputError(path, "not an ONNX model (malformed protobuf)")
+            raise ValueError("varint longer than 64 bits")
 
 
 def _string_pair(blob: bytes) -> tuple[str, str]:
     """Decode a StringStringEntryProto (key = field 1, value = field 2)."""
-    import io
-
     f, out = io.BytesIO(blob), {1: b"", 2: b""}
     while f.tell() < len(blob):
-        tag = _varint(f, None)
+        tag = _varint(f)
         if tag & 7 != 2:
             raise ValueError("unexpected wire type in metadata entry")
-        n = _varint(f, None)
+        n = _varint(f)
         out[tag >> 3] = f.read(n)
     return out[1].decode("utf-8"), out[2].decode("utf-8")
 
@@ -96,18 +96,18 @@ def read_onnx_metadata(path) -> dict[str, str]:
     with path.open("rb") as f:
         try:
             while f.tell() < size:
-                tag = _varint(f, path)
+                tag = _varint(f)
                 field_no, wire = tag >> 3, tag & 7
                 if field_no == 0:
                     raise InputError(path, "not an ONNX model (malformed protobuf)")
                 if wire == 0:
-                    _varint(f, path)
+                    _varint(f)
                 elif wire == 1:
                     f.seek(8, 1)
                 elif wire == 5:
                     f.seek(4, 1)
                 elif wire == 2:
-                    n = _varint(f, path)
+                    n = _varint(f)
                     if f.tell() + n > size:
                         raise InputError(path, f"ONNX model is truncated (a field needs {n} bytes, "
                                          f"{size - f.tell()} remain)", "re-export or re-copy the model")

@@ -17,9 +17,10 @@ import numpy as np
 
 from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
 from ..errors import InputError, UnavailableError
-from ..face.align import Similarity, align_image, five_points_from_68
-from ..face.geometry import MeshResult, assemble_mesh
+from ..face.align import align_image, five_points_from_68
+from ..face.geometry import MeshResult
 from ..face.layout import VIEWS, Coefficients
+from .assembly import CpuMeshAssembler
 from .artifacts import Artifact, load_artifact, load_face_model
 from .inputs import Triplet, TripletProblem, decode_image
 from .runners import Runner, runner_for
@@ -115,6 +116,17 @@ class Pipeline:
         self._lut = ((np.arange(256, dtype=np.float32) / 255.0 - np.float32(self.card.input_mean))
                      / np.float32(self.card.input_std)).astype(np.float32)
         self._gpu_assembler = None
+        self._cpu_assembler = None      # built on first use: it lays the bases out once
+        self._overlay_tris = None
+
+    @property
+    def overlay_triangles(self) -> np.ndarray:
+        """The (simplified) triangles that overlay.png paints, computed once per pipeline."""
+        if self._overlay_tris is None:
+            from .overlay import overlay_triangles
+
+            self._overlay_tris = overlay_triangles(self.face_model.mean_shape, self.face_model.triangles)
+        return self._overlay_tris
 
     @classmethod
     def from_options(cls, onnx=None, engine=None, face_model=None, aligned=False, detector="dlib",
@@ -199,10 +211,13 @@ class Pipeline:
         return self.layout.split(flat), labels
 
     def assemble(self, coeffs: Coefficients) -> MeshResult:
-        """Stage 4: coefficients -> posed, lit mesh per view (numpy on CPU, CUDA kernel on GPU)."""
+        """Stage 4: coefficients -> posed, lit mesh per view (CpuMeshAssembler, equal to
+        ``geometry.assemble_mesh``; the CUDA kernel with --device cuda)."""
         if self._gpu_assembler is not None:
             return self._gpu_assembler.assemble(coeffs)
-        return assemble_mesh(self.face_model, coeffs, self.camera)
+        if self._cpu_assembler is None:
+            self._cpu_assembler = CpuMeshAssembler(self.face_model, self.camera)
+        return self._cpu_assembler.assemble(coeffs)
 
     def reconstruct(self, prepared: list[Prepared]) -> list[Reconstruction]:
         """Stages 2-4 for a batch of prepared triplets (one network call)."""

@@ -150,7 +150,10 @@ def load_checkpoint(path, load_train_state: bool = True):
     except Exception as exc:
         raise InputError(path, f"checkpoint is truncated or corrupt ({exc})", "re-save or re-download it") from exc
     try:
-        model = build_model(card)
+        # Built on the meta device, then handed the file's tensors (assign=True): a paper model
+        # skips its 110 M-parameter random initialisation.
+        with torch.device("meta"):
+            model = build_model(card)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"model card describes an architecture this dfmvr cannot build ({exc})") from exc
     missing, unexpected = _key_diff(model.state_dict(), tensors)
@@ -158,7 +161,12 @@ def load_checkpoint(path, load_train_state: bool = True):
         raise InputError(path, f"weights do not match the card's '{card.variant}' architecture: "
                          f"missing {_preview(missing)}, unexpected {_preview(unexpected)}")
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            # Non-persistent buffers (e.g. a parse-class merge matrix) are not in the file: build
+            # the model for real and copy the weights in.
+            model = build_model(card)
+            model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:   # shape mismatches
         raise InputError(path, f"weights do not match the card's architecture ({exc})") from exc
     model.eval()

@@ -222,8 +222,9 @@ def train_parse_net(cfg: ParseConfig) -> Path:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss)
-                log.write(json.dumps({"kind": "parse_step", "epoch": epoch, "loss": float(loss)}) + "\n")
+                value = float(loss.detach())
+                total += value
+                log.write(json.dumps({"kind": "parse_step", "epoch": epoch, "loss": value}) + "\n")
             epoch += 1
             prov = {"trainer": "dfmvr-train --stage parse", "data": str(cfg.data), "images": len(data),
                     "epochs": epoch, "batch": cfg.batch, "lr": cfg.lr, "variant": cfg.variant}

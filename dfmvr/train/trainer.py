@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..face.camera import Camera
 from ..face.model import MorphableModel
 from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
+from .convert import DEAD_PREFIXES
 from .data import TripletDataset
 from .face_torch import FaceModelTorch
 from .losses.total import LossWeights, TrainingLoss
@@ -135,6 +136,15 @@ class Trainer:
                 from .parse_stage import attach_parse_weights
                 attach_parse_weights(model, config.parse_net)
         self.card = model.card = card
+        if "parse_net" not in card.provenance or str(card.provenance["parse_net"]).startswith("untrained"):
+            if not bool(self.dataset[0]["has_labels"]):
+                raise InputError(self.dataset.folders[0], "the data has no label maps and the parse net is untrained",
+                                 "pass --parse-net WEIGHTS (train one with --stage parse) or add labels.npz")
+        # Parameters the forward pass never uses (the official checkpoint's dead conv9 / pts_net):
+        # frozen, so that Adam skips them and DDP does not wait for their gradients.
+        for name, p in model.named_parameters():
+            if name.startswith(DEAD_PREFIXES):
+                p.requires_grad_(False)
         self.weights = weights
         self.model = model.to(self.device).train()
         self.face = FaceModelTorch(face_model, Camera.from_dict(card.camera)).to(self.device)
@@ -289,6 +299,7 @@ class Trainer:
         return {f"val_{k}": v for k, v in report["model"].items()}
 
     def save(self) -> Path:
+        self.card.provenance = {**self.card.provenance, "epochs_trained": self.epoch, "steps_trained": self.step}
         state = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                  "rng": capture_rng_state(), "config": json.dumps(asdict(self.cfg)),
                  "scaler": self.scaler.state_dict() if self.amp else {}}

@@ -100,6 +100,7 @@ def test_tensorrt_copy_has_no_function_and_names_the_plugin():
     assert attrs["plugin_namespace"] == INVOLUTION.plugin_namespace.encode()
     assert attrs["plugin_version"] == str(INVOLUTION.version).encode()
     assert (attrs["kernel_size"], attrs["stride"], attrs["groups"]) == (7, 2, 2)
+    assert attrs["aot"] == 1          # the plugin's ahead-of-time implementation (PTX in the engine)
 
 
 def test_onnxslim_keeps_the_custom_node_and_its_function():

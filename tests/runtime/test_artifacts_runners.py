@@ -36,6 +36,10 @@ def test_truncated_or_foreign_onnx_is_refused(stats_onnx, tmp_path, card):
         with pytest.raises(InputError) as err:
             load_onnx_artifact(tmp_path / name)
         assert name in str(err.value)
+    for cut in range(1, len(data), max(1, len(data) // 60)):       # any cut point: a clean InputError
+        (tmp_path / "cutn.onnx").write_bytes(data[:cut])
+        with pytest.raises(InputError):
+            load_onnx_artifact(tmp_path / "cutn.onnx")
     bare = build_stats_onnx(tmp_path / "bare.onnx", card, metadata=False)
     with pytest.raises(InputError, match=ONNX_METADATA_KEY):
         load_onnx_artifact(bare)

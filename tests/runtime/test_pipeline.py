@@ -154,8 +154,16 @@ def test_detect_and_align_maps_results_back_to_the_photo(stats_onnx, face_model_
         for v in range(3):
             np.testing.assert_allclose(prep.similarities[v].apply(back[v]), rec.mesh.landmarks[0, v], atol=1e-2)
         out = pipe.write(rec, tmp_path / "out", ("png",))
-        overlay = cv2.imread(str(out / "overlay.png"))
+        overlay = cv2.imread(str(out / "overlay.png"))[:, :, ::-1]
         assert overlay.shape[0] == 512 and overlay.shape[1] == 3 * 512
+        # each panel is painted where the face is in the photo (the mapping back is right)
+        scale = 512 / photos.shape[1]
+        for v in range(3):
+            plain = cv2.resize(prep.photos[v], (512, 512), interpolation=cv2.INTER_LINEAR)
+            painted = np.abs(overlay[:, 512 * v:512 * (v + 1)].astype(int) - plain).max(axis=2) > 30
+            rows, cols = np.nonzero(painted)
+            lo, hi = back[v].min(axis=0) * scale, back[v].max(axis=0) * scale
+            assert lo[0] < cols.mean() < hi[0] and lo[1] < rows.mean() < hi[1]
 
 
 def test_triplet_with_unreadable_view_is_refused(aligned_pipe, tmp_path):
@@ -164,3 +172,22 @@ def test_triplet_with_unreadable_view_is_refused(aligned_pipe, tmp_path):
     with pytest.raises(InputError, match="empty") as err:
         aligned_pipe.prepare(Triplet("t", {v: folder / f"{v}.png" for v in VIEWS}))
     assert "front.png" in str(err.value)
+
+
+def test_overlay_triangles_simplify_but_cover_the_same_face(face_model):
+    from dfmvr.face.camera import Camera, project
+    from dfmvr.face.paint import paint_mesh
+    from dfmvr.runtime.overlay import overlay_triangles
+
+    m = face_model
+    assert np.array_equal(overlay_triangles(m.mean_shape, m.triangles, target=10 ** 6), m.triangles)
+    coarse = overlay_triangles(m.mean_shape, m.triangles, target=len(m.triangles) // 4)
+    assert len(coarse) < len(m.triangles) // 2 and coarse.min() >= 0 and coarse.max() < m.num_vertices
+    assert (coarse[:, 0] != coarse[:, 1]).all() and (coarse[:, 1] != coarse[:, 2]).all()
+    assert len(np.unique(np.sort(coarse, axis=1), axis=0)) == len(coarse)
+    cam = Camera(focal=2000.0, image_size=256)
+    px, depth = project(m.mean_shape, cam), cam.distance - m.mean_shape[:, 2]
+    blank = np.zeros((256, 256, 3), np.uint8)
+    full = (paint_mesh(blank, px, depth, m.triangles) != 0).any(-1)
+    fast = (paint_mesh(blank, px, depth, coarse) != 0).any(-1)
+    assert (full & fast).sum() / (full | fast).sum() > 0.95         # same silhouette, winding kept

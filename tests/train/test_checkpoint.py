@@ -45,8 +45,9 @@ def test_round_trip_weights_card_and_training_state(tmp_path, trained_tiny):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.train.pt"]
     loaded, card, state = load_checkpoint(path)
     assert card.to_dict() == model.card.to_dict() and read_card(path).variant == "tiny"
+    loaded_state = loaded.state_dict()
     for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(loaded_state[key], value), key
     x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded(x)[0], model(x)[0])
@@ -54,8 +55,9 @@ def test_round_trip_weights_card_and_training_state(tmp_path, trained_tiny):
     # The optimizer resumes exactly: same moments, and a fresh optimizer accepts the state dict.
     fresh = torch.optim.Adam([p for p in loaded.parameters() if p.requires_grad], lr=1e-3)
     fresh.load_state_dict(state["optimizer"])
+    resumed = fresh.state_dict()["state"]
     for k, v in opt.state_dict()["state"].items():
-        assert torch.equal(fresh.state_dict()["state"][k]["exp_avg"], v["exp_avg"])
+        assert torch.equal(resumed[k]["exp_avg"], v["exp_avg"])
     # RNG states restore python, numpy and torch streams.
     restore_rng_state(state["rng"])
     first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
@@ -139,3 +141,37 @@ def test_default_name_resolves_to_bundled_model():
         with pytest.raises(InputError, match="bundled default model is not installed"):
             load_checkpoint("default")
     assert ckpt.DEFAULT_CHECKPOINT.parts[-3:] == ("assets", "default", "model.safetensors")
+
+
+def test_loaded_model_keeps_frozen_parse_net_and_class_merge(tmp_path):
+    from dfmvr.train.models.parse_net import celebamask_class_map
+    from dfmvr.train.models.variants import make_card
+
+    card = make_card("tiny")
+    card.architecture["parse"].update(num_classes=19, class_map=celebamask_class_map())
+    torch.manual_seed(3)
+    model = build_model(card).eval()
+    path = save_checkpoint(tmp_path / "m19.safetensors", model, model.card)
+    loaded, _, _ = load_checkpoint(path)
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    assert torch.equal(loaded.parse_net.class_merge, model.parse_net.class_merge)
+    assert [n for n, p in loaded.named_parameters() if p.requires_grad] == \
+           [n for n, p in model.named_parameters() if p.requires_grad]
+    assert not any(p.requires_grad for p in loaded.parse_net.parameters())
+    x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        got, want = loaded(x), model(x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_wrong_tensor_shape_is_refused(tmp_path, trained_tiny):
+    from safetensors.torch import save_file
+
+    model, _ = trained_tiny
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tensors["rednet_fc.conv2_id.bias"] = torch.zeros(3)
+    meta = {"format": ckpt.CHECKPOINT_FORMAT, "version": "1", "model_card": model.card.to_json(),
+            "checkpoint_id": "0"}
+    save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=meta)
+    with pytest.raises(InputError, match="conv2_id.bias"):
+        load_checkpoint(tmp_path / "shape.safetensors")

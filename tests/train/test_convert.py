@@ -47,7 +47,6 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.slow
 def test_cli_converts_a_full_official_checkpoint(tmp_path, shared_dir):
     """~110 M random numbers with the official keys, DDP prefix and a wrapper dict -> our checkpoint."""
     from dfmvr.cli.convert import command

@@ -12,7 +12,7 @@ import torch
 
 from dfmvr.errors import InputError
 from dfmvr.face.layout import COEFFS
-from dfmvr.train.data import TripletDataset, color_jitter, gaussian_blur
+from dfmvr.train.data import TripletDataset, augment_views, color_jitter, gaussian_blur
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "triplet"
 
@@ -128,3 +128,13 @@ def test_gaussian_blur_keeps_constants_and_smooths_noise():
     blurred = gaussian_blur(noise, 1.5)
     assert blurred.shape == noise.shape and blurred.std() < 0.5 * noise.std()
     assert abs(blurred.mean() - noise.mean()) < 0.02
+
+
+def test_views_are_blurred_with_probability_0_3():
+    views = torch.rand(3, 3, 8, 8)
+    blurred = 0
+    for seed in range(100):
+        out = augment_views(views, np.random.default_rng(seed))
+        jittered = color_jitter(views, np.random.default_rng(seed))   # the same jitter draw
+        blurred += int((~torch.isclose(out, jittered, atol=1e-6)).flatten(1).any(1).sum())
+    assert 0.2 < blurred / 300 < 0.4          # 0.3 +- 3.8 standard deviations

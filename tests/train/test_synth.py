@@ -78,8 +78,10 @@ def test_rendered_labels_and_image_match_the_geometry():
         labels = t.gt["labels"][view]
         face = labels > 0
         assert 0.15 < face.mean() < 0.8
-        u, v = t.gt["landmarks"][view, 30]                                 # nose tip
-        assert labels[int(v), int(u)] == 6
+        # The nose tip is labelled nose (in the side views it sits on the silhouette: look nearby).
+        u, v = t.gt["landmarks"][view, 30].astype(int)
+        assert 6 in labels[v - 1:v + 2, u - 1:u + 2]
+        assert labels[v, u] == 6 or view != 1
     assert {4, 5} <= set(np.unique(t.gt["labels"][1]))                     # both eyes in the front view
 
 
@@ -158,3 +160,17 @@ def test_workers_write_the_same_dataset(tmp_path):
                 assert all(np.array_equal(za[k], zb[k]) for k in za.files)
         else:
             assert a.read_bytes() == b.read_bytes()
+
+
+def test_example_triplet_matches_the_default_face_model():
+    """examples/triplet must be reconstructible with the base install's default face model."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "triplet"
+    meta = json.loads((example / "meta.json").read_text())
+    assert meta["face_model"]["hash"] == _model().content_hash(), (
+        "the default face model changed: regenerate examples/triplet (see its README.md)")
+    with np.load(example / "gt.npz") as gt:
+        mesh = geometry.assemble_mesh(_model(), COEFFS.split(gt["coefficients"][None]), Camera())
+        np.testing.assert_allclose(mesh.landmarks[0], gt["landmarks"], atol=1e-4)
+    assert sum(p.stat().st_size for p in example.iterdir()) < 1_000_000

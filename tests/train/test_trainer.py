@@ -35,16 +35,22 @@ def test_lr_schedule_shape():
 
 
 def test_view_dropout_frequencies():
-    masks = sample_view_masks(60000, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    masks = np.concatenate([sample_view_masks(100, rng) for _ in range(600)])
     full = masks.all(1)
     assert full.mean() == pytest.approx(2 / 3, abs=0.01)
     assert masks.any(1).all()                                   # never all views missing
     for pattern in VIEW_PATTERNS:
         share = (masks == pattern).all(1).mean()
         assert share == pytest.approx(1 / 18, abs=0.005)
+    # every view stays in at least one sample of a batch (BN needs a real image per encoder)
+    for _ in range(200):
+        assert sample_view_masks(2, rng).any(0).all()
+    assert sample_view_masks(1, rng).all()
 
 
 def _config(data, out, **kw):
+    # batch 1: sample_view_masks keeps every view at batch 1 (BN), the draw itself still happens
     base = dict(data=str(data), out=str(out), variant="tiny", epochs=2, batch=1, max_steps_per_epoch=1,
                 progress=False, augment=True, view_dropout=True, seed=5)
     base.update(kw)
@@ -57,64 +63,82 @@ def _steps(out):
 
 
 def test_resume_continues_exactly(synth4, tmp_path):
-    # uninterrupted: two epochs of one step
-    whole = tmp_path / "whole"
-    Trainer(_config(synth4, whole)).run()
-    # interrupted after the first epoch, then resumed
-    parts = tmp_path / "parts"
-    Trainer(_config(synth4, parts, stop_after_epoch=1)).run()
-    model, card, state = load_checkpoint(parts / "checkpoint.safetensors")
-    assert state["epoch"] == 1 and state["step"] == 1 and card.loss_weights["photo"] == 24.0
-    assert card.provenance["stage"] == "main" and "supervised_weight" not in card.provenance
-    Trainer(_config(synth4, parts, resume=True)).run()
-    a, _ = _steps(whole)
-    b, _ = _steps(parts)
-    assert len(a) == len(b) == 2
-    assert a[0]["loss"] == b[0]["loss"]
-    assert math.isfinite(a[1]["loss"]) and a[1]["loss"] == b[1]["loss"]   # the next step after resume
-    assert a[1]["lr"] == b[1]["lr"] < a[0]["lr"]
-    wa = load_checkpoint(whole / "checkpoint.safetensors")[0].state_dict()
-    wb = load_checkpoint(parts / "checkpoint.safetensors")[0].state_dict()
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_training_reduces_the_loss_and_records_supervision(synth4, tmp_path):
-    """A few steps on one fixed triplet (no dropout / augmentation): the loss goes down."""
-    out = tmp_path / "fit"
-    cfg = _config(synth4, out, epochs=1, max_steps_per_epoch=None, batch=2, augment=False,
-                  view_dropout=False, lr=1e-3, val=str(synth4), val_limit=1)
-    cfg.weights["supervised"] = 1.0
-    trainer = Trainer(cfg)
-    trainer.dataset.folders = trainer.dataset.folders[:2]          # the same batch every step
-    trainer.steps_per_epoch = trainer.total_steps = 1
-    losses = []
-    for _ in range(3):
-        item = next(iter(trainer._loader(0)))
-        losses.append(trainer.train_step(item, 0, 0)["loss"])
-    assert losses[-1] < losses[0]
-    rec = trainer.validate()
-    assert rec["val_mean_mm"] > 0 and rec["val_num_scans"] == 1
-    trainer.save()
-    _, card, _ = load_checkpoint(out / "checkpoint.safetensors")
-    assert card.provenance["supervised_weight"] == 1.0 and card.loss_weights["supervised"] == 1.0
-
-
-def test_cli_train_and_bad_input(synth4, tmp_path):
+    """An uninterrupted 2-epoch run (API) against the same run interrupted after epoch 1 and resumed
+    (CLI): the step after the resume has the very same loss and learning rate."""
     from click.testing import CliRunner
 
     from dfmvr.cli.train import command
 
-    out = tmp_path / "cli"
-    r = CliRunner().invoke(command, ["--data", str(synth4), "--out", str(out), "--epochs", "1", "--batch", "1",
-                                     "--max-steps", "1", "--quiet", "--val", str(synth4), "--val-limit", "1"])
+    whole = tmp_path / "whole"
+    Trainer(_config(synth4, whole)).run()
+    parts = tmp_path / "parts"
+    args = ["--data", str(synth4), "--out", str(parts), "--epochs", "2", "--batch", "1", "--max-steps", "1",
+            "--seed", "5", "--quiet"]
+    r = CliRunner().invoke(command, args + ["--stop-after", "1"])
     assert r.exit_code == 0, r.output
-    _, epochs = _steps(out)
-    assert epochs[0]["val_mean_mm"] > 0 and (out / "checkpoint.safetensors").is_file()
-    # a folder without triplets: an InputError naming the folder
+    model, card, state = load_checkpoint(parts / "checkpoint.safetensors")
+    assert state["epoch"] == 1 and state["step"] == 1 and card.loss_weights["photo"] == 24.0
+    assert card.provenance["stage"] == "main" and "supervised_weight" not in card.provenance
+    r = CliRunner().invoke(command, args + ["--resume", "--val", str(synth4), "--val-limit", "1"])
+    assert r.exit_code == 0, r.output
+    a, _ = _steps(whole)
+    b, epochs = _steps(parts)
+    assert len(a) == len(b) == 2
+    assert a[0]["loss"] == b[0]["loss"]
+    assert math.isfinite(a[1]["loss"]) and a[1]["loss"] == b[1]["loss"]   # the next step after resume
+    assert a[1]["lr"] == b[1]["lr"] < a[0]["lr"]
+    assert epochs[-1]["val_mean_mm"] > 0 and epochs[-1]["val_num_scans"] == 1
+
+
+def test_training_reduces_the_loss_and_records_supervision(synth4, tmp_path):
+    """Steps on one fixed batch (no dropout / augmentation): the loss goes down."""
+    out = tmp_path / "fit"
+    cfg = _config(synth4, out, epochs=1, augment=False, view_dropout=False, lr=1e-3)
+    cfg.weights["supervised"] = 1.0
+    trainer = Trainer(cfg)
+    item = next(iter(trainer._loader(0)))
+    losses = [trainer.train_step(item, 0, 0)["loss"] for _ in range(3)]
+    # the dead conv9 (never called) is frozen, so Adam skips it and DDP does not wait for it
+    dead = [p for n, p in trainer.model.named_parameters() if n.startswith("uuunet.conv9.")]
+    assert dead and not any(p.requires_grad for p in dead)
+    assert losses[-1] < losses[0]
+    trainer.save()
+    _, card, _ = load_checkpoint(out / "checkpoint.safetensors")
+    assert card.provenance["supervised_weight"] == 1.0 and card.loss_weights["supervised"] == 1.0
+    # the checkpoint evaluates through the eval command (torch path), baselines included
+    from click.testing import CliRunner
+
+    from dfmvr.cli.eval import command
+    report = out / "eval.json"
+    r = CliRunner().invoke(command, ["--checkpoint", str(out / "checkpoint.safetensors"), "--data", str(synth4),
+                                     "--limit", "1", "--json", str(report), "--quiet"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    assert rep["num_triplets"] == 1 and rep["model"]["rmse_mm"] >= rep["model"]["mean_mm"] > 0
+    assert set(rep["baselines"]) == {"mean_face", "front_only"}
+
+
+def test_unlabelled_data_needs_a_trained_parser(synth4, tmp_path):
+    import shutil
+
+    from dfmvr.errors import InputError
+    bare = tmp_path / "bare" / "t0"
+    bare.mkdir(parents=True)
+    for v in ("left", "front", "right"):
+        shutil.copy(synth4 / "000000" / f"{v}.png", bare / f"{v}.png")
+    with pytest.raises(InputError, match="--parse-net"):
+        Trainer(_config(bare.parent, tmp_path / "out"))
+
+
+def test_cli_bad_input(tmp_path):
+    from click.testing import CliRunner
+
+    from dfmvr.cli.train import command
+
     empty = tmp_path / "empty"
     empty.mkdir()
     r = CliRunner().invoke(command, ["--data", str(empty), "--out", str(tmp_path / "x")])
-    assert r.exit_code != 0 and "empty" in str(r.exception)
+    assert r.exit_code != 0 and "empty" in str(r.exception) and "dfmvr data synth" in str(r.exception)
 
 
 def test_parse_stage_trains_and_attaches(synth4, tmp_path):
@@ -132,3 +156,33 @@ def test_parse_stage_trains_and_attaches(synth4, tmp_path):
     assert all(torch.equal(v, sd[k]) for k, v in model.parse_net.state_dict().items())
     assert not any(p.requires_grad for p in model.parse_net.parameters())
     assert model.card.provenance["parse_net"] == "parse_net.safetensors"
+
+
+def test_celebamask_layout_maps_onto_our_classes(tmp_path):
+    import cv2
+
+    from dfmvr.face.layout import PARSE_CLASSES
+    from dfmvr.train.parse_stage import CelebAMaskHQ, parse_dataset
+
+    img_dir, ann = tmp_path / "CelebA-HQ-img", tmp_path / "CelebAMask-HQ-mask-anno" / "1"
+    img_dir.mkdir()
+    ann.mkdir(parents=True)
+    cv2.imwrite(str(img_dir / "2001.jpg"), np.full((96, 96, 3), 128, np.uint8))
+
+    def mask(name, rows, cols):
+        m = np.zeros((64, 64), np.uint8)
+        m[rows, cols] = 255
+        cv2.imwrite(str(ann / f"02001_{name}.png"), m)
+
+    mask("skin", slice(8, 56), slice(8, 56))
+    mask("nose", slice(28, 36), slice(28, 36))      # painted after skin: wins
+    mask("eye_g", slice(16, 20), slice(10, 54))     # eyeglasses -> skin
+    mask("hair", slice(0, 8), slice(0, 64))         # hair -> background
+    mask("u_lip", slice(44, 48), slice(24, 40))
+    data = parse_dataset(tmp_path)
+    assert isinstance(data, CelebAMaskHQ) and len(data) == 1
+    x, y = data[0]
+    assert x.shape == (3, 224, 224) and y.shape == (224, 224) and float(x.abs().max()) <= 1.0
+    at = lambda r, c: PARSE_CLASSES[int(y[r * 224 // 64, c * 224 // 64])]   # noqa: E731
+    assert at(32, 32) == "nose" and at(17, 12) == "skin" and at(4, 30) == "background"
+    assert at(45, 30) == "upper_lip" and at(12, 12) == "skin" and at(60, 60) == "background"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dfmvr.train.models.rednet import REDNET_STAGE_BLOCKS, RedNet
@@ -45,3 +46,22 @@ def test_rednet_depths_and_configurable_input_channels():
     with torch.no_grad():
         out = net(torch.randn(2, 12, 64, 64))
     assert tuple(out.shape) == (2, 512, 1, 1)
+
+
+def test_paper_forward_at_small_input(paper_model):
+    # The full official graph (topology allows any multiple of 32); 224 is in the slow test below.
+    paper_model.eval()
+    with torch.no_grad():
+        coeffs, labels = paper_model(torch.rand(1, 3, 3, 32, 32) * 2 - 1)
+        feature = paper_model.uuunet(*(torch.zeros(1, 4, 32, 32),) * 3)
+    assert coeffs.shape == (1, 269) and labels.shape == (1, 3, 32, 32)
+    assert feature.shape == (1, 256, 32, 32)
+
+
+@pytest.mark.slow
+def test_paper_forward_at_224(paper_model):
+    paper_model.eval()
+    with torch.no_grad():
+        coeffs, labels = paper_model(torch.rand(1, 3, 3, 224, 224) * 2 - 1)
+    assert coeffs.shape == (1, 269) and labels.shape == (1, 3, 224, 224)
+    assert torch.isfinite(coeffs).all()

@@ -60,8 +60,9 @@ def test_load_face_parsing_19_class_weights(tmp_path):
     torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, path)   # DDP-style keys
     net = load_parse_net(path)
     assert net.num_outputs == 10 and not net.training
+    loaded = net.state_dict()
     for key, value in source.state_dict().items():
-        assert torch.equal(net.state_dict()[key], value), key
+        assert torch.equal(loaded[key], value), key
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         out = net(x)

@@ -1,0 +1,82 @@
+"""``dfmvr bench`` / ``dfmvr-bench``: every backend, per stage, in one run (JSON + Markdown).
+
+Exit codes: 0 done (unavailable backends are listed with their reason, not an error); 2 bad usage or
+bad input; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["command"]
+
+
+def _int_list(ctx, param, value):
+    try:
+        out = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"expected positive batch sizes, got {value!r}")
+    return tuple(out)
+
+
+def _backends(ctx, param, value):
+    from ..bench.backends import BACKENDS
+
+    names = tuple(dict.fromkeys(v.strip().lower() for v in str(value).split(",") if v.strip()))
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names:
+        raise click.BadParameter(f"unknown backend(s) {bad or [value]}; choose from {','.join(BACKENDS)}")
+    return names
+
+
+@click.command(name="bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", help="Torch weights: a dfmvr checkpoint, 'default', or a variant name "
+              "('tiny', 'paper': random weights, seed 0). Exported on the fly for ONNX Runtime unless --onnx is given.")
+@click.option("--onnx", type=click.Path(path_type=Path), help="An ONNX graph made by dfmvr-export (no torch needed).")
+@click.option("--engine", type=click.Path(path_type=Path), help="A TensorRT engine with its .card.json.")
+@click.option("--backends", "backends", default="torch,onnxruntime,tensorrt", show_default=True,
+              callback=_backends, help="Comma-separated: torch, onnxruntime, tensorrt.")
+@click.option("--batch", "batches", default="1,4,16", show_default=True, callback=_int_list,
+              help="Comma-separated batch sizes (triplets per network call).")
+@click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed iterations.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed iterations first.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads for ONNX Runtime and torch (default: each library's own).")
+@click.option("--face-model", type=click.Path(path_type=Path), help="Face model .npz for the mesh stage.")
+@click.option("--format", "formats", default="obj,ply,npz,json,png", show_default=True,
+              help="Outputs written in the write stage.")
+@click.option("--no-gemm", is_flag=True, help="Skip measuring the machine's GEMM rate.")
+@click.option("--gemm-size", type=click.IntRange(min=16), default=2048, show_default=True,
+              help="n of the n x n x n fp32 GEMM that measures the machine.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the report as a Markdown table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def command(checkpoint, onnx, engine, backends, batches, iters, warmup, threads, face_model, formats, no_gemm, gemm_size,
+            json_path, md_path, quiet):
+    """Benchmark the reconstruction pipeline end to end and per stage (decode + align, normalise,
+    network, mesh assembly, write) on every available backend, side by side, with each backend's
+    speed-up over PyTorch eager, FLOPs per triplet, achieved GFLOP/s and this machine's GEMM rate.
+
+    With no model option, the bundled default model is used.
+    """
+    from ..atomic import atomic_write_text
+    from ..bench.e2e import resolve_sources, run_bench
+    from ..bench.report import markdown_report
+    from ..runtime.outputs import parse_formats
+
+    fmts = parse_formats(formats)
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    sources = resolve_sources(checkpoint=checkpoint, onnx=onnx, engine=engine, backends=backends, echo=echo)
+    report = run_bench(sources, backends=backends, batches=batches, iters=iters, warmup=warmup, threads=threads,
+                       formats=fmts, face_model=face_model, gemm=not no_gemm, gemm_size=gemm_size, echo=echo)
+    text = markdown_report(report)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    if md_path:
+        atomic_write_text(md_path, text)
+    click.echo(text)

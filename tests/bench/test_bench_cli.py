@@ -1,0 +1,195 @@
+"""``dfmvr bench`` end to end on small real models, one iteration (timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dfmvr.card import ModelCard
+from tests.conftest import REPO, run_python
+from tests.runtime.conftest import build_stats_onnx
+
+STAGES = ("decode_align", "normalise", "network", "assembly", "write")
+STAT_KEYS = ("min_ms", "median_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s")
+
+
+@pytest.fixture(scope="module")
+def tiny_stats_onnx(tmp_path_factory):
+    """The image-statistics graph of tests/runtime with a card of variant 'tiny' (so it pairs with
+    ``--checkpoint tiny``): a real ONNX model honouring the graph contract that loads in milliseconds."""
+    card = ModelCard(variant="tiny", architecture={"kind": "image statistics"})
+    return build_stats_onnx(tmp_path_factory.mktemp("bench") / "stats.onnx", card)
+
+
+def _check_row(row, batch):
+    assert row["batch"] == batch
+    for s in STAT_KEYS:
+        assert row["end_to_end"][s] > 0
+    assert row["end_to_end"]["iters"] == 1
+    assert set(row["stages"]) == set(STAGES)
+    for s in STAGES:
+        assert row["stages"][s]["median_ms"] > 0, s
+    # the stages are parts of the end-to-end wall time
+    assert sum(row["stages"][s]["median_ms"] for s in STAGES) <= row["end_to_end"]["median_ms"] * 1.001
+    assert row["end_to_end"]["throughput_per_s"] == pytest.approx(batch * 1000 / row["end_to_end"]["median_ms"])
+
+
+class _StatsTorch:
+    """The statistics graph of tests/runtime written in torch (an nn.Module built lazily)."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        from tests.runtime.conftest import stats_weights
+
+        w, bias = stats_weights(0)
+
+        class Stats(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("w", torch.from_numpy(w))
+                self.register_buffer("bias", torch.from_numpy(bias))
+
+            def forward(self, images):
+                feats = images.mean(dim=(3, 4)).flatten(1)
+                return feats @ self.w + self.bias, (images[:, :, 0] > 0).to(torch.int64)
+
+        return Stats()
+
+
+def _check_report(report, backends, batches):
+    assert report["format"] == "dfmvr-bench" and report["model"]["variant"] == "tiny"
+    assert list(report["backends"]) == list(backends)
+    assert "tensorrt" in report["unavailable"] and report["unavailable"]["tensorrt"]
+    for name in backends:
+        rows = report["backends"][name]["batches"]
+        assert [r["batch"] for r in rows] == list(batches)
+        for r, b in zip(rows, batches):
+            _check_row(r, b)
+            sp = r["speedup_vs_torch"]
+            assert sp["network"] > 0 and sp["end_to_end"] > 0
+            assert r["network_gflops"] > 0 and 0 < r["fraction_of_gemm"]
+    torch_row = report["backends"]["torch"]["batches"][0]
+    assert torch_row["speedup_vs_torch"]["network"] == pytest.approx(1.0)
+    env = report["environment"]
+    assert env["logical_cpus"] >= 1 and env["versions"]["onnxruntime"]
+
+
+def test_bench_torch_and_onnxruntime_side_by_side(tiny_stats_onnx, tmp_path):
+    """torch (eager module) and onnxruntime (the same maths as a graph) in one run, side by side."""
+    from dfmvr.bench.backends import TorchEagerRunner
+    from dfmvr.bench.e2e import Sources, run_bench
+    from dfmvr.bench.report import markdown_report
+    from dfmvr.runtime.artifacts import load_onnx_artifact
+
+    artifact = load_onnx_artifact(tiny_stats_onnx)
+    sources = Sources(card=artifact.card, artifact=artifact, torch_model=_StatsTorch.build(),
+                      onnx_path=tiny_stats_onnx, description={"variant": "tiny", "onnx": str(tiny_stats_onnx)})
+    report = run_bench(sources, batches=(1, 2), iters=1, warmup=0, formats=("obj", "json"), gemm_size=128)
+    report = json.loads(json.dumps(report))          # JSON-serialisable as it is
+    _check_report(report, ("torch", "onnxruntime"), (1, 2))
+    # FLOPs counted from the graph: the statistics model's only counted op is a [1, 9] x [9, 269] MatMul
+    assert report["flops"]["by_op"] == {"MatMul": 2 * 9 * 269}
+    ort_row = report["backends"]["onnxruntime"]["batches"][1]
+    expect = 2 * 9 * 269 * 2 / (ort_row["stages"]["network"]["median_ms"] * 1e-3) / 1e9
+    assert ort_row["network_gflops"] == pytest.approx(expect)
+    gemm = report["gemm"]
+    assert gemm["n"] == 128 and gemm["onnxruntime_gflops"] > 0 and gemm["numpy_gflops"] > 0
+    assert gemm["best_gflops"] == max(gemm["onnxruntime_peak_gflops"], gemm["numpy_peak_gflops"])
+    assert gemm["best_gflops"] >= max(gemm["onnxruntime_gflops"], gemm["numpy_gflops"])
+    assert ort_row["fraction_of_gemm"] == pytest.approx(expect / gemm["best_gflops"])
+    # both backends computed the same coefficients (the torch runner answers like the graph)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 3, 3, 224, 224)).astype(np.float32)
+    with TorchEagerRunner(sources.torch_model) as t:
+        got = t.infer({"images": images})
+    from dfmvr.runtime.runners import OnnxrtRunner
+    with OnnxrtRunner(tiny_stats_onnx) as o:
+        want = o.infer({"images": images})
+    np.testing.assert_allclose(got["coefficients"], want["coefficients"], rtol=1e-4, atol=1e-5)
+    assert got["labels"].dtype == np.uint8 and np.array_equal(got["labels"], want["labels"])
+    md = markdown_report(report)
+    assert "| torch | 1 |" in md and "| onnxruntime | 2 |" in md and "**tensorrt**: not measured" in md
+    assert "x torch (net)" in md and "GEMM rate" in md
+
+
+@pytest.mark.slow
+def test_bench_cli_on_the_real_tiny_export(tmp_path):
+    """The command as users run it: --checkpoint tiny (random weights) exported on the fly."""
+    from dfmvr.cli.bench import command
+
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    command.main(["--checkpoint", "tiny", "--batch", "1", "--iters", "1", "--warmup", "0", "--format", "obj,json",
+                  "--json", str(out_json), "--markdown", str(out_md), "--quiet"], standalone_mode=False)
+    report = json.loads(out_json.read_text())
+    _check_report(report, ("torch", "onnxruntime"), (1,))
+    assert report["flops"]["by_op"]["Involution"] > 0 and report["flops"]["by_op"]["Conv"] > 1e9
+    assert "| onnxruntime | 1 |" in out_md.read_text()
+
+
+def test_bench_onnxruntime_without_torch(tiny_stats_onnx, tmp_path):
+    """The onnxruntime backend runs with torch blocked; torch is listed as unavailable with a reason."""
+    out_json = tmp_path / "r.json"
+    res = run_python(f"""
+        import sys
+        from dfmvr.cli.bench import command
+        command.main(["--onnx", r"{tiny_stats_onnx}", "--backends", "onnxruntime,torch", "--batch", "1,3",
+                      "--iters", "1", "--warmup", "0", "--no-gemm", "--format", "json",
+                      "--json", r"{out_json}", "-q"], standalone_mode=False)
+        assert "torch" not in sys.modules
+        print("OK")
+    """, block_torch=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out_json.read_text())
+    assert list(report["backends"]) == ["onnxruntime"]
+    rows = report["backends"]["onnxruntime"]["batches"]
+    assert [r["batch"] for r in rows] == [1, 3]
+    for r, b in zip(rows, (1, 3)):
+        _check_row(r, b)
+    assert "torch" in report["unavailable"]["torch"]     # blocked here: reported as not installed
+    assert "gemm" not in report and "speedup_vs_torch" not in report["backends"]["onnxruntime"]["batches"][0]
+
+
+def test_bench_bad_input_exit_codes(tiny_stats_onnx, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", "from dfmvr.cli import bench_entry; bench_entry()", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    r = run("--onnx", str(tmp_path / "missing.onnx"), "--backends", "onnxruntime")
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = run("--onnx", str(tiny_stats_onnx), "--backends", "onnxruntime,cuda")
+    assert r.returncode == 2 and "unknown backend" in r.stderr
+    r = run("--onnx", str(tiny_stats_onnx), "--batch", "0")
+    assert r.returncode == 2
+
+
+def test_markdown_report_lists_every_backend_row():
+    from dfmvr.bench.e2e import derive
+    from dfmvr.bench.report import markdown_report
+    from dfmvr.bench.stats import summarize
+
+    def row(b, net):
+        stages = {s: summarize([1.0], b) for s in STAGES}
+        stages["network"] = summarize([net], b)
+        return {"batch": b, "end_to_end": summarize([net + 5.0], b), "stages": stages}
+
+    report = {"model": {"variant": "x", "onnx": "m.onnx"}, "face_model": {"name": "f", "num_vertices": 3},
+              "settings": {"iters": 1, "warmup": 0, "formats": ["json"], "inputs": "synthetic"},
+              "environment": {"cpu": "c", "logical_cpus": 2, "threads": None, "gpu": None, "versions": {}},
+              "backends": {"torch": {"batches": [row(1, 40.0)]}, "onnxruntime": {"batches": [row(1, 10.0)]}},
+              "unavailable": {"tensorrt": "no GPU"}, "flops": {"total": 2e9, "by_op": {"Conv": 2e9}},
+              "gemm": {"n": 8, "onnxruntime_gflops": 400.0, "numpy_gflops": 100.0, "best_gflops": 400.0}}
+    derive(report)
+    ort = report["backends"]["onnxruntime"]["batches"][0]
+    assert ort["speedup_vs_torch"]["network"] == pytest.approx(4.0)
+    assert ort["speedup_vs_torch"]["end_to_end"] == pytest.approx(45.0 / 15.0)
+    assert ort["network_gflops"] == pytest.approx(200.0) and ort["fraction_of_gemm"] == pytest.approx(0.5)
+    md = markdown_report(report)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| onnxruntime | 1 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[7:9] == ["3.00", "4.00"] and cells[-2:] == ["200.0", "50.0"]
+    assert np.isclose(float(cells[3]), 15.0)

@@ -1,0 +1,86 @@
+"""Parity maths on known differences: units (mm), gates, failure handling. No export needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfmvr.card import ModelCard
+from dfmvr.export.onnx_export import ExportError
+from dfmvr.export.parity import (FP32_TOLERANCE, ParityReport, check_reports, compare, format_table,
+                                 mesh_difference_mm, skipped_report, write_reports)
+from dfmvr.face.layout import COEFFS
+from dfmvr.face.synthetic import synthetic_face_model
+
+
+@pytest.fixture(scope="module")
+def face():
+    return synthetic_face_model(seed=0)
+
+
+def _outputs(batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    coeffs = COEFFS.split(rng.normal(0, 0.3, (batch, COEFFS.size)).astype(np.float32))
+    coeffs.translation[:] = 0.0
+    labels = rng.integers(0, 10, (batch, 3, 224, 224), dtype=np.uint8)
+    return COEFFS.join(coeffs), labels
+
+
+def test_identical_outputs_pass_with_zero_error(face):
+    card = ModelCard(variant="tiny", architecture={})
+    ref = _outputs()
+    report = compare(ref, (ref[0].copy(), ref[1].copy()), card, face, "same")
+    assert report.passed and report.coefficients_max_abs == 0 and report.mesh_max_mm == 0
+    assert report.labels_agreement == 1.0
+
+
+def test_a_known_translation_is_reported_in_millimetres(face):
+    card = ModelCard(variant="tiny", architecture={})
+    coeffs, labels = _outputs()
+    moved = COEFFS.split(coeffs.copy())
+    moved.translation[1, 2, 0] += 0.001          # 0.001 decimetre = 0.1 mm, one item, one view
+    worst, mean = mesh_difference_mm(face, card, coeffs, COEFFS.join(moved))
+    assert worst == pytest.approx(0.1, rel=1e-3)
+    assert mean == pytest.approx(0.1 / 6, rel=1e-3)           # 1 of 2 items x 3 views moved
+    report = compare((coeffs, labels), (COEFFS.join(moved), labels), card, face, "moved")
+    assert not report.passed                                   # 1e-3 > 1e-4 and 0.1 mm >= 0.01 mm
+    assert any("coefficients" in f for f in report.failures) and any("mesh" in f for f in report.failures)
+
+
+def test_label_disagreement_and_shape_mismatch_fail(face):
+    card = ModelCard(variant="tiny", architecture={})
+    coeffs, labels = _outputs()
+    other = labels.copy()
+    other[0, 0, :10] = (other[0, 0, :10] + 1) % 10           # 2240 of 301056 pixels differ
+    report = compare((coeffs, labels), (coeffs, other), card, face, "labels")
+    assert not report.passed and report.labels_agreement < FP32_TOLERANCE.labels_min_agreement
+    report = compare((coeffs, labels), (coeffs[:1], labels[:1]), card, face, "short")
+    assert not report.passed and "shapes" in report.failures[0]
+
+
+def test_check_reports_raises_and_skipped_is_not_a_failure(tmp_path):
+    ok = ParityReport(backend="onnxruntime-cpu", reference="torch", precision="fp32", batch=1, passed=True)
+    skipped = skipped_report("tensorrt", "fp32", "no TensorRT here")
+    check_reports([ok, skipped])
+    bad = ParityReport(backend="tensorrt", reference="torch", precision="fp16", batch=1, passed=False,
+                       failures=["mesh difference 3 mm >= 1 mm"])
+    with pytest.raises(ExportError, match="tensorrt .fp16.: mesh difference 3 mm"):
+        check_reports([ok, bad])
+    table = format_table([ok, skipped, bad])
+    assert "skipped: no TensorRT here" in table and "FAIL: mesh difference" in table
+    doc = write_reports(tmp_path / "p.json", [ok, bad]).read_text()
+    assert '"passed": false' in doc
+
+
+def test_failed_artefacts_are_renamed_not_shipped(tmp_path):
+    from dfmvr.export.pipeline import ExportSummary, _reject_failed
+
+    onnx_path, half = tmp_path / "model.onnx", tmp_path / "model.fp16.onnx"
+    onnx_path.write_bytes(b"fp32")
+    half.write_bytes(b"fp16")
+    summary = ExportSummary(onnx_path=onnx_path, parity_path=tmp_path / "model.parity.json", fp16_path=half)
+    reports = [ParityReport("onnxruntime-cpu", "torch", "fp32", 1, passed=True),
+               ParityReport("onnxruntime-cpu", "torch", "fp16", 1, passed=False, failures=["x"])]
+    _reject_failed(summary, reports, echo=lambda s: None)
+    assert onnx_path.read_bytes() == b"fp32"
+    assert not half.exists() and (tmp_path / "model.fp16.rejected.onnx").read_bytes() == b"fp16"

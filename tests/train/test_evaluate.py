@@ -1,0 +1,162 @@
+"""Evaluation over a dataset: exact ground truth scores ~0 mm, the baselines, both data layouts, the
+ONNX path without torch, and the JSON report."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_python
+from dfmvr.card import ONNX_METADATA_KEY, ModelCard
+from dfmvr.errors import InputError
+from dfmvr.face.geometry import face_shape
+from dfmvr.face.layout import COEFFS
+from dfmvr.face.meshio import write_obj, write_landmarks
+from dfmvr.face.metrics import SEVEN_POINTS_IBUG
+from dfmvr.face.model import MorphableModel
+from dfmvr.train.evaluate import evaluate_dataset, load_eval_sample
+
+
+@pytest.fixture(scope="session")
+def synth4(tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "dfmvr-train-synth4"
+    if not (root / "000003").is_dir():
+        from dfmvr.train.synth import write_dataset
+        write_dataset(root, 4, seed=11, progress=False)
+    return root
+
+
+def _gt(folder):
+    with np.load(folder / "gt.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+class OraclePredictor:
+    """Returns each triplet's true coefficients (looked up by the front image's pixels; zeros, the
+    mean face, for an unknown input)."""
+
+    def __init__(self, root, folders):
+        from dfmvr.train.evaluate import _normalise, load_eval_sample
+        self.card = ModelCard(variant="oracle", architecture={})
+        fm = MorphableModel.load(root / "face_model.npz")
+        self.table = []
+        for f in folders:
+            s = load_eval_sample(f, fm)
+            self.table.append((_normalise(s.images[None], self.card)[0, 1], _gt(f)["coefficients"]))
+
+    def __call__(self, images):
+        out = []
+        for x in images:
+            hits = [c for front, c in self.table if np.array_equal(front, x[1])]
+            out.append(hits[0] if hits else np.zeros(COEFFS.size, np.float32))
+        return np.stack(out)
+
+
+def test_truth_scores_zero_and_beats_the_mean_face(synth4):
+    fm = MorphableModel.load(synth4 / "face_model.npz")
+    folders = sorted(p for p in synth4.iterdir() if p.is_dir())[:2]
+    report = evaluate_dataset(OraclePredictor(synth4, folders), synth4, fm, limit=2, batch=2)
+    assert report["num_triplets"] == 2 and [r["name"] for r in report["rows"]] == ["000000", "000001"]
+    for key in ("mean_mm", "median_mm", "rmse_mm"):
+        assert report["model"][key] < 0.01
+        assert report["baselines"]["mean_face"][key] > 0.3
+    # the oracle recognises a triplet by its front view, which the front-only input keeps
+    assert report["baselines"]["front_only"]["mean_mm"] == report["model"]["mean_mm"]
+    # the mean-face baseline is the mean shape scored with the same protocol
+    from dfmvr.face.metrics import evaluate_reconstruction
+    s = load_eval_sample(folders[0], fm)
+    direct = evaluate_reconstruction(fm.mean_shape, fm.triangles, fm.keypoints[list(SEVEN_POINTS_IBUG)],
+                                     s.scan_vertices, s.scan_triangles, s.scan_landmarks7)
+    assert report["rows"][0]["mean_face"]["mean_mm"] == pytest.approx(direct["mean_mm"], rel=1e-9)
+
+
+def test_real_layout_scan_and_landmarks(synth4, tmp_path):
+    """A 'real' triplet: images + scan.obj in mm + 7 scan landmarks; a 1.5 mm shift of the scan is
+    absorbed by the alignment, so the truth still scores ~0."""
+    fm = MorphableModel.load(synth4 / "face_model.npz")
+    src = synth4 / "000002"
+    real = tmp_path / "real" / "subject"
+    real.mkdir(parents=True)
+    for v in ("left", "front", "right"):
+        shutil.copy(src / f"{v}.png", real / f"{v}.png")
+    gt = _gt(src)
+    write_obj(real / "scan.obj", gt["vertices"] + np.float32([0.015, 0, 0]), fm.triangles)   # x 100 -> mm
+    with pytest.raises(InputError, match="scan without landmarks"):
+        load_eval_sample(real, fm)
+    write_landmarks(real / "scan_landmarks.txt", (gt["landmarks3d"][list(SEVEN_POINTS_IBUG)] + [0.015, 0, 0]) * 100)
+    s = load_eval_sample(real, fm)
+    assert s.scan_vertices.shape == gt["vertices"].shape
+    c = COEFFS.split(gt["coefficients"][None])
+    shape = face_shape(fm, c.identity, c.expression)
+    assert np.allclose(shape[0], gt["vertices"], atol=1e-5)
+    from dfmvr.train.evaluate import _score
+    assert _score(shape[0], fm, s)["mean_mm"] < 0.01
+    assert _score(fm.mean_shape, fm, s)["mean_mm"] > 0.3
+
+
+def _constant_onnx(path, coefficients):
+    """A graph with the exported I/O contract that answers ``coefficients`` for every input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Shape", ["images"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+        helper.make_node("Concat", ["batch", "width"], ["target"], axis=0),
+        helper.make_node("Expand", ["const", "target"], ["coefficients"]),
+        helper.make_node("ReduceMax", ["images", "axis2"], ["m"], keepdims=0),
+        helper.make_node("Cast", ["m"], ["labels"], to=TensorProto.UINT8),
+    ]
+    init = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array([COEFFS.size], np.int64), "width"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            numpy_helper.from_array(coefficients.reshape(1, -1).astype(np.float32), "const")]
+    graph = helper.make_graph(
+        nodes, "constant", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 3, 224, 224])],
+        [helper.make_tensor_value_info("coefficients", TensorProto.FLOAT, ["B", COEFFS.size]),
+         helper.make_tensor_value_info("labels", TensorProto.UINT8, ["B", 3, 224, 224])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    model.metadata_props.add(key=ONNX_METADATA_KEY, value=ModelCard(variant="constant", architecture={}).to_json())
+    onnx.save(model, str(path))
+
+
+def test_eval_cli_onnx_without_torch(synth4, tmp_path):
+    coeffs = _gt(synth4 / "000000")["coefficients"]
+    onnx_path = tmp_path / "constant.onnx"
+    _constant_onnx(onnx_path, coeffs)
+    out = tmp_path / "report.json"
+    code = f"""
+    import sys, importlib.abc
+    class _NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("blocked by test: " + name)
+    sys.meta_path.insert(0, _NoTorch())
+    from dfmvr.cli import main
+    main(["eval", "--onnx", r"{onnx_path}", "--data", r"{synth4}", "--limit", "2", "--json", r"{out}",
+          "--quiet"])
+    """
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torch" not in r.stderr
+    report = json.loads(out.read_text())
+    for part in (report["model"], report["baselines"]["mean_face"], report["baselines"]["front_only"]):
+        assert set(part) >= {"mean_mm", "median_mm", "rmse_mm"}
+    # the graph answers triplet 0's truth: exact there, wrong on triplet 1; front-only == model
+    assert report["rows"][0]["model"]["mean_mm"] < 0.01 < report["rows"][1]["model"]["mean_mm"]
+    assert report["baselines"]["front_only"]["mean_mm"] == report["model"]["mean_mm"]
+    assert report["baselines"]["mean_face"]["mean_mm"] > 0.3
+
+
+def test_eval_cli_usage_errors(synth4, tmp_path):
+    from click.testing import CliRunner
+
+    from dfmvr.cli.eval import command
+
+    r = CliRunner().invoke(command, ["--data", str(synth4)])
+    assert r.exit_code == 2 and "exactly one of --checkpoint or --onnx" in r.output
+    r = CliRunner().invoke(command, ["--onnx", str(tmp_path / "missing.onnx"), "--data", str(synth4)])
+    assert isinstance(r.exception, InputError) and "missing.onnx" in str(r.exception)
