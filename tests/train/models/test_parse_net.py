@@ -77,7 +77,8 @@ def test_load_face_mask_10_class_weights_and_attach(tmp_path):
     torch.manual_seed(2)
     source = BiSeNet().eval()
     path = tmp_path / "face_mask.pth"
-    torch.save(source.state_dict(), path)
+    # explicit zip format: in the full suite this load once failed as if a legacy file had been written
+    torch.save(source.state_dict(), path, _use_new_zipfile_serialization=True)
     net = load_parse_net(path)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
