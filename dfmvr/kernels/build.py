@@ -210,17 +210,21 @@ def nvrtc_compile(source: str, arch: int, target: str = "ptx", use_cache: bool =
     try:
         (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
         err, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        buf = b" " * size
-        nvrtc.nvrtcGetProgramLog(prog, buf)
-        log = buf.rstrip(b"\x00 ").decode(errors="replace")
+        # NVRTC writes into the buffer: it must be a fresh mutable bytearray. ``b" " * size`` is an
+        # immutable bytes object and, for size 1 (an empty log), CPython's shared one-byte singleton:
+        # overwriting it corrupted every later b" " in the process (torch.load then failed).
+        buf = bytearray(size)
+        _nvrtc_ok(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buf)[0], "nvrtcGetProgramLog")
+        log = bytes(buf).rstrip(b"\x00 ").decode(errors="replace")
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise RuntimeError(f"NVRTC failed for {path.name} {opts[0]}:\n{log}")
         get_size, get = ((nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN) if target == "cubin"
                          else (nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX))
         err, size = get_size(prog)
         _nvrtc_ok(nvrtc, err, get_size.__name__)
-        image = b" " * size
-        _nvrtc_ok(nvrtc, get(prog, image)[0], get.__name__)
+        buf = bytearray(size)
+        _nvrtc_ok(nvrtc, get(prog, buf)[0], get.__name__)
+        image = bytes(buf)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
     if target == "ptx":

@@ -39,6 +39,8 @@ def test_nvcc_really_runs_and_the_cache_returns_its_image():
 def test_nvrtc_really_runs():
     pytest.importorskip("cuda.bindings.nvrtc")
     ptx = build.nvrtc_compile("involution", 90, "ptx", use_cache=False).image.decode()
+    # NVRTC's (empty, 1-byte) log must not land in CPython's shared one-byte b" " (regression)
+    assert bytes([0x20])[0] == 0x20
     assert ".target sm_90" in ptx
     for name in build.ENTRY_POINTS["involution"]:
         assert f".entry {name}(" in ptx
