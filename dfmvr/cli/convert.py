@@ -1,4 +1,5 @@
-"""``dfmvr convert``: foreign checkpoints -> dfmvr checkpoints (``official``: the DF-MVR weights)."""
+"""``dfmvr convert``: foreign checkpoints -> dfmvr checkpoints (``official``: the DF-MVR weights;
+``half``: a dfmvr checkpoint stored in float16 for shipping)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 @click.group()
 def command():
-    """Convert foreign checkpoints (the official DF-MVR weights) to dfmvr's format."""
+    """Convert foreign checkpoints (the official DF-MVR weights) to dfmvr's format, or store one in float16."""
 
 
 @command.command("official")
@@ -39,3 +40,27 @@ def official(weights: Path, out: Path, parse_net: Path | None):
         click.echo(f"parse net replaced by {parse_net.name} ({model.parse_net.num_classes} classes)")
     save_checkpoint(out, model, model.card)
     click.echo(f"wrote {out} (variant '{card.variant}', camera distance {card.camera['distance']:g})")
+
+
+@command.command("half")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output checkpoint (.safetensors), weights stored as float16.")
+def half(checkpoint: Path, out: Path):
+    """Store CHECKPOINT's float32 weights as float16 (half the file; for shipping a model).
+
+    Loading turns them back into float32, so the model still computes in float32, with every weight
+    rounded to the nearest float16. 'dfmvr-export --compact' then writes a graph of the same size
+    with bit-identical numbers. Check the rounded model with 'dfmvr eval' before shipping it.
+    """
+    from dfmvr.train.checkpoint import load_checkpoint, save_checkpoint
+
+    if out.suffix != ".safetensors":
+        raise click.BadParameter("the output must end in .safetensors", param_hint="--out")
+    model, card, _ = load_checkpoint(checkpoint, load_train_state=False)
+    card.provenance = {**(card.provenance or {}), "weights_rounded_to": "float16"}
+    try:
+        save_checkpoint(out, model, card, half_storage=True)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, float16 storage of {checkpoint})")

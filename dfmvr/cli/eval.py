@@ -76,6 +76,7 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     report["source"] = source
     report["data"] = str(data)
     report["face_model"] = fm.identity()
+    report["icp_iterations"] = icp_iterations
     if not quiet:
         for row in report["rows"]:
             click.echo(f"{row['name']}: model {row['model']['mean_mm']:.4f}  front-only "

@@ -21,7 +21,11 @@ import click
               help="Face model .npz for the mm parity (default: the built-in synthetic model).")
 @click.option("--parity-batch", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Synthetic triplets used for the parity report.")
-def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache, face_model, parity_batch):
+@click.option("--compact", is_flag=True,
+              help="Store the weights of model.onnx as float16 + Cast (float32 compute, half the file); the "
+                   "parity check still gates it at fp32 tolerances. Pair it with 'dfmvr convert half'.")
+def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache, face_model, parity_batch,
+            compact):
     """Export CHECKPOINT to one ONNX graph with dfmvr::Involution nodes, check parity, build engines.
 
     CHECKPOINT is a dfmvr .safetensors checkpoint, the official DF-MVR .pth weights (converted on the
@@ -32,4 +36,4 @@ def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache
 
     export_all(checkpoint, out_dir, fp16=fp16, engine=engine, batch=batch, workspace_gb=workspace_gb,
                timing_cache=timing_cache, face_model=face_model, parity_batch=parity_batch,
-               echo=click.echo)
+               compact=compact, echo=click.echo)

@@ -21,7 +21,7 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
 
 @click.command(name="run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--onnx", type=click.Path(path_type=Path), help="ONNX graph made by dfmvr-export (ONNX Runtime).")
+@click.option("--onnx", type=click.Path(path_type=Path), help="ONNX graph made by dfmvr-export (ONNX Runtime); 'default' or none: the bundled demo model.")
 @click.option("--engine", type=click.Path(path_type=Path),
               help="TensorRT engine made by dfmvr-export, with its .card.json beside it.")
 @click.option("--face-model", type=click.Path(path_type=Path),

@@ -45,6 +45,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--no-view-dropout", is_flag=True, help="Always feed all three views.")
 @click.option("--no-augment", is_flag=True, help="No colour jitter / blur.")
+@click.option("--bn-recalibration", "bn_recalibration", default=64, show_default=True, type=click.IntRange(min=0),
+              help="After every epoch recompute batch-norm statistics on this many clean all-view training "
+                   "triplets (0 = off): the running ones do not match inference (see dfmvr/train/precise_bn.py).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),
@@ -54,7 +57,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
             supervised_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
-            seed, workers, stop_after, max_steps, device, quiet):
+            bn_recalibration, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse":
@@ -75,7 +78,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
                       parse_net=str(parse_net) if parse_net else None, val=str(val) if val else None,
                       val_limit=val_limit, seed=seed, augment=not no_augment, view_dropout=not no_view_dropout,
                       workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
-                      device=device, progress=not quiet, weights=weights.to_dict())
+                      device=device, progress=not quiet, weights=weights.to_dict(),
+                      bn_recalibration=bn_recalibration)
     trainer = Trainer(cfg)
     try:
         last = trainer.run()

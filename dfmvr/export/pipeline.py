@@ -112,7 +112,7 @@ def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
 
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
                workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
-               echo: Callable[[str], None] = print) -> ExportSummary:
+               compact: bool = False, echo: Callable[[str], None] = print) -> ExportSummary:
     """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
     ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
     built (after the ONNX files and report are written)."""
@@ -130,6 +130,16 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
     echo(f"wrote {result.path} ({result.nodes} nodes, {result.involution_nodes} {'dfmvr::Involution'} "
          f"nodes with a standard-op function body, opset {result.opset})")
 
+    if compact:
+        # float16-stored weights, float32 compute: half the file. Weights the exporter folded (conv x
+        # batch-norm) are rounded; the parity below runs on this file, gated by the fp32 tolerances.
+        from .compact import store_weights_as_fp16
+
+        small, packed = store_weights_as_fp16(onnx.load(str(summary.onnx_path)), lossless=False)
+        with atomic_path(summary.onnx_path) as tmp:
+            onnx.save_model(small, str(tmp))
+        echo(f"compacted {summary.onnx_path.name}: {packed.converted} weights stored as float16 ({packed.rounded} "
+             f"of them rounded); weights {packed.bytes_before / 1e6:.1f} -> {packed.bytes_after / 1e6:.1f} MB")
     images = parity.parity_inputs(card, batch=parity_batch)
     reference = parity.TorchRunner(model)(images)
     onnx_model = onnx.load(str(summary.onnx_path))

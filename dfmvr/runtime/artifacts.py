@@ -185,12 +185,12 @@ def load_engine_artifact(path) -> Artifact:
 
 
 def load_artifact(onnx=None, engine=None) -> Artifact:
-    """``--onnx`` / ``--engine`` / neither (the bundled default ONNX graph)."""
+    """``--onnx`` / ``--engine`` / neither or ``--onnx default`` (the bundled default ONNX graph)."""
     if onnx is not None and engine is not None:
         raise InputError(None, "both --onnx and --engine given", "pass one of them")
     if engine is not None:
         return load_engine_artifact(engine)
-    if onnx is not None:
+    if onnx is not None and str(onnx) != "default":
         return load_onnx_artifact(onnx)
     if not DEFAULT_ONNX.is_file():
         raise InputError(DEFAULT_ONNX, "the bundled default model is not installed",

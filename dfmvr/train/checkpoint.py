@@ -35,6 +35,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "read_card", "resolve_checkpoin
 
 CHECKPOINT_FORMAT = "dfmvr-checkpoint"
 CHECKPOINT_VERSION = "1"
+HALF_STORAGE = "float16"     # metadata ``storage_dtype`` of a checkpoint saved with half_storage=True
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default" / "model.safetensors"
 
 
@@ -88,11 +89,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: dict | None = None) -> Path:
+def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: dict | None = None,
+                    half_storage: bool = False) -> Path:
     """Write ``model``'s weights and ``card`` to ``path`` (.safetensors), plus the sidecar if asked.
 
     train_state: e.g. ``{"optimizer": opt.state_dict(), "epoch": 3, "rng": capture_rng_state()}``;
     anything ``torch.load(weights_only=True)`` reads back. Returns ``path``.
+    half_storage: store float32 tensors as float16 (half the size, for shipping: the bundled model);
+    loading turns them back into float32, so the model computes in float32 with fp16-rounded weights.
     """
     st = _safetensors()
     path = Path(path)
@@ -101,12 +105,25 @@ def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: 
                 "model_card": card.to_json(), "checkpoint_id": checkpoint_id}
     # safetensors needs contiguous CPU tensors (views of a GPU model would not serialise).
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if half_storage:
+        metadata["storage_dtype"] = HALF_STORAGE
+        tensors = {k: _to_half(k, v) for k, v in tensors.items()}
     if train_state is not None:
         with atomic_path(sidecar_path(path)) as tmp:
             torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, tmp)
     with atomic_path(path) as tmp:
         st.save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def _to_half(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dtype != torch.float32:
+        return tensor
+    half = tensor.half()
+    if not torch.isfinite(half).all():
+        raise ValueError(f"weight {name} does not fit float16 (|max| {tensor.abs().max().item():.3g}); "
+                         "save it without half_storage")
+    return half
 
 
 def _read_header(path: Path) -> tuple[dict[str, str], Any]:
@@ -147,6 +164,8 @@ def load_checkpoint(path, load_train_state: bool = True):
     card = ModelCard.from_json(meta.get("model_card", ""), source=path)
     try:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        if meta.get("storage_dtype") == HALF_STORAGE:     # shipped in float16, computed in float32
+            tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
     except Exception as exc:
         raise InputError(path, f"checkpoint is truncated or corrupt ({exc})", "re-save or re-download it") from exc
     try:

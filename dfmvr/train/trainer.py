@@ -34,6 +34,7 @@ from .data import TripletDataset
 from .face_torch import FaceModelTorch
 from .losses.total import LossWeights, TrainingLoss
 from .models.variants import build_model, make_card
+from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
 
 __all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "METRICS_NAME", "resolve_face_model"]
@@ -68,6 +69,7 @@ class TrainConfig:
     device: str | None = None            # default: cuda if available, else cpu
     progress: bool = True
     weights: dict = field(default_factory=lambda: LossWeights().to_dict())
+    bn_recalibration: int = 64           # triplets for the end-of-epoch batch-norm statistics (0 = off)
 
 
 def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
@@ -174,7 +176,8 @@ class Trainer:
         prov = {"trainer": "dfmvr-train", "stage": "main", "data": str(c.data), "triplets": len(self.dataset),
                 "epochs": c.epochs, "batch_per_process": c.batch, "processes": self.world, "lr": c.lr,
                 "final_lr": c.final_lr, "seed": c.seed, "augment": c.augment, "view_dropout": c.view_dropout,
-                "face_model_source": fm_source, "parse_net": c.parse_net or "untrained (random init)"}
+                "face_model_source": fm_source, "parse_net": c.parse_net or "untrained (random init)",
+                "bn_recalibration_triplets": c.bn_recalibration}
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         return prov
@@ -206,6 +209,15 @@ class Trainer:
         if "coefficients" in item:
             batch["gt_coefficients"] = item["coefficients"].to(d)
         return batch
+
+    def _recalibration_batches(self):
+        """The first ``bn_recalibration`` triplets, in order, all views, no augmentation: the same on
+        every rank and in every run (see precise_bn)."""
+        clean = TripletDataset(self.cfg.data, augment=False)
+        n = min(self.cfg.bn_recalibration, len(clean))
+        size = min(self.cfg.batch, n)
+        for start in range(0, n - size + 1, size):       # whole batches only
+            yield torch.stack([clean[i]["images"] for i in range(start, start + size)]).to(self.device)
 
     # --- loop ------------------------------------------------------------------------------
     def train_step(self, item: dict, epoch: int, index: int) -> dict:
@@ -266,6 +278,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.epoch = epoch + 1
+            if cfg.bn_recalibration:
+                recalibrate_batch_norm(self.model, self._recalibration_batches())
             seconds = time.perf_counter() - start
             last = {"kind": "epoch", "epoch": epoch, "step": self.step, "seconds": seconds,
                     "seconds_per_step": seconds / max(self.steps_per_epoch, 1),

@@ -191,3 +191,13 @@ def test_overlay_triangles_simplify_but_cover_the_same_face(face_model):
     full = (paint_mesh(blank, px, depth, m.triangles) != 0).any(-1)
     fast = (paint_mesh(blank, px, depth, coarse) != 0).any(-1)
     assert (full & fast).sum() / (full | fast).sum() > 0.95         # same silhouette, winding kept
+
+
+def test_normalise_is_the_card_formula_in_graph_layout(aligned_pipe):
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, size=(2, 3, 224, 224, 3), dtype=np.uint8)
+    card = aligned_pipe.card
+    want = ((crops.astype(np.float64) / 255.0 - card.input_mean) / card.input_std).transpose(0, 1, 4, 2, 3)
+    got = aligned_pipe.normalise(crops)
+    assert got.dtype == np.float32 and got.shape == (2, 3, 3, 224, 224) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, atol=1e-6)

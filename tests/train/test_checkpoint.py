@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -14,13 +15,7 @@ from dfmvr.train.checkpoint import (capture_rng_state, load_checkpoint, read_car
                                     save_checkpoint, sidecar_path)
 from dfmvr.train.models.variants import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)   # shared 2-core machine: avoid OpenMP oversubscription
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +58,30 @@ def test_round_trip_weights_card_and_training_state(tmp_path, trained_tiny):
     first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     restore_rng_state(state["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+
+
+def test_half_storage_halves_the_file_and_loads_float32_rounded_weights(tmp_path, trained_tiny):
+    model, _ = trained_tiny
+    full = save_checkpoint(tmp_path / "full.safetensors", model, model.card)
+    half = save_checkpoint(tmp_path / "half.safetensors", model, model.card, half_storage=True)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded, card, _ = load_checkpoint(half)
+    assert card.to_dict() == model.card.to_dict()
+    got = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        assert got[key].dtype == value.dtype, key                     # float32 again, int64 counters kept
+        want = value.half().float() if value.dtype == torch.float32 else value
+        assert torch.equal(got[key], want), key
+
+
+def test_half_storage_refuses_weights_beyond_float16(tmp_path, trained_tiny):
+    model, _ = trained_tiny
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        next(big.parameters())[...] = 1e6
+    with pytest.raises(ValueError, match="does not fit float16"):
+        save_checkpoint(tmp_path / "big.safetensors", big, big.card, half_storage=True)
+    assert not (tmp_path / "big.safetensors").exists()
 
 
 def test_weights_only_checkpoint_has_no_sidecar(tmp_path, trained_tiny):
@@ -175,3 +194,20 @@ def test_wrong_tensor_shape_is_refused(tmp_path, trained_tiny):
     save_file(tensors, str(tmp_path / "shape.safetensors"), metadata=meta)
     with pytest.raises(InputError, match="conv2_id.bias"):
         load_checkpoint(tmp_path / "shape.safetensors")
+
+
+def test_convert_half_cli_writes_a_half_size_checkpoint_and_records_the_rounding(tmp_path, trained_tiny):
+    from click.testing import CliRunner
+
+    from dfmvr.cli.convert import command
+
+    model, _ = trained_tiny
+    full = save_checkpoint(tmp_path / "full.safetensors", model, model.card)
+    out = tmp_path / "half.safetensors"
+    r = CliRunner().invoke(command, ["half", str(full), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size < 0.55 * full.stat().st_size
+    _, card, _ = load_checkpoint(out)
+    assert card.provenance["weights_rounded_to"] == "float16"
+    r = CliRunner().invoke(command, ["half", str(full), "--out", str(tmp_path / "half.pt")])
+    assert r.exit_code == 2 and ".safetensors" in r.output

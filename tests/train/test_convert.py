@@ -39,12 +39,7 @@ def _random_official_state(keys, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)   # shared 2-core machine: avoid OpenMP oversubscription
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_cli_converts_a_full_official_checkpoint(tmp_path, shared_dir):

@@ -30,15 +30,6 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="session")
-def synth4(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "dfmvr-train-synth4"
-    if not (root / "000003").is_dir():
-        from dfmvr.train.synth import write_dataset
-        write_dataset(root, 4, seed=11, progress=False)
-    return root
-
-
 def test_two_process_ddp_keeps_replicas_identical(synth4, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

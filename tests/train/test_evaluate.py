@@ -18,15 +18,6 @@ from dfmvr.face.model import MorphableModel
 from dfmvr.train.evaluate import evaluate_dataset, load_eval_sample
 
 
-@pytest.fixture(scope="session")
-def synth4(tmp_path_factory):
-    root = tmp_path_factory.getbasetemp() / "dfmvr-train-synth4"
-    if not (root / "000003").is_dir():
-        from dfmvr.train.synth import write_dataset
-        write_dataset(root, 4, seed=11, progress=False)
-    return root
-
-
 def _gt(folder):
     with np.load(folder / "gt.npz") as z:
         return {k: z[k] for k in z.files}

@@ -12,16 +12,6 @@ from dfmvr.train.schedule import OFFICIAL_CONSTANT_FRACTION, VIEW_PATTERNS, lr_a
 from dfmvr.train.trainer import METRICS_NAME, Trainer, TrainConfig
 
 
-@pytest.fixture(scope="session")
-def synth4(tmp_path_factory):
-    """Four synthetic triplets (shared by the trainer, DDP and evaluation tests of this session)."""
-    root = tmp_path_factory.getbasetemp() / "dfmvr-train-synth4"
-    if not (root / "000003").is_dir():
-        from dfmvr.train.synth import write_dataset
-        write_dataset(root, 4, seed=11, progress=False)
-    return root
-
-
 def test_lr_schedule_shape():
     assert lr_at(0.0) == lr_at(OFFICIAL_CONSTANT_FRACTION) == 1e-4
     assert lr_at(1.0) == pytest.approx(1e-6)
@@ -64,7 +54,10 @@ def _steps(out):
 
 def test_resume_continues_exactly(synth4, tmp_path):
     """An uninterrupted 2-epoch run (API) against the same run interrupted after epoch 1 and resumed
-    (CLI): the step after the resume has the very same loss and learning rate."""
+    (CLI): the step after the resume has the same loss and learning rate. To float rounding, not bit
+    for bit: forward passes run earlier in a process (other tests, the end-of-epoch batch-norm
+    recalibration) change which CPU kernels later steps pick (measured up to 3e-5 relative); a logic
+    error (weights, Adam state, RNG streams, schedule) moves the loss by far more."""
     from click.testing import CliRunner
 
     from dfmvr.cli.train import command
@@ -79,13 +72,16 @@ def test_resume_continues_exactly(synth4, tmp_path):
     model, card, state = load_checkpoint(parts / "checkpoint.safetensors")
     assert state["epoch"] == 1 and state["step"] == 1 and card.loss_weights["photo"] == 24.0
     assert card.provenance["stage"] == "main" and "supervised_weight" not in card.provenance
+    assert card.provenance["bn_recalibration_triplets"] == 64
     r = CliRunner().invoke(command, args + ["--resume", "--val", str(synth4), "--val-limit", "1"])
     assert r.exit_code == 0, r.output
     a, _ = _steps(whole)
     b, epochs = _steps(parts)
     assert len(a) == len(b) == 2
     assert a[0]["loss"] == b[0]["loss"]
-    assert math.isfinite(a[1]["loss"]) and a[1]["loss"] == b[1]["loss"]   # the next step after resume
+    assert math.isfinite(a[1]["loss"])                                       # the next step after resume
+    assert b[1]["loss"] == pytest.approx(a[1]["loss"], rel=2e-4, abs=0)
+    assert a[1]["loss"] != pytest.approx(a[0]["loss"], rel=1e-2)           # the comparison can tell steps apart
     assert a[1]["lr"] == b[1]["lr"] < a[0]["lr"]
     assert epochs[-1]["val_mean_mm"] > 0 and epochs[-1]["val_num_scans"] == 1
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Retrain the bundled demo model (dfmvr/assets/default/) from scratch: the exact recipe of the shipped one.
+#
+#   bash scripts/train_default_model.sh [WORK_DIR]     # needs: pip install -e ".[train]"
+#
+# On the 2-core CPU it was made on: data ~7 min, parse net ~8 min, main stage ~60 min, export + eval ~3 min.
+# Every step resumes: rerun the script after an interruption (the main stage continues with --resume).
+# The last step copies the weights, the ONNX graph and the face model into dfmvr/assets/default/ and
+# writes WORK_DIR/eval.json (torch) and eval.onnx.json (the shipped graph, installed as eval.json),
+# whose numbers go into the README table.
+set -euo pipefail
+WORK=${1:-work/default-model}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+ASSETS="$REPO/dfmvr/assets/default"
+mkdir -p "$WORK"
+
+# 1. synthetic data: 2000 training triplets (seed 0), 64 held-out triplets (seed 1, never trained on)
+dfmvr data synth --out "$WORK/data/train" --triplets 2000 --seed 0 --workers 2
+dfmvr data synth --out "$WORK/data/val" --triplets 64 --seed 1
+
+# 2. the parser (frozen during the main stage; also the graph's `labels` output): one epoch
+if [ ! -f "$WORK/runs/parse/parse_net.safetensors" ]; then
+  dfmvr-train --stage parse --data "$WORK/data/train" --variant tiny --out "$WORK/runs/parse" --epochs 1 --batch 8
+fi
+
+# 3. the main stage. A demo trained in an hour on 2 CPU cores: the MSE to the true coefficients
+#    (synthetic data only; recorded in the card) at weight 1e5 dominates, the weak losses run at their
+#    official weights beside it, the mask loss is off (it doubles the step time). With the weak losses
+#    alone the network learned the poses but not the identity in this budget (see docs/training.md).
+#    6 epochs x 250 steps x batch 4 = 6000 triplet samples; batch-norm statistics are recomputed after
+#    every epoch (--bn-recalibration, default 64 triplets).
+MAIN=(--data "$WORK/data/train" --val "$WORK/data/val" --variant tiny --out "$WORK/runs/tiny"
+      --epochs 6 --max-steps 250 --batch 4 --lr 1e-3 --supervised-weight 100000 --mask-weight 0
+      --parse-net "$WORK/runs/parse/parse_net.safetensors" --quiet)
+if [ -f "$WORK/runs/tiny/checkpoint.train.pt" ]; then dfmvr-train "${MAIN[@]}" --resume; else dfmvr-train "${MAIN[@]}"; fi
+
+# 4. ship in float16 storage (float32 compute), export (fails if ONNX Runtime and PyTorch disagree),
+#    evaluate on the held-out set, install
+dfmvr convert half "$WORK/runs/tiny/checkpoint.safetensors" --out "$WORK/model.safetensors"
+dfmvr-export "$WORK/model.safetensors" --out "$WORK/export" --compact
+dfmvr eval --checkpoint "$WORK/model.safetensors" --data "$WORK/data/val" --json "$WORK/eval.json"
+dfmvr eval --onnx "$WORK/export/model.onnx" --data "$WORK/data/val" --json "$WORK/eval.onnx.json"
+mkdir -p "$ASSETS"
+cp "$WORK/model.safetensors" "$ASSETS/model.safetensors"
+cp "$WORK/export/model.onnx" "$ASSETS/model.onnx"
+cp "$WORK/data/train/face_model.npz" "$ASSETS/face_model.npz"
+cp "$WORK/eval.onnx.json" "$ASSETS/eval.json"          # the README's numbers; tests/test_bundled_model.py re-checks them
+echo "installed into $ASSETS; held-out numbers: $WORK/eval.json"

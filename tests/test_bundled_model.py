@@ -1,0 +1,89 @@
+"""The bundled demo model (dfmvr/assets/default): present, consistent, small, and better than the baselines.
+
+It is what `dfmvr-run`, `dfmvr-export default` and `dfmvr eval --checkpoint/--onnx default` use, so
+these tests do not skip when it is missing: a missing or broken bundle is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dfmvr.card import ONNX_METADATA_KEY, ModelCard
+from dfmvr.face.model import MorphableModel
+from dfmvr.runtime.artifacts import DEFAULT_DIR, DEFAULT_FACE_MODEL, DEFAULT_ONNX, read_onnx_metadata
+from tests.conftest import REPO
+
+CHECKPOINT = DEFAULT_DIR / "model.safetensors"
+EXAMPLE = REPO / "examples" / "triplet"
+ICP_ITERATIONS = 30          # dfmvr eval's default, used for eval.json
+
+
+def _example_images(card: ModelCard) -> np.ndarray:
+    import cv2
+
+    from dfmvr.face.layout import VIEWS
+
+    crops = np.stack([cv2.imread(str(EXAMPLE / f"{v}.png"))[:, :, ::-1] for v in VIEWS])
+    x = (crops.astype(np.float32) / 255.0 - card.input_mean) / card.input_std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)[None])
+
+
+def test_the_bundle_is_complete_small_and_self_consistent():
+    files = {p.name: p.stat().st_size for p in DEFAULT_DIR.iterdir() if p.is_file()}
+    assert {"model.safetensors", "model.onnx", "face_model.npz"} <= set(files)
+    assert sum(files.values()) < 16e6, files               # shipped in the wheel: keep it a few MB
+    card = ModelCard.from_json(read_onnx_metadata(DEFAULT_ONNX)[ONNX_METADATA_KEY])
+    assert card.variant == "tiny"
+    assert card.provenance.get("weights_rounded_to") == "float16"
+    face_model = MorphableModel.load(DEFAULT_FACE_MODEL)
+    card.check_face_model(face_model.identity(), source=DEFAULT_FACE_MODEL)
+
+
+def test_onnx_graph_matches_the_checkpoint_in_torch_on_the_example():
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from dfmvr.export.parity import mesh_difference_mm
+    from dfmvr.train.checkpoint import load_checkpoint
+
+    model, card, _ = load_checkpoint("default", load_train_state=False)
+    onnx_card = ModelCard.from_json(read_onnx_metadata(DEFAULT_ONNX)[ONNX_METADATA_KEY])
+    assert onnx_card.to_dict() == card.to_dict()
+    x = _example_images(card)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x))[0].numpy()
+    got = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    assert np.abs(got - want).max() < 1e-3
+    assert mesh_difference_mm(MorphableModel.load(DEFAULT_FACE_MODEL), card, want, got)[0] < 0.01   # mm
+
+
+def test_the_shipped_evaluation_reproduces_on_regenerated_held_out_triplets(tmp_path):
+    """eval.json (the README's numbers) was measured on 64 triplets of the held-out seed 1; the data
+    generator is deterministic per (seed, index), so the first triplets regenerated here must score the
+    same through the shipped ONNX graph, for the model and both baselines."""
+    pytest.importorskip("torch")          # the synthetic renderer is torch code
+    from dfmvr.train.evaluate import OnnxPredictor, evaluate_dataset
+    from dfmvr.train.synth import write_dataset
+
+    shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())
+    assert shipped["num_triplets"] == 64 and shipped["icp_iterations"] == ICP_ITERATIONS
+    write_dataset(tmp_path / "val", 4, seed=1, progress=False)
+    report = evaluate_dataset(OnnxPredictor(DEFAULT_ONNX), tmp_path / "val", MorphableModel.load(DEFAULT_FACE_MODEL),
+                              icp_iterations=ICP_ITERATIONS)
+    for got, want in zip(report["rows"], shipped["rows"][:4], strict=True):
+        assert got["name"] == want["name"]
+        for part in ("model", "front_only", "mean_face"):
+            assert got[part]["mean_mm"] == pytest.approx(want[part]["mean_mm"], abs=0.02), (got["name"], part)
+
+
+def test_default_names_the_bundle_for_run_eval_and_export():
+    from dfmvr.runtime.artifacts import load_artifact
+
+    assert load_artifact().path == load_artifact(onnx="default").path == DEFAULT_ONNX
+    pytest.importorskip("torch")
+    from dfmvr.train.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint("default") == CHECKPOINT
