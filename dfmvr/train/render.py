@@ -23,7 +23,7 @@ import torch
 from ..face.camera import Camera
 from .face_torch import project_with_depth
 
-__all__ = ["Raster", "rasterize", "interpolate", "RenderResult", "render_mesh", "NEAR_DEPTH"]
+__all__ = ["Raster", "rasterize", "interpolate", "RenderResult", "render_mesh", "NEAR_DEPTH", "BACKENDS"]
 
 NEAR_DEPTH = 1e-4      # triangles with a vertex nearer than this (model units) are dropped
 _EMPTY = torch.iinfo(torch.int64).max
@@ -132,17 +132,33 @@ def _visibility(pd: torch.Tensor, triangles: torch.Tensor, height: int, width: i
     return zbuf
 
 
-def rasterize(pixels_depth: torch.Tensor, triangles: torch.Tensor, size) -> Raster:
+BACKENDS = ("auto", "torch", "nvdiffrast")
+
+
+def rasterize(pixels_depth: torch.Tensor, triangles: torch.Tensor, size, backend: str = "auto") -> Raster:
     """Rasterize triangle meshes given in screen space.
 
     pixels_depth [B, N, 3] float (u, v in pixels with centres at +0.5, depth > 0 in model units)
     triangles    [T, 3] int (0-based vertex ids, shared by the batch; either winding)
     size         int or (height, width)
+    backend      "torch" (this file), "nvdiffrast" (``render_nvdiffrast``: CUDA tensors, nvdiffrast
+                 installed; never run on this project's GPU-less machines) or "auto" (nvdiffrast when
+                 it can run, else torch)
     Returns a ``Raster``. Visibility is the nearest triangle at each pixel centre (ties: lower id).
     """
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if pixels_depth.dim() != 3 or pixels_depth.shape[-1] != 3:
         raise ValueError(f"pixels_depth must be [B, N, 3], got {tuple(pixels_depth.shape)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rasterizer backend {backend!r}; known: {BACKENDS}")
+    if backend != "torch":
+        from . import render_nvdiffrast
+
+        if render_nvdiffrast.available(pixels_depth.device):
+            return render_nvdiffrast.rasterize_nvdiffrast(pixels_depth, triangles, height, width)
+        if backend == "nvdiffrast":
+            raise RuntimeError("the nvdiffrast backend needs CUDA tensors and the nvdiffrast package "
+                               "(pip install nvdiffrast on a machine with an NVIDIA GPU)")
     triangles = triangles.to(device=pixels_depth.device, dtype=torch.int64)
     b, n = pixels_depth.shape[0], pixels_depth.shape[1]
     zbuf = _visibility(pixels_depth.detach(), triangles, height, width)
@@ -209,7 +225,8 @@ class RenderResult:
 
 
 def render_mesh(vertices: torch.Tensor, triangles: torch.Tensor, camera: Camera,
-                colors: torch.Tensor | None = None, parts: torch.Tensor | None = None) -> RenderResult:
+                colors: torch.Tensor | None = None, parts: torch.Tensor | None = None,
+                backend: str = "auto") -> RenderResult:
     """Render posed meshes with the project camera.
 
     vertices [B, N, 3] posed model-space points (dm); triangles [T, 3]; colors [B, N, 3] or None;
@@ -217,7 +234,7 @@ def render_mesh(vertices: torch.Tensor, triangles: torch.Tensor, camera: Camera,
     triangle corner with the largest barycentric weight (labels are categories, not blendable).
     """
     pd = project_with_depth(vertices, camera)
-    raster = rasterize(pd, triangles, camera.image_size)
+    raster = rasterize(pd, triangles, camera.image_size, backend)
     image = (interpolate(colors, raster, triangles) if colors is not None
              else raster.mask[..., None].to(vertices.dtype).expand(-1, -1, -1, 3))
     labels = None
