@@ -305,12 +305,16 @@ class Trainer:
         from .evaluate import TorchPredictor, evaluate_dataset
 
         self.model.eval()
+        predictor = _LargestCoefficient(TorchPredictor(self.model, str(self.device)))
         try:
-            report = evaluate_dataset(TorchPredictor(self.model, str(self.device)), self.cfg.val, self.face_model,
-                                      limit=self.cfg.val_limit, baselines=False)
+            report = evaluate_dataset(predictor, self.cfg.val, self.face_model, limit=self.cfg.val_limit,
+                                      baselines=False)
         finally:
             self.model.train()
-        return {f"val_{k}": v for k, v in report["model"].items()}
+        # Eval-mode blow-ups (|coef| 1e5+ on a few inputs, see precise_bn) hide inside a mean mm after
+        # the similarity alignment; the largest coefficient shows them (healthy models stay near 1-3).
+        return {**{f"val_{k}": v for k, v in report["model"].items()},
+                "val_max_abs_coefficient": predictor.largest}
 
     def save(self) -> Path:
         self.card.provenance = {**self.card.provenance, "epochs_trained": self.epoch, "steps_trained": self.step}
@@ -327,6 +331,18 @@ class Trainer:
         gathered = [torch.zeros_like(probe) for _ in range(self.world)]
         dist.all_gather(gathered, probe)
         return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+class _LargestCoefficient:
+    """A predictor wrapper that remembers the largest |coefficient| it returned."""
+
+    def __init__(self, predictor):
+        self.predictor, self.card, self.largest = predictor, predictor.card, 0.0
+
+    def __call__(self, images):
+        coefficients = self.predictor(images)
+        self.largest = max(self.largest, float(np.abs(np.asarray(coefficients)).max()))
+        return coefficients
 
 
 class _MetricsLog:

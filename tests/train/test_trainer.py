@@ -84,6 +84,7 @@ def test_resume_continues_exactly(synth4, tmp_path):
     assert a[1]["loss"] != pytest.approx(a[0]["loss"], rel=1e-2)           # the comparison can tell steps apart
     assert a[1]["lr"] == b[1]["lr"] < a[0]["lr"]
     assert epochs[-1]["val_mean_mm"] > 0 and epochs[-1]["val_num_scans"] == 1
+    assert 0 < epochs[-1]["val_max_abs_coefficient"] < float("inf")
 
 
 def test_training_reduces_the_loss_and_records_supervision(synth4, tmp_path):
