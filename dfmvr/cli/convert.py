@@ -46,7 +46,10 @@ def official(weights: Path, out: Path, parse_net: Path | None):
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output checkpoint (.safetensors), weights stored as float16.")
-def half(checkpoint: Path, out: Path):
+@click.option("--sample-statistics", is_flag=True,
+              help="Also record in the card that batch norm uses each sample's own statistics at inference "
+                   "(see dfmvr/train/models/sample_norm.py): stable where running statistics blow up.")
+def half(checkpoint: Path, out: Path, sample_statistics: bool):
     """Store CHECKPOINT's float32 weights as float16 (half the file; for shipping a model).
 
     Loading turns them back into float32, so the model still computes in float32, with every weight
@@ -59,6 +62,10 @@ def half(checkpoint: Path, out: Path):
         raise click.BadParameter("the output must end in .safetensors", param_hint="--out")
     model, card, _ = load_checkpoint(checkpoint, load_train_state=False)
     card.provenance = {**(card.provenance or {}), "weights_rounded_to": "float16"}
+    if sample_statistics:
+        from dfmvr.train.models.sample_norm import INFERENCE_NORM_KEY, PER_SAMPLE
+
+        card.architecture = {**card.architecture, INFERENCE_NORM_KEY: PER_SAMPLE}
     try:
         save_checkpoint(out, model, card, half_storage=True)
     except ValueError as exc:

@@ -22,8 +22,8 @@ import click
 @click.option("--parity-batch", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Synthetic triplets used for the parity report.")
 @click.option("--compact", is_flag=True,
-              help="Store the weights of model.onnx as float16 + Cast (float32 compute, half the file); the "
-                   "parity check still gates it at fp32 tolerances. Pair it with 'dfmvr convert half'.")
+              help="Store the weights of model.onnx that are exact float16 numbers as float16 + Cast: same "
+                   "results, float32 compute, a smaller file. Pair it with 'dfmvr convert half'.")
 def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache, face_model, parity_batch,
             compact):
     """Export CHECKPOINT to one ONNX graph with dfmvr::Involution nodes, check parity, build engines.

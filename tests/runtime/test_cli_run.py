@@ -139,8 +139,8 @@ def test_runtime_never_imports_torch(tmp_path, stats_onnx, face_model_path):
 EXAMPLE = REPO / "examples" / "triplet"
 
 
-@pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason="no bundled model in dfmvr/assets/default/ (see README: "
-                    "the trained demo failed the export parity gate and was not shipped)")
+@pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason="no bundled model in dfmvr/assets/default/ "
+                    "(scripts/train_default_model.sh installs it)")
 def test_bundled_model_end_to_end_on_the_example_triplet(tmp_path, capsys):
     """The default model on the example (aligned 224 crops): outputs agree with a direct ORT run."""
     import onnxruntime as ort
