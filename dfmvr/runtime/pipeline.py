@@ -112,9 +112,6 @@ class Pipeline:
         self.camera = self.card.camera_obj()
         self.layout = self.card.layout_obj()
         self.size = int(self.card.image_size)
-        # (v / 255 - mean) / std per the card, as one multiply and one subtract: v * scale - shift
-        self._scale = np.float32(1.0 / (255.0 * self.card.input_std))
-        self._shift = np.float32(self.card.input_mean / self.card.input_std)
         self._gpu_assembler = None
         self._cpu_assembler = None      # built on first use: it lays the bases out once
         self._overlay_tris = None
@@ -195,12 +192,7 @@ class Pipeline:
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """Stage 2: uint8 crops [B, V, S, S, 3] -> graph input [B, V, 3, S, S] float32 (card mean/std)."""
-        # transpose while still 1 byte per value, then convert and scale in place: 2-3.7x faster than a
-        # 256-entry lookup (benchmarks/results/bench_stage_proposals.json)
-        x = np.ascontiguousarray(crops.transpose(0, 1, 4, 2, 3)).astype(np.float32)
-        x *= self._scale
-        x -= self._shift
-        return x
+        return self.card.normalise(crops)
 
     def infer(self, images: np.ndarray) -> tuple[Coefficients, np.ndarray]:
         """Stage 3, the network: [B, V, 3, S, S] -> (Coefficients batch B, labels [B, V, S, S] uint8)."""

@@ -160,12 +160,6 @@ class OnnxPredictor:
         return np.asarray(out["coefficients"], np.float32)
 
 
-def _normalise(images: np.ndarray, card) -> np.ndarray:
-    """uint8 [B, V, H, W, 3] -> float32 [B, V, 3, H, W] with the card's mean/std."""
-    x = images.astype(np.float32).transpose(0, 1, 4, 2, 3) / 255.0
-    return (x - np.float32(card.input_mean)) / np.float32(card.input_std)
-
-
 def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSample, **metric) -> dict:
     r = evaluate_reconstruction(vertices_dm, face_model.triangles, face_model.keypoints[list(SEVEN_POINTS_IBUG)],
                                 sample.scan_vertices, sample.scan_triangles, sample.scan_landmarks7,
@@ -194,7 +188,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         iterator = tqdm(iterator, desc="eval", unit="batch")
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
-        x = _normalise(np.stack([s.images for s in samples]), card)
+        x = card.normalise(np.stack([s.images for s in samples]))
         preds = {"model": predictor(x)}
         if baselines:
             front = np.zeros_like(x)

@@ -28,13 +28,13 @@ class OraclePredictor:
     mean face, for an unknown input)."""
 
     def __init__(self, root, folders):
-        from dfmvr.train.evaluate import _normalise, load_eval_sample
+        from dfmvr.train.evaluate import load_eval_sample
         self.card = ModelCard(variant="oracle", architecture={})
         fm = MorphableModel.load(root / "face_model.npz")
         self.table = []
         for f in folders:
             s = load_eval_sample(f, fm)
-            self.table.append((_normalise(s.images[None], self.card)[0, 1], _gt(f)["coefficients"]))
+            self.table.append((self.card.normalise(s.images[None])[0, 1], _gt(f)["coefficients"]))
 
     def __call__(self, images):
         out = []
