@@ -37,6 +37,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--val-limit", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--supervised-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: weight of an MSE to the true coefficients (recorded in the card).")
+@click.option("--supervised-shape-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Synthetic data only: weight of the mean squared vertex distance (mm^2) of the unposed "
+                   "shape to the true one (recorded in the card).")
 @click.option("--prdl-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Part re-projection distance loss weight (0 = off; 3DDFA-V3 used 8e-4).")
 @click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
@@ -56,7 +59,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
-            supervised_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
             bn_recalibration, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -71,7 +74,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
     from ..train.losses.total import LossWeights
     from ..train.trainer import Trainer, TrainConfig
 
-    weights = LossWeights(supervised=supervised_weight, prdl=prdl_weight, mask=mask_weight,
+    weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks)
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant, epochs=epochs, batch=batch, lr=lr or 1e-4,
                       clip_grad=clip_grad, resume=resume, face_model=str(face_model) if face_model else None,

@@ -180,6 +180,8 @@ class Trainer:
                 "bn_recalibration_triplets": c.bn_recalibration}
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
+        if weights.supervised_shape > 0:
+            prov["supervised_shape_weight"] = weights.supervised_shape
         return prov
 
     # --- data ------------------------------------------------------------------------------

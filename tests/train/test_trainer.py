@@ -92,6 +92,7 @@ def test_training_reduces_the_loss_and_records_supervision(synth4, tmp_path):
     out = tmp_path / "fit"
     cfg = _config(synth4, out, epochs=1, augment=False, view_dropout=False, lr=1e-3)
     cfg.weights["supervised"] = 1.0
+    cfg.weights["supervised_shape"] = 1e-3
     trainer = Trainer(cfg)
     item = next(iter(trainer._loader(0)))
     losses = [trainer.train_step(item, 0, 0)["loss"] for _ in range(3)]
@@ -102,6 +103,7 @@ def test_training_reduces_the_loss_and_records_supervision(synth4, tmp_path):
     trainer.save()
     _, card, _ = load_checkpoint(out / "checkpoint.safetensors")
     assert card.provenance["supervised_weight"] == 1.0 and card.loss_weights["supervised"] == 1.0
+    assert card.provenance["supervised_shape_weight"] == 1e-3
     # the checkpoint evaluates through the eval command (torch path), baselines included
     from click.testing import CliRunner
 

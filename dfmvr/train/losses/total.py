@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...face.layout import COEFFS
+from ...face.meshio import MM_PER_MODEL_UNIT
 from ..face_torch import FaceModelTorch
 from ..render import render_mesh
 from .landmarks import landmark_2d_loss, landmark_3d_loss, landmark_weights
@@ -42,6 +43,10 @@ class LossWeights:
     mask_start: float = 100.0 / 280.0
     prdl: float = 0.0                     # off by default; 3DDFA-V3 used 0.8e-3 (pixels here)
     supervised: float = 0.0               # synthetic data only: MSE to the true coefficients
+    # Synthetic data only: mean squared vertex distance (mm^2) of the unposed shape (identity +
+    # expression) to the true one. Unlike the coefficient MSE it weighs each component by how far it
+    # moves the surface, i.e. by what the evaluation metric sees.
+    supervised_shape: float = 0.0
     landmark_emphasis: float = 20.0       # weight of nose 28-30 and inner mouth 60-67
     landmark_eyes: bool = False           # also emphasise the eyes 36-47 (the official code)
     photo_dilation: int = 10              # the features' dilation (pixels, square) in the weight map
@@ -136,6 +141,10 @@ class TrainingLoss(nn.Module):
             terms["prdl"] = self.prdl(projected, labels, visible.detach(), view_mask)
         if w.supervised > 0 and batch.get("gt_coefficients") is not None:
             terms["supervised"] = self.supervised_term(coefficients, batch["gt_coefficients"], view_mask)
+        if w.supervised_shape > 0 and batch.get("gt_coefficients") is not None:
+            g = COEFFS.split(batch["gt_coefficients"])
+            true_shape = self.face.shape(g.identity, g.expression)
+            terms["supervised_shape"] = (((mesh.shape - true_shape) * MM_PER_MODEL_UNIT) ** 2).sum(-1).mean()
 
         total = coefficients.new_zeros(())
         for name, value in terms.items():

@@ -111,3 +111,20 @@ def test_prdl_term_and_card_record(face, synthetic_batch):
     d = w.to_dict()
     assert d["prdl_config"]["grid"] == 16 and 7 not in d["prdl_config"]["parts"]
     assert LossWeights.from_dict(d) == w
+
+
+def test_supervised_shape_reads_the_vertex_error_in_square_mm(face, synthetic_batch):
+    """Zero at the truth; moving identity component 0 by d moves vertex i by d * basis_i (dm), so the
+    term is d^2 * mean_i |basis_i|^2 * 100^2 -- and texture or lighting errors do not count."""
+    loss = TrainingLoss(face, LossWeights(supervised_shape=1.0))
+    gt = synthetic_batch["gt_coefficients"]
+    _, at_gt = loss(gt, synthetic_batch)
+    assert at_gt["supervised_shape"] == 0
+    c = COEFFS.split(gt.clone())
+    c.identity[:, 0] += 0.5
+    c.texture += 1.0
+    c.lighting += 0.1
+    _, off = loss(_join(c), synthetic_batch)
+    basis0 = face.id_basis[:, 0].reshape(-1, 3)
+    expected = 0.25 * (basis0 ** 2).sum(-1).mean() * 100.0 ** 2
+    assert float(off["supervised_shape"]) == pytest.approx(float(expected), rel=1e-4)
