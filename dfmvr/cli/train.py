@@ -51,6 +51,10 @@ _PATH = click.Path(path_type=Path)
 @click.option("--bn-recalibration", "bn_recalibration", default=64, show_default=True, type=click.IntRange(min=0),
               help="After every epoch recompute batch-norm statistics on this many clean all-view training "
                    "triplets (0 = off): the running ones do not match inference (see dfmvr/train/precise_bn.py).")
+@click.option("--per-sample-norm", is_flag=True,
+              help="Batch norm with each sample's own statistics in training too (recorded in the card): "
+                   "involution nets spread per-sample scales so far that batch statistics squash most "
+                   "samples (see dfmvr/train/models/sample_norm.py).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),
@@ -60,7 +64,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
             supervised_weight, supervised_shape_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
-            bn_recalibration, seed, workers, stop_after, max_steps, device, quiet):
+            bn_recalibration, per_sample_norm, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse":
@@ -82,7 +86,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
                       val_limit=val_limit, seed=seed, augment=not no_augment, view_dropout=not no_view_dropout,
                       workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
                       device=device, progress=not quiet, weights=weights.to_dict(),
-                      bn_recalibration=bn_recalibration)
+                      bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm)
     trainer = Trainer(cfg)
     try:
         last = trainer.run()

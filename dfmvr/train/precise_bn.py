@@ -28,12 +28,15 @@ __all__ = ["recalibrate_batch_norm"]
 def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Recompute the running mean/var of ``model``'s batch-norm layers as the plain average over
     ``batches`` (network inputs). Layers that stay in eval mode under ``model.train()`` (a frozen
-    sub-network, e.g. DFMVRNet's parse net) are left alone. Returns the number of layers recalibrated
+    sub-network, e.g. DFMVRNet's parse net) and per-sample layers (``SampleNorm2d``) are left alone. Returns the number of layers recalibrated
     (0 if ``batches`` was empty: then nothing changes). ``model`` is left in its previous mode."""
     was_training = model.training
     model.train()
+    from .models.sample_norm import SampleNorm2d   # per-sample in training too: no running statistics in use
+
     layers = [m for m in model.modules()
-              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training
+              and not isinstance(m, SampleNorm2d)]
     saved = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in layers}
     for m in layers:

@@ -33,6 +33,7 @@ from .convert import DEAD_PREFIXES
 from .data import TripletDataset
 from .face_torch import FaceModelTorch
 from .losses.total import LossWeights, TrainingLoss
+from .models.sample_norm import INFERENCE_NORM_KEY, PER_SAMPLE, TRAINING_NORM_KEY
 from .models.variants import build_model, make_card
 from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
@@ -70,6 +71,7 @@ class TrainConfig:
     progress: bool = True
     weights: dict = field(default_factory=lambda: LossWeights().to_dict())
     bn_recalibration: int = 64           # triplets for the end-of-epoch batch-norm statistics (0 = off)
+    per_sample_norm: bool = False        # batch norm with each sample's own statistics, also in training
 
 
 def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
@@ -132,6 +134,8 @@ class Trainer:
             weights = LossWeights.from_dict(config.weights)
             card = make_card(config.variant, camera=camera, face_model=face_model.identity(),
                              loss_weights=weights.to_dict())
+            if config.per_sample_norm:   # see models/sample_norm.py for why
+                card.architecture = {**card.architecture, TRAINING_NORM_KEY: PER_SAMPLE, INFERENCE_NORM_KEY: PER_SAMPLE}
             card.provenance = self._provenance(weights, fm_source)
             model = build_model(card)
             if config.parse_net:
@@ -177,7 +181,8 @@ class Trainer:
                 "epochs": c.epochs, "batch_per_process": c.batch, "processes": self.world, "lr": c.lr,
                 "final_lr": c.final_lr, "seed": c.seed, "augment": c.augment, "view_dropout": c.view_dropout,
                 "face_model_source": fm_source, "parse_net": c.parse_net or "untrained (random init)",
-                "bn_recalibration_triplets": c.bn_recalibration}
+                "bn_recalibration_triplets": 0 if c.per_sample_norm else c.bn_recalibration,
+                "per_sample_norm": c.per_sample_norm}
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         if weights.supervised_shape > 0:
@@ -280,7 +285,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.epoch = epoch + 1
-            if cfg.bn_recalibration:
+            if cfg.bn_recalibration and self.card.architecture.get(TRAINING_NORM_KEY) != PER_SAMPLE:
                 recalibrate_batch_norm(self.model, self._recalibration_batches())
             seconds = time.perf_counter() - start
             last = {"kind": "epoch", "epoch": epoch, "step": self.step, "seconds": seconds,

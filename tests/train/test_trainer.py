@@ -185,3 +185,21 @@ def test_celebamask_layout_maps_onto_our_classes(tmp_path):
     at = lambda r, c: PARSE_CLASSES[int(y[r * 224 // 64, c * 224 // 64])]   # noqa: E731
     assert at(32, 32) == "nose" and at(17, 12) == "skin" and at(4, 30) == "background"
     assert at(45, 30) == "upper_lip" and at(12, 12) == "skin" and at(60, 60) == "background"
+
+
+def test_per_sample_norm_is_recorded_and_survives_the_checkpoint(synth4, tmp_path):
+    from dfmvr.train.models.sample_norm import SampleNorm2d
+
+    out = tmp_path / "per_sample"
+    cfg = _config(synth4, out, epochs=1, augment=False, view_dropout=False)
+    cfg.per_sample_norm = True
+    trainer = Trainer(cfg)
+    item = next(iter(trainer._loader(0)))
+    assert math.isfinite(trainer.train_step(item, 0, 0)["loss"])
+    trainer.save()
+    model, card, _ = load_checkpoint(out / "checkpoint.safetensors")
+    assert card.architecture["training_norm"] == card.architecture["inference_norm"] == "per_sample"
+    assert card.provenance["per_sample_norm"] is True and card.provenance["bn_recalibration_triplets"] == 0
+    assert isinstance(model.rednet_fc.rednet.layer1[0].bn2, SampleNorm2d)
+    parse_norms = [type(m) for m in model.mask_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert parse_norms and all(k is torch.nn.BatchNorm2d for k in parse_norms)   # the frozen parser keeps its own
