@@ -1,4 +1,4 @@
-"""``dfmvr-export`` / ``dfmvr export``: one ONNX graph (+ fp16 graph, + TensorRT engine) and parity."""
+"""``dfmvr-export`` / ``dfmvr export``: one ONNX graph (+ fp16 / int8 graphs, + TensorRT engine) and parity."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import click
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output folder: model.onnx, model.parity.json (+ model.fp16.onnx, model.plan).")
+              help="Output folder: model.onnx, model.parity.json (+ model.fp16.onnx, model.int8.onnx, model.plan).")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 graph (fp32 I/O); the engine is built with FP16.")
+@click.option("--int8", is_flag=True,
+              help="Also write model.int8.onnx: ONNX Runtime static quantization (QDQ, int8 weights per channel, "
+                   "uint8 activations), calibrated on rendered synthetic triplets; gated on the mesh (1 mm).")
+@click.option("--calibration", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="With --int8: synthetic triplets rendered for calibration.")
+@click.option("--calibration-seed", default=None, type=click.IntRange(0), show_default="2",
+              help="With --int8: seed of the calibration triplets (not the parity inputs' seed, 0).")
 @click.option("--engine", default=None, help="Demand a TensorRT engine at this path (relative: inside --out); "
               "exit 3 if this machine cannot build one. Without it an engine is built only where possible.")
 @click.option("--batch", default="1:1:4", show_default=True, help="TensorRT profile MIN:OPT:MAX batch sizes.")
@@ -24,8 +31,8 @@ import click
 @click.option("--compact", is_flag=True,
               help="Store the weights of model.onnx that are exact float16 numbers as float16 + Cast: same "
                    "results, float32 compute, a smaller file. Pair it with 'dfmvr convert half'.")
-def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache, face_model, parity_batch,
-            compact):
+def command(checkpoint, out_dir, fp16, int8, calibration, calibration_seed, engine, batch, workspace_gb,
+            timing_cache, face_model, parity_batch, compact):
     """Export CHECKPOINT to one ONNX graph with dfmvr::Involution nodes, check parity, build engines.
 
     CHECKPOINT is a dfmvr .safetensors checkpoint, the official DF-MVR .pth weights (converted on the
@@ -36,4 +43,5 @@ def command(checkpoint, out_dir, fp16, engine, batch, workspace_gb, timing_cache
 
     export_all(checkpoint, out_dir, fp16=fp16, engine=engine, batch=batch, workspace_gb=workspace_gb,
                timing_cache=timing_cache, face_model=face_model, parity_batch=parity_batch,
-               compact=compact, echo=click.echo)
+               compact=compact, int8=int8, calibration=calibration, calibration_seed=calibration_seed,
+               echo=click.echo)

@@ -1,4 +1,4 @@
-"""The whole export as one call (what ``dfmvr-export`` runs): load -> ONNX -> parity -> fp16 -> engine.
+"""The whole export as one call (what ``dfmvr-export`` runs): load -> ONNX -> parity -> fp16/int8 -> engine.
 
 ``load_for_export(spec)`` accepts, in this order:
 - a file: ``.pth`` / ``.pt`` = official DF-MVR weights (converted on the fly with
@@ -7,7 +7,8 @@
 - a variant name (``tiny``, ``paper``): randomly initialised weights (seed 0), for benchmarks and tests.
 
 Files written into ``out_dir`` (each atomically): ``model.onnx``, ``model.parity.json``, with
-``fp16=True`` ``model.fp16.onnx``, and where TensorRT works ``model.plan`` + ``model.plan.card.json``.
+``fp16=True`` ``model.fp16.onnx``, with ``int8=True`` ``model.int8.onnx`` (``dfmvr.export.int8``), and
+where TensorRT works ``model.plan`` + ``model.plan.card.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ExportSummary:
     parity_path: Path
     reports: list = field(default_factory=list)
     fp16_path: Path | None = None
+    int8_path: Path | None = None
     engine_path: Path | None = None
     engine_skipped: str | None = None
     seconds: dict = field(default_factory=dict)
@@ -101,6 +103,7 @@ def _face_model(path, card: ModelCard) -> MorphableModel:
 def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
     """Rename each artefact whose parity failed to ``*.rejected*`` so that nothing ships it by mistake."""
     artefacts = {("onnxruntime-cpu", "fp32"): summary.onnx_path, ("onnxruntime-cpu", "fp16"): summary.fp16_path,
+                 ("onnxruntime-cpu", "int8"): summary.int8_path,
                  ("tensorrt", "fp32"): summary.engine_path, ("tensorrt", "fp16"): summary.engine_path}
     for report in reports:
         path = artefacts.get((report.backend, report.precision))
@@ -112,7 +115,8 @@ def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
 
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
                workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
-               compact: bool = False, echo: Callable[[str], None] = print) -> ExportSummary:
+               compact: bool = False, int8: bool = False, calibration: int = 8, calibration_seed: int | None = None,
+               echo: Callable[[str], None] = print) -> ExportSummary:
     """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
     ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
     built (after the ONNX files and report are written)."""
@@ -130,6 +134,8 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
     echo(f"wrote {result.path} ({result.nodes} nodes, {result.involution_nodes} {'dfmvr::Involution'} "
          f"nodes with a standard-op function body, opset {result.opset})")
 
+    # int8 quantizes the float32 weights: keep them before --compact stores them as float16 + Cast
+    fp32_model = onnx.load(str(summary.onnx_path)) if int8 else None
     if compact:
         # float16-stored weights, float32 compute, bit-identical numbers: only weights that are exact
         # float16 numbers are converted (all of a 'dfmvr convert half' checkpoint's, except those the
@@ -161,6 +167,21 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
                                                  f"the fp16 graph here: {type(exc).__name__}: {exc}"[:400]))
         else:
             reports.append(parity.compare(reference, candidate, card, mesh_model, "onnxruntime-cpu", "fp16"))
+    quantization = None
+    if int8:
+        from .int8 import CALIBRATION_SEED, quantize_int8
+
+        summary.int8_path = out_dir / "model.int8.onnx"
+        clock_int8 = time.perf_counter()
+        seed = CALIBRATION_SEED if calibration_seed is None else calibration_seed
+        quantized, quantization = quantize_int8(fp32_model, card, count=calibration, seed=seed)
+        del fp32_model
+        with atomic_path(summary.int8_path) as tmp:
+            onnx.save_model(quantized, str(tmp))
+        summary.seconds["int8"] = round(time.perf_counter() - clock_int8, 1)
+        echo(f"wrote {summary.int8_path} (int8 QDQ, calibrated on {calibration} synthetic triplets, seed {seed})")
+        reports.append(parity.compare(reference, parity.OnnxrtRunner(summary.int8_path)(images), card, mesh_model,
+                                      "onnxruntime-cpu", "int8"))
 
     reason = tensorrt_unavailable()
     if reason is None:
@@ -187,7 +208,7 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
         "model": summary.onnx_path.name, "source": what, "variant": card.variant,
         "inputs": f"{parity_batch} rendered synthetic triplets (every second one with its right view missing)",
         "face_model": mesh_model.identity(), "involution_nodes": result.involution_nodes,
-        "engine_skipped": summary.engine_skipped, "seconds": summary.seconds})
+        "engine_skipped": summary.engine_skipped, "int8": quantization, "seconds": summary.seconds})
     echo(parity.format_table(reports))
     echo(f"wrote {summary.parity_path}")
     _reject_failed(summary, reports, echo)

@@ -9,16 +9,17 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
-    """Run the full export (ONNX + parity + fp16) of `tiny` (random weights, seed 0) once.
+    """Run the full export (ONNX + parity + fp16 + int8) of `tiny` (random weights, seed 0) once.
 
-    Returns a dict: summary (ExportSummary), out (folder), parity (the JSON report), lines (echoed text).
+    Returns a dict: summary (ExportSummary), out (folder), parity (the JSON report), lines (echoed text),
+    int8_calibration (triplets the int8 graph was calibrated on: 4, quick to render and run).
     """
     from dfmvr.export.pipeline import export_all
 
     out = tmp_path_factory.mktemp("tiny_export")
     lines: list[str] = []
-    summary = export_all("tiny", out, fp16=True, echo=lines.append)
-    return {"summary": summary, "out": out, "lines": lines,
+    summary = export_all("tiny", out, fp16=True, int8=True, calibration=4, echo=lines.append)
+    return {"summary": summary, "out": out, "lines": lines, "int8_calibration": 4,
             "parity": json.loads((out / "model.parity.json").read_text())}
 
 
