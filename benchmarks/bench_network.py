@@ -16,6 +16,8 @@ our eager custom op) and ``torch_unfold`` (the same model with the involution co
 - ``extended``  ``threads`` at ORT_ENABLE_EXTENDED: + node fusions (Conv+BN+ReLU...), without the NCHWc
                 layout transformation of ENABLE_ALL;
 - ``profile``   ``threads`` with ORT's profiler: per-op-type time shares go into the JSON.
+- ``qdq_cleanup`` ``threads`` + ``session.enable_quant_qdq_cleanup = 1`` (for int8 QDQ graphs: drops the
+                Q -> DQ pairs left around float ops; used by ``bench_int8.py``, not a default here).
 
 Writes benchmarks/results/bench_network_<variant>.json (medians in ms, ratios to torch, GFLOP/s,
 GEMM rate measured in the same run, the load average before and after).
@@ -69,6 +71,8 @@ def ort_session(path, config: str, profile_dir=None):
     elif config == "profile":
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(profile_dir) / "ort")
+    elif config == "qdq_cleanup":
+        opts.add_session_config_entry("session.enable_quant_qdq_cleanup", "1")
     elif config != "threads":
         raise ValueError(f"unknown config {config!r}; known: {CONFIGS}")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -87,6 +91,23 @@ def op_shares(profile_json: str) -> dict:
     total = sum(per_op.values()) or 1.0
     top = dict(sorted(((k, round(v / total, 4)) for k, v in per_op.items()), key=lambda kv: -kv[1])[:12])
     return {"share": top, "kernel_ms_per_run": round(total / 1e3 / max(runs, 1), 2)}
+
+
+def interleaved_times(runs: dict, inputs: dict, batches, iters: int, warmup: int) -> dict:
+    """{(name, batch): [ms, ...]}: per batch, ``warmup`` untimed calls of every run, then ``iters`` rounds
+    in which every run is timed once (round i of all before round i+1 of any)."""
+    times = {(name, b): [] for name in runs for b in batches}
+    for b in batches:
+        for run in runs.values():
+            for _ in range(warmup):
+                run(inputs[b])
+        for it in range(iters):
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                run(inputs[b])
+                times[(name, b)].append((time.perf_counter() - t0) * 1e3)
+            print(f"batch {b} round {it}:", {n: round(times[(n, b)][-1], 1) for n in runs}, flush=True)
+    return times
 
 
 def main(argv=None) -> dict:
@@ -140,17 +161,7 @@ def main(argv=None) -> dict:
         runs["torch_unfold"] = torch_call(inv_module.involution_unfold)
     for config in configs:
         runs[config], sessions[config] = ort_session(args.onnx, config, tmp.name)
-    times = {(name, b): [] for name in runs for b in batches}
-    for b in batches:
-        for name, run in runs.items():
-            for _ in range(args.warmup):
-                run(inputs[b])
-        for it in range(args.iters):
-            for name, run in runs.items():
-                t0 = time.perf_counter()
-                run(inputs[b])
-                times[(name, b)].append((time.perf_counter() - t0) * 1e3)
-            print(f"batch {b} iteration {it}:", {n: round(times[(n, b)][-1], 1) for n in runs}, flush=True)
+    times = interleaved_times(runs, inputs, batches, args.iters, args.warmup)
     rows = {name: {b: summarize(times[(name, b)], b) for b in batches} for name in runs}
     profiles = op_shares(sessions["profile"].end_profiling()) if "profile" in sessions else {}
     tmp.cleanup()
