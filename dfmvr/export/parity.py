@@ -25,6 +25,7 @@ from ..atomic import atomic_write_text
 from ..card import GRAPH_INPUT, GRAPH_OUTPUTS, ModelCard
 from ..face.geometry import assemble_mesh
 from ..face.layout import NUM_VIEWS
+from ..face.meshio import MM_PER_MODEL_UNIT
 from ..face.model import MorphableModel
 from .onnx_export import ExportError
 
@@ -32,7 +33,6 @@ __all__ = ["Tolerance", "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "P
            "parity_inputs", "mesh_difference_mm", "compare", "skipped_report", "check_reports", "write_reports",
            "format_table"]
 
-MM_PER_MODEL_UNIT = 100.0    # model space is in decimetres
 
 
 @dataclass(frozen=True)
