@@ -51,10 +51,12 @@ _PATH = click.Path(path_type=Path)
 @click.option("--bn-recalibration", "bn_recalibration", default=64, show_default=True, type=click.IntRange(min=0),
               help="After every epoch recompute batch-norm statistics on this many clean all-view training "
                    "triplets (0 = off): the running ones do not match inference (see dfmvr/train/precise_bn.py).")
-@click.option("--per-sample-norm", is_flag=True,
+@click.option("--per-sample-norm", type=click.Choice(["instance", "layer"]), is_flag=False, flag_value="instance",
+              default=None,
               help="Batch norm with each sample's own statistics in training too (recorded in the card): "
                    "involution nets spread per-sample scales so far that batch statistics squash most "
-                   "samples (see dfmvr/train/models/sample_norm.py).")
+                   "samples. 'instance' (the bare flag): per channel; 'layer': over all channels, which "
+                   "keeps what global pooling needs (see dfmvr/train/models/sample_norm.py).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),

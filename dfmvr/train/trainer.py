@@ -33,7 +33,7 @@ from .convert import DEAD_PREFIXES
 from .data import TripletDataset
 from .face_torch import FaceModelTorch
 from .losses.total import LossWeights, TrainingLoss
-from .models.sample_norm import INFERENCE_NORM_KEY, PER_SAMPLE, TRAINING_NORM_KEY
+from .models.sample_norm import INFERENCE_NORM_KEY, NORM_CHOICES, TRAINING_NORM_KEY
 from .models.variants import build_model, make_card
 from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
@@ -71,7 +71,8 @@ class TrainConfig:
     progress: bool = True
     weights: dict = field(default_factory=lambda: LossWeights().to_dict())
     bn_recalibration: int = 64           # triplets for the end-of-epoch batch-norm statistics (0 = off)
-    per_sample_norm: bool = False        # batch norm with each sample's own statistics, also in training
+    per_sample_norm: str | None = None   # "instance" / "layer": batch norm with each sample's own statistics,
+                                         # also in training (models/sample_norm.py); None: batch statistics
 
 
 def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
@@ -135,7 +136,11 @@ class Trainer:
             card = make_card(config.variant, camera=camera, face_model=face_model.identity(),
                              loss_weights=weights.to_dict())
             if config.per_sample_norm:   # see models/sample_norm.py for why
-                card.architecture = {**card.architecture, TRAINING_NORM_KEY: PER_SAMPLE, INFERENCE_NORM_KEY: PER_SAMPLE}
+                if config.per_sample_norm not in NORM_CHOICES:
+                    raise ValueError(f"per_sample_norm must be one of {sorted(NORM_CHOICES)} or None, "
+                                     f"got {config.per_sample_norm!r}")
+                value = NORM_CHOICES[config.per_sample_norm]
+                card.architecture = {**card.architecture, TRAINING_NORM_KEY: value, INFERENCE_NORM_KEY: value}
             card.provenance = self._provenance(weights, fm_source)
             model = build_model(card)
             if config.parse_net:
@@ -174,6 +179,26 @@ class Trainer:
                              f"({config.batch} x {self.world} processes)", "lower --batch or add data")
         self.steps_per_epoch = min(per_epoch, config.max_steps_per_epoch or per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
+        if train_state is not None:
+            self._record_schedule_change()
+
+    def _record_schedule_change(self) -> None:
+        """``--resume`` with another ``--epochs`` stretches the learning-rate schedule from here on
+        (train longer when the curve is still falling). The card must say so, or its recipe would not
+        reproduce the weights: ``epochs`` becomes the new count and ``schedule_changes`` lists each
+        change with the step it took effect at."""
+        before = self.card.provenance.get("epochs")
+        if before is None or before == self.cfg.epochs:
+            return
+        if self.cfg.epochs < self.epoch:
+            raise ValueError(f"--epochs {self.cfg.epochs} is fewer than the {self.epoch} epochs already trained "
+                             f"in {self.ckpt_path}")
+        changes = [*self.card.provenance.get("schedule_changes", []),
+                   {"at_step": self.step, "at_epoch": self.epoch, "epochs_before": before, "epochs": self.cfg.epochs}]
+        self.card.provenance = {**self.card.provenance, "epochs": self.cfg.epochs, "schedule_changes": changes}
+        if self.rank == 0:
+            print(f"resuming at epoch {self.epoch} with --epochs {self.cfg.epochs} (was {before}): the learning-rate "
+                  f"schedule is stretched from step {self.step} on; recorded in the card")
 
     def _provenance(self, weights: LossWeights, fm_source: str) -> dict:
         c = self.cfg
@@ -285,7 +310,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.epoch = epoch + 1
-            if cfg.bn_recalibration and self.card.architecture.get(TRAINING_NORM_KEY) != PER_SAMPLE:
+            if cfg.bn_recalibration and self.card.architecture.get(TRAINING_NORM_KEY) is None:
                 recalibrate_batch_norm(self.model, self._recalibration_batches())
             seconds = time.perf_counter() - start
             last = {"kind": "epoch", "epoch": epoch, "step": self.step, "seconds": seconds,

@@ -188,18 +188,45 @@ def test_celebamask_layout_maps_onto_our_classes(tmp_path):
 
 
 def test_per_sample_norm_is_recorded_and_survives_the_checkpoint(synth4, tmp_path):
-    from dfmvr.train.models.sample_norm import SampleNorm2d
+    from dfmvr.train.models.sample_norm import SampleLayerNorm2d
 
     out = tmp_path / "per_sample"
     cfg = _config(synth4, out, epochs=1, augment=False, view_dropout=False)
-    cfg.per_sample_norm = True
+    cfg.per_sample_norm = "layer"
     trainer = Trainer(cfg)
     item = next(iter(trainer._loader(0)))
     assert math.isfinite(trainer.train_step(item, 0, 0)["loss"])
     trainer.save()
     model, card, _ = load_checkpoint(out / "checkpoint.safetensors")
-    assert card.architecture["training_norm"] == card.architecture["inference_norm"] == "per_sample"
-    assert card.provenance["per_sample_norm"] is True and card.provenance["bn_recalibration_triplets"] == 0
-    assert isinstance(model.rednet_fc.rednet.layer1[0].bn2, SampleNorm2d)
+    assert card.architecture["training_norm"] == card.architecture["inference_norm"] == "per_sample_layer"
+    assert card.provenance["per_sample_norm"] == "layer" and card.provenance["bn_recalibration_triplets"] == 0
+    assert isinstance(model.rednet_fc.rednet.layer1[0].bn2, SampleLayerNorm2d)
     parse_norms = [type(m) for m in model.mask_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert parse_norms and all(k is torch.nn.BatchNorm2d for k in parse_norms)   # the frozen parser keeps its own
+
+
+def test_per_sample_norm_flag_takes_an_optional_kind(tmp_path):
+    """The bare flag keeps its old meaning (instance statistics); ``layer`` chooses layer statistics."""
+    from dfmvr.cli.train import command
+
+    base = ["--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    parse = lambda extra: command.make_context("dfmvr-train", base + extra).params["per_sample_norm"]  # noqa: E731
+    assert parse([]) is None
+    assert parse(["--per-sample-norm"]) == "instance"
+    assert parse(["--per-sample-norm", "layer"]) == "layer"
+    assert parse(["--per-sample-norm", "--quiet"]) == "instance"
+
+
+def test_resume_with_more_epochs_stretches_the_schedule_and_the_card_says_so(synth4, tmp_path):
+    out = tmp_path / "stretched"
+    Trainer(_config(synth4, out, epochs=2, stop_after_epoch=1, bn_recalibration=0)).run()
+    longer = Trainer(_config(synth4, out, epochs=4, resume=True, bn_recalibration=0))
+    assert longer.total_steps == 4 and longer.epoch == 1
+    longer.run()
+    _, card, state = load_checkpoint(out / "checkpoint.safetensors")
+    assert state["epoch"] == 4 and card.provenance["epochs"] == 4 and card.provenance["epochs_trained"] == 4
+    assert card.provenance["schedule_changes"] == [{"at_step": 1, "at_epoch": 1, "epochs_before": 2, "epochs": 4}]
+    steps, _ = _steps(out)
+    assert steps[1]["lr"] == lr_at(1 / 4, 1e-4, 1e-6)      # the stretched schedule, not lr_at(1 / 2)
+    with pytest.raises(ValueError, match="fewer than the 4 epochs"):
+        Trainer(_config(synth4, out, epochs=3, resume=True, bn_recalibration=0))

@@ -17,7 +17,7 @@ from dfmvr.card import ModelCard
 from dfmvr.face.camera import DEEP3D_CAMERA, Camera
 
 from .dfmvr_net import DFMVRNet
-from .sample_norm import INFERENCE_NORM_KEY, PER_SAMPLE, TRAINING_NORM_KEY, use_sample_statistics
+from .sample_norm import INFERENCE_NORM_KEY, SAMPLE_STATISTICS, TRAINING_NORM_KEY, use_sample_statistics
 from .parse_net import PAPER_PARSE_ARGS
 from .rednet import PAPER_REDNET_ARGS
 from .unet import PAPER_UNET_ARGS
@@ -59,8 +59,13 @@ def build_model(name_or_card: str | ModelCard) -> DFMVRNet:
     """A randomly initialised DFMVRNet for a variant name or for a card (e.g. read from a checkpoint)."""
     card = make_card(name_or_card) if isinstance(name_or_card, str) else copy.deepcopy(name_or_card)
     model = DFMVRNet(card)
-    if card.architecture.get(TRAINING_NORM_KEY) == PER_SAMPLE:
-        use_sample_statistics(model, skip=model.mask_model, in_training=True)
-    elif card.architecture.get(INFERENCE_NORM_KEY) == PER_SAMPLE:
-        use_sample_statistics(model, skip=model.mask_model)
+    training, inference = card.architecture.get(TRAINING_NORM_KEY), card.architecture.get(INFERENCE_NORM_KEY)
+    for key, value in ((TRAINING_NORM_KEY, training), (INFERENCE_NORM_KEY, inference)):
+        if value is not None and value not in SAMPLE_STATISTICS:
+            raise ValueError(f"model card architecture['{key}'] = '{value}' is not one of "
+                             f"{sorted(SAMPLE_STATISTICS)}; the card was written by a newer or broken dfmvr")
+    if training is not None:
+        use_sample_statistics(model, skip=model.mask_model, in_training=True, statistics=training)
+    elif inference is not None:
+        use_sample_statistics(model, skip=model.mask_model, statistics=inference)
     return model

@@ -1,4 +1,4 @@
-"""Per-sample batch-norm statistics at inference (the bundled demo's fix for eval-mode blow-ups)."""
+"""Per-sample batch-norm statistics: instance or layer statistics, at inference or in training too."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfmvr.train.models.sample_norm import (INFERENCE_NORM_KEY, PER_SAMPLE, TRAINING_NORM_KEY, SampleNorm2d,
-                                            SampleStatisticsBatchNorm2d)
+import pytest
+
+from dfmvr.train.models.rednet import Bottleneck
+from dfmvr.train.models.sample_norm import (INFERENCE_NORM_KEY, PER_SAMPLE, PER_SAMPLE_LAYER, TRAINING_NORM_KEY,
+                                            SampleLayerNorm2d, SampleNorm2d, SampleStatisticsBatchNorm2d,
+                                            use_sample_statistics)
 from dfmvr.train.precise_bn import recalibrate_batch_norm
 from dfmvr.train.models.variants import build_model, make_card
 
@@ -68,3 +72,78 @@ def test_training_norm_is_per_sample_in_training_too():
     recalibrate_batch_norm(model.rednet_fc, [torch.randn(1, model.uuunet.out_features, 64, 64)])
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items() if k.startswith("rednet_fc"))
+
+
+def test_layer_statistics_normalise_each_sample_over_all_channels_in_training_and_eval():
+    torch.manual_seed(0)
+    layer = SampleLayerNorm2d(4)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2.0)
+        layer.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(3, 4, 5, 6) * torch.tensor([1.0, 3.0, 0.5, 2.0])[:, None, None] + 2
+    flat = x.flatten(1)
+    mean, var = flat.mean(1), flat.var(1, unbiased=False)
+    want = (x - mean[:, None, None, None]) / torch.sqrt(var + layer.eps)[:, None, None, None]
+    want = want * layer.weight[:, None, None] + layer.bias[:, None, None]
+    for mode in (True, False):
+        layer.train(mode)
+        torch.testing.assert_close(layer(x), want)
+    with_outlier = torch.cat([x, 1000 * torch.randn(1, 4, 5, 6)])
+    layer.train()
+    torch.testing.assert_close(layer(with_outlier)[:3], layer(x))   # an outlier sample changes nothing else
+    torch.testing.assert_close(layer(50 * x), layer(x), atol=1e-4, rtol=1e-4)   # nor the sample's own scale
+
+
+@pytest.mark.parametrize("statistics, blind", [(PER_SAMPLE, True), (PER_SAMPLE_LAYER, False)])
+def test_what_a_pooled_downsampling_block_can_see(statistics, blind):
+    """Why layer statistics: the tiny RedNet ends in a downsampling block whose branches both end in
+    a norm, then global average pooling. With instance statistics, inputs that differ only in their
+    per-channel means (a constant offset per channel) pool to the same feature: the regressor cannot
+    see them. Layer statistics keep the channels' relative means."""
+    torch.manual_seed(0)
+    block = Bottleneck(8, 16, stride=2, group_channels=4)
+    use_sample_statistics(block, in_training=True, statistics=statistics)
+    block.eval()
+    x = torch.randn(1, 8, 14, 14)
+    shifted = x + 3 * torch.randn(1, 8, 1, 1)
+    pooled = lambda t: block(t).mean(dim=(2, 3))   # noqa: E731
+    same = torch.allclose(pooled(x), pooled(shifted), atol=1e-5)
+    assert same is blind
+
+
+def test_the_card_chooses_the_statistics_and_rejects_unknown_ones():
+    card = make_card("tiny")
+    card.architecture[TRAINING_NORM_KEY] = card.architecture[INFERENCE_NORM_KEY] = PER_SAMPLE_LAYER
+    model = build_model(card)
+    parse = {id(m) for m in model.mask_model.modules()}
+    outside = [type(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in parse]
+    assert outside and all(k is SampleLayerNorm2d for k in outside)
+    card.architecture[TRAINING_NORM_KEY] = "per_pixel"
+    with pytest.raises(ValueError, match="per_pixel"):
+        build_model(card)
+
+
+def test_layer_statistics_export_matches_a_float64_reference_in_onnx_runtime(tmp_path):
+    """The exported form (two-stage ReduceMeans, see ``_layer_norm``) against numpy in float64, on the
+    largest map the tiny net normalises (8 x 224 x 224), with a mean offset that punishes float32 sums."""
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    layer = SampleLayerNorm2d(8).eval()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2.0)
+        layer.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 8, 224, 224) * 2 + 5
+    path = tmp_path / "layer_norm.onnx"
+    torch.onnx.export(layer, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=20,
+                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.numpy()})[0]
+    x64 = x.numpy().astype(np.float64)
+    mean = x64.mean(axis=(1, 2, 3), keepdims=True)
+    var = x64.var(axis=(1, 2, 3), keepdims=True)
+    w, b = (t.detach().numpy().astype(np.float64)[None, :, None, None] for t in (layer.weight, layer.bias))
+    want = (x64 - mean) / np.sqrt(var + layer.eps) * w + b
+    assert np.abs(got - want).max() < 5e-6                        # GroupNorm's export gave 2e-5 here
+    np.testing.assert_allclose(layer(x).detach().numpy(), want, atol=5e-6)   # and PyTorch itself
