@@ -84,5 +84,12 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     click.echo(f"model       {_fmt(report['model'])}  ({report['num_triplets']} triplets)")
     click.echo(f"front only  {_fmt(report['baselines']['front_only'])}")
     click.echo(f"mean face   {_fmt(report['baselines']['mean_face'])}")
+    for baseline, gain in report.get("model_vs", {}).items():
+        low, high = gain["ci95_mm"]
+        click.echo(f"model better than {baseline.replace('_', ' ')} by {gain['mean_mm']:.4f} mm per triplet "
+                   f"(95% interval {low:.4f} to {high:.4f}), on {gain['better_fraction']:.0%} of triplets")
+    for method, r2 in report.get("coefficient_r2", {}).items():   # synthetic data: true coefficients known
+        click.echo(f"R² of the true coefficients, {method.replace('_', ' ')}: identity {r2['identity']:.3f}  "
+                   f"expression {r2['expression']:.3f}")
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(report, indent=2))

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..face.geometry import face_shape
 from ..face.layout import COEFFS, VIEWS
 from ..face.meshio import MM_PER_MODEL_UNIT, read_landmarks, read_mesh
-from ..face.metrics import SEVEN_POINTS_IBUG, evaluate_reconstruction, summarize
+from ..face.metrics import SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_improvement, summarize
 from ..face.model import MorphableModel
 
 __all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "TorchPredictor", "OnnxPredictor",
@@ -50,6 +50,7 @@ class EvalSample:
     scan_vertices: np.ndarray
     scan_triangles: np.ndarray | None
     scan_landmarks7: np.ndarray
+    true_coefficients: np.ndarray | None = None   # synthetic data: [269] in COEFFS order
 
 
 def _image_path(folder: Path, view: str) -> Path | None:
@@ -113,6 +114,7 @@ def load_eval_sample(folder, face_model: MorphableModel, image_size: int = 224) 
     try:
         with np.load(gt_path, allow_pickle=False) as z:
             verts, lm3d = z["vertices"], z["landmarks3d"]
+            truth = np.asarray(z["coefficients"], np.float64) if "coefficients" in z.files else None
     except Exception as exc:
         raise InputError(gt_path, f"cannot read 'vertices' and 'landmarks3d' ({exc})",
                          "regenerate the triplet with 'dfmvr data synth'") from exc
@@ -120,8 +122,10 @@ def load_eval_sample(folder, face_model: MorphableModel, image_size: int = 224) 
         raise InputError(gt_path, f"ground-truth mesh has {verts.shape[0]} vertices, the face model "
                          f"'{face_model.name}' has {face_model.num_vertices}",
                          "pass the dataset's face model (--face-model DIR/face_model.npz)")
+    if truth is not None and truth.shape != (COEFFS.size,):
+        truth = None        # another layout: the shape metric still applies, the coefficient one does not
     return EvalSample(folder.name, images, verts * MM_PER_MODEL_UNIT, face_model.triangles,
-                      lm3d[list(SEVEN_POINTS_IBUG)] * MM_PER_MODEL_UNIT)
+                      lm3d[list(SEVEN_POINTS_IBUG)] * MM_PER_MODEL_UNIT, truth)
 
 
 class TorchPredictor:
@@ -167,6 +171,27 @@ def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSamp
     return {k: r[k] for k in ("mean_mm", "median_mm", "rmse_mm", "landmark_error_mm")}
 
 
+def coefficient_r2(predicted: np.ndarray, truth: np.ndarray, face_model: MorphableModel) -> dict:
+    """How much of the true identity and of the true expression the predictions explain, per group, in
+    vertex space: R² = 1 - sum of squared vertex errors of the group's shape offset (basis x
+    coefficients) / sum of squared deviations of the true offsets from their mean over the data. Each
+    component counts by how far it moves the surface, as in the mm metric. 0: no better than predicting
+    the data's mean; negative: worse. [N, 269] both, N >= 2.
+
+    Why beside the mm metric: the mm error mixes identity, expression and the whole face, so a model
+    can beat the mean face by a little without recovering identity at all (the case of the tiny demo;
+    see docs/training.md)."""
+    pred, true = COEFFS.split(np.asarray(predicted, np.float64)), COEFFS.split(np.asarray(truth, np.float64))
+    n = face_model.num_vertices
+    out = {}
+    for group, basis in (("identity", face_model.id_basis), ("expression", face_model.exp_basis)):
+        b = basis.reshape(3 * n, -1).astype(np.float64)
+        p, t = getattr(pred, group), getattr(true, group)
+        spread = float(((b @ (t - t.mean(axis=0)).T) ** 2).sum())
+        out[group] = 1.0 - float(((b @ (p - t).T) ** 2).sum()) / spread if spread > 0 else float("nan")
+    return out
+
+
 def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
                      batch: int = 4, baselines: bool = True, progress: bool = False, **metric) -> dict:
     """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
@@ -175,13 +200,19 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     coefficients [B, 269]. ``metric`` is passed to ``evaluate_reconstruction`` (e.g. icp_iterations).
     Returns {"model": summary, "baselines": {"mean_face": summary, "front_only": summary},
     "rows": [{"name", "model": {...}, "front_only": {...}, "mean_face": {...}}], "num_triplets"};
-    a summary has mean_mm, median_mm, rmse_mm (means over triplets) and num_scans.
+    a summary has mean_mm, median_mm, rmse_mm (means over triplets) and num_scans. With baselines and
+    two triplets or more, "model_vs": {baseline: ``paired_improvement``} says how clearly the model
+    beats each baseline (mean mm per triplet, 95% interval, share of triplets). Synthetic data
+    (true coefficients in every gt.npz, two triplets or more) adds "coefficient_r2": {method:
+    ``coefficient_r2``} for the network's methods.
     """
     folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
     card = predictor.card
     size = int(card.image_size)
     mean_shape = face_model.mean_shape
     rows = []
+    predicted: dict[str, list[np.ndarray]] = {}
+    truths: list[np.ndarray | None] = []
     iterator = range(0, len(folders), batch)
     if progress:
         from tqdm import tqdm
@@ -194,6 +225,9 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
             front = np.zeros_like(x)
             front[:, VIEWS.index("front")] = x[:, VIEWS.index("front")]
             preds["front_only"] = predictor(front)
+        for method, coeffs in preds.items():
+            predicted.setdefault(method, []).append(coeffs)
+        truths += [s.true_coefficients for s in samples]
         for i, sample in enumerate(samples):
             row = {"name": sample.name}
             for method, coeffs in preds.items():
@@ -206,4 +240,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     out = {"model": summarize([r["model"] for r in rows]), "num_triplets": len(rows), "rows": rows}
     if baselines:
         out["baselines"] = {m: summarize([r[m] for r in rows]) for m in ("mean_face", "front_only")}
+        if len(rows) >= 2:
+            out["model_vs"] = {m: paired_improvement([r["model"] for r in rows], [r[m] for r in rows])
+                               for m in ("mean_face", "front_only")}
+    if len(truths) >= 2 and all(t is not None for t in truths):
+        truth = np.stack(truths)
+        out["coefficient_r2"] = {m: coefficient_r2(np.concatenate(c), truth, face_model)
+                                 for m, c in predicted.items()}
     return out

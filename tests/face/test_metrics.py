@@ -8,7 +8,7 @@ import pytest
 from dfmvr.errors import InputError
 from dfmvr.face.geometry import build_vertex_triangles, vertex_normals
 from dfmvr.face.metrics import (
-    MeshDistance, closest_points_on_triangles, crop_scan, evaluate_reconstruction, summarize,
+    MeshDistance, closest_points_on_triangles, crop_scan, evaluate_reconstruction, paired_improvement, summarize,
 )
 
 RNG = np.random.default_rng(11)
@@ -187,3 +187,18 @@ def test_summarize_averages_over_scans():
     assert s == {"mean_mm": 2.0, "median_mm": 1.0, "rmse_mm": 3.0, "num_scans": 2}
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_paired_improvement_against_a_hand_computed_interval():
+    method = [{"mean_mm": v} for v in (1.0, 2.0, 3.0, 4.0)]
+    baseline = [{"mean_mm": v} for v in (1.5, 2.5, 3.0, 5.0)]      # d = 0.5, 0.5, 0.0, 1.0
+    got = paired_improvement(method, baseline)
+    # mean 0.5, sample sd sqrt(1/6), t(0.975, 3) = 3.182446: half width 3.182446 * 0.408248 / 2
+    half = 3.182446305 * np.sqrt(1 / 6) / 2
+    assert got["mean_mm"] == pytest.approx(0.5)
+    assert got["ci95_mm"] == pytest.approx([0.5 - half, 0.5 + half], rel=1e-7)
+    assert got["better_fraction"] == 0.75 and got["num_scans"] == 4
+    worse = paired_improvement(baseline, method)                     # the same comparison the other way round
+    assert worse["mean_mm"] == pytest.approx(-0.5) and worse["better_fraction"] == 0.0
+    with pytest.raises(ValueError, match="two scans"):
+        paired_improvement(method[:1], baseline[:1])
