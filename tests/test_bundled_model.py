@@ -90,3 +90,18 @@ def test_default_names_the_bundle_for_run_eval_and_export():
     from dfmvr.train.checkpoint import resolve_checkpoint
 
     assert resolve_checkpoint("default") == CHECKPOINT
+
+
+def test_the_readme_quotes_the_shipped_evaluation():
+    """The README's table is eval.json rounded to 3 decimals: retraining without updating it fails here."""
+    shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    rows = {"multi-view (the model)": shipped["model"], "front view only (same model)":
+            shipped["baselines"]["front_only"], "mean face": shipped["baselines"]["mean_face"]}
+    for label, summary in rows.items():
+        want = " | ".join(f"{summary[k]:.3f}" for k in ("mean_mm", "median_mm", "rmse_mm"))
+        assert f"| {label} | {want} |" in readme, (label, want)
+    for baseline, text in (("mean_face", "over the mean face"), ("front_only", "over its own front view alone")):
+        gain = shipped["model_vs"][baseline]
+        low, high = gain["ci95_mm"]
+        assert f"{text}: {gain['mean_mm']:.3f} mm ({low:.3f} to {high:.3f})" in readme, baseline
