@@ -40,6 +40,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--supervised-shape-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: weight of the mean squared vertex distance (mm^2) of the unposed "
                    "shape to the true one (recorded in the card).")
+@click.option("--supervised-shape-aligned-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Synthetic data only: the same after the best per-sample scale and translation (face size "
+                   "and camera distance trade off in the image; the metric ignores scale).")
 @click.option("--prdl-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Part re-projection distance loss weight (0 = off; 3DDFA-V3 used 8e-4).")
 @click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
@@ -65,7 +68,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -80,7 +83,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
     from ..train.losses.total import LossWeights
     from ..train.trainer import Trainer, TrainConfig
 
-    weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight, prdl=prdl_weight, mask=mask_weight,
+    weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
+                          supervised_shape_aligned=supervised_shape_aligned_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks)
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant, epochs=epochs, batch=batch, lr=lr or 1e-4,
                       clip_grad=clip_grad, resume=resume, face_model=str(face_model) if face_model else None,

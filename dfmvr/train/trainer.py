@@ -212,6 +212,8 @@ class Trainer:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         if weights.supervised_shape > 0:
             prov["supervised_shape_weight"] = weights.supervised_shape
+        if weights.supervised_shape_aligned > 0:
+            prov["supervised_shape_aligned_weight"] = weights.supervised_shape_aligned
         return prov
 
     # --- data ------------------------------------------------------------------------------

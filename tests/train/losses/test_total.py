@@ -1,5 +1,6 @@
 """The combined loss on synthetic triplets with exact ground truth, and gradients to the geometry."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,32 @@ def test_supervised_shape_reads_the_vertex_error_in_square_mm(face, synthetic_ba
     basis0 = face.id_basis[:, 0].reshape(-1, 3)
     expected = 0.25 * (basis0 ** 2).sum(-1).mean() * 100.0 ** 2
     assert float(off["supervised_shape"]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_supervised_shape_aligned_forgives_scale_and_position_but_not_shape(face, synthetic_batch):
+    """A predicted shape that is the truth scaled by 1.1 and moved reads ~0 after the closed-form
+    alignment (the plain term does not: control); a change of shape still counts, exactly as much as
+    its part that no scale or translation can absorb (numpy least squares as the reference)."""
+    from dfmvr.face.meshio import MM_PER_MODEL_UNIT
+
+    gt = synthetic_batch["gt_coefficients"]
+    g = COEFFS.split(gt)
+    true = face.shape(g.identity, g.expression)
+    scaled = 1.1 * true + torch.tensor([0.05, -0.02, 0.3])
+    aligned = TrainingLoss.scale_aligned_shape_error(scaled, true)
+    plain = (((scaled - true) * MM_PER_MODEL_UNIT) ** 2).sum(-1).mean()
+    assert float(aligned) < 1e-6 * float(plain) and float(plain) > 1.0
+
+    bumped = true.clone()
+    bumped[:, :100, 2] += 0.02                                  # 2 mm on 100 vertices: a shape change
+    got = float(TrainingLoss.scale_aligned_shape_error(bumped, true))
+    want = []
+    for p, t in zip(bumped.double().numpy(), true.double().numpy()):
+        pc, tc = p - p.mean(0), t - t.mean(0)
+        s = (pc * tc).sum() / (pc * pc).sum()
+        want.append((((s * pc - tc) * MM_PER_MODEL_UNIT) ** 2).sum(-1).mean())
+    assert got == pytest.approx(float(np.mean(want)), rel=1e-4) and got > 0.01
+
+    loss = TrainingLoss(face, LossWeights(supervised_shape_aligned=1.0))
+    _, at_gt = loss(gt, synthetic_batch)
+    assert float(at_gt["supervised_shape_aligned"]) < 1e-6 and "supervised_shape" not in at_gt
