@@ -27,11 +27,14 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from .align import umeyama
+from .geometry import face_shape
+from .layout import Coefficients
 from .meshio import MM_PER_MODEL_UNIT
+from .model import MorphableModel
 
 __all__ = [
     "SEVEN_POINTS_IBUG", "NOSE_TIP_OF_SEVEN", "OUTER_EYE_CORNERS_OF_SEVEN", "closest_points_on_triangles",
-    "MeshDistance", "crop_scan", "evaluate_reconstruction", "summarize",
+    "MeshDistance", "crop_scan", "evaluate_reconstruction", "summarize", "paired_improvement", "shape_r2",
 ]
 
 SEVEN_POINTS_IBUG = (36, 39, 42, 45, 30, 48, 54)   # 0-based iBUG-68 ids, in this order
@@ -329,3 +332,29 @@ def paired_improvement(method, baseline, key: str = "mean_mm") -> dict:
     half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
     return {"mean_mm": mean, "ci95_mm": [mean - half, mean + half], "better_fraction": float((d > 0).mean()),
             "num_scans": int(d.size)}
+
+
+def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coefficients) -> dict:
+    """How much of the true identity and of the true expression the predictions explain, per group, in
+    vertex space ([N, ...] coefficients, N >= 2 samples): R² = 1 - sum of squared vertex errors of the
+    group's shape offset / sum of squared deviations of the true offsets from their mean over the data.
+    Each component counts by how far it moves the surface, as in the mm metric. 0: no better than
+    predicting the data's mean; negative: worse.
+
+    Why beside the mm metric: the mm error mixes identity, expression and the whole face, so a model
+    can beat the mean face by a little without recovering identity at all (the case of the tiny demo;
+    see docs/training.md)."""
+    def offsets(group: str, c: Coefficients) -> np.ndarray:   # [N, V, 3]: that group's part of the shape
+        identity, expression = c.identity, c.expression
+        if group == "identity":
+            expression = np.zeros_like(expression)
+        else:
+            identity = np.zeros_like(identity)
+        return face_shape(face_model, identity, expression).astype(np.float64) - face_model.mean_shape
+
+    out = {}
+    for group in ("identity", "expression"):
+        p, t = offsets(group, predicted), offsets(group, truth)
+        spread = float(((t - t.mean(axis=0)) ** 2).sum())
+        out[group] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
+    return out

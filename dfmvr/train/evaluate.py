@@ -29,7 +29,8 @@ from ..errors import InputError
 from ..face.geometry import face_shape
 from ..face.layout import COEFFS, VIEWS
 from ..face.meshio import MM_PER_MODEL_UNIT, read_landmarks, read_mesh
-from ..face.metrics import SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_improvement, summarize
+from ..face.metrics import (SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_improvement, shape_r2,
+                            summarize)
 from ..face.model import MorphableModel
 
 __all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "TorchPredictor", "OnnxPredictor",
@@ -171,27 +172,6 @@ def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSamp
     return {k: r[k] for k in ("mean_mm", "median_mm", "rmse_mm", "landmark_error_mm")}
 
 
-def coefficient_r2(predicted: np.ndarray, truth: np.ndarray, face_model: MorphableModel) -> dict:
-    """How much of the true identity and of the true expression the predictions explain, per group, in
-    vertex space: R² = 1 - sum of squared vertex errors of the group's shape offset (basis x
-    coefficients) / sum of squared deviations of the true offsets from their mean over the data. Each
-    component counts by how far it moves the surface, as in the mm metric. 0: no better than predicting
-    the data's mean; negative: worse. [N, 269] both, N >= 2.
-
-    Why beside the mm metric: the mm error mixes identity, expression and the whole face, so a model
-    can beat the mean face by a little without recovering identity at all (the case of the tiny demo;
-    see docs/training.md)."""
-    pred, true = COEFFS.split(np.asarray(predicted, np.float64)), COEFFS.split(np.asarray(truth, np.float64))
-    n = face_model.num_vertices
-    out = {}
-    for group, basis in (("identity", face_model.id_basis), ("expression", face_model.exp_basis)):
-        b = basis.reshape(3 * n, -1).astype(np.float64)
-        p, t = getattr(pred, group), getattr(true, group)
-        spread = float(((b @ (t - t.mean(axis=0)).T) ** 2).sum())
-        out[group] = 1.0 - float(((b @ (p - t).T) ** 2).sum()) / spread if spread > 0 else float("nan")
-    return out
-
-
 def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
                      batch: int = 4, baselines: bool = True, progress: bool = False, **metric) -> dict:
     """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
@@ -204,7 +184,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     two triplets or more, "model_vs": {baseline: ``paired_improvement``} says how clearly the model
     beats each baseline (mean mm per triplet, 95% interval, share of triplets). Synthetic data
     (true coefficients in every gt.npz, two triplets or more) adds "coefficient_r2": {method:
-    ``coefficient_r2``} for the network's methods.
+    ``dfmvr.face.metrics.shape_r2``} for the network's methods.
     """
     folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
     card = predictor.card
@@ -245,6 +225,6 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
                                for m in ("mean_face", "front_only")}
     if len(truths) >= 2 and all(t is not None for t in truths):
         truth = np.stack(truths)
-        out["coefficient_r2"] = {m: coefficient_r2(np.concatenate(c), truth, face_model)
+        out["coefficient_r2"] = {m: shape_r2(face_model, COEFFS.split(np.concatenate(c)), COEFFS.split(truth))
                                  for m, c in predicted.items()}
     return out

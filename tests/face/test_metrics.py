@@ -8,7 +8,8 @@ import pytest
 from dfmvr.errors import InputError
 from dfmvr.face.geometry import build_vertex_triangles, vertex_normals
 from dfmvr.face.metrics import (
-    MeshDistance, closest_points_on_triangles, crop_scan, evaluate_reconstruction, paired_improvement, summarize,
+    MeshDistance, closest_points_on_triangles, crop_scan, evaluate_reconstruction, paired_improvement, shape_r2,
+    summarize,
 )
 
 RNG = np.random.default_rng(11)
@@ -202,3 +203,25 @@ def test_paired_improvement_against_a_hand_computed_interval():
     assert worse["mean_mm"] == pytest.approx(-0.5) and worse["better_fraction"] == 0.0
     with pytest.raises(ValueError, match="two scans"):
         paired_improvement(method[:1], baseline[:1])
+
+
+def test_shape_r2_reads_zero_for_the_mean_and_grows_with_the_explained_part():
+    from dfmvr.face.layout import COEFFS
+    from dfmvr.face.synthetic import default_face_model
+
+    fm = default_face_model()
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(200, COEFFS.size))
+    r2 = lambda pred: shape_r2(fm, COEFFS.split(pred), COEFFS.split(truth))   # noqa: E731
+    mean = r2(np.tile(truth.mean(0), (200, 1)))
+    assert mean["identity"] == pytest.approx(0.0, abs=1e-5) and mean["expression"] == pytest.approx(0.0, abs=1e-5)
+    half = truth.copy()
+    half[:, :COEFFS.identity] = 0.5 * truth[:, :COEFFS.identity] + 0.5 * truth[:, :COEFFS.identity].mean(0)
+    got = r2(half)
+    assert got["identity"] == pytest.approx(0.75, abs=1e-5) and got["expression"] == 1.0   # a quarter left
+    # vertex space, not coefficient space: the first identity component moves the surface most
+    first, last = truth.copy(), truth.copy()
+    first[:, 0] = truth[:, 0].mean()
+    last[:, COEFFS.identity - 1] = truth[:, COEFFS.identity - 1].mean()
+    assert r2(first)["identity"] < r2(last)["identity"] < 1
+    assert r2(truth + rng.normal(size=truth.shape) * 3)["identity"] < -5     # worse than predicting the mean

@@ -122,6 +122,17 @@ def test_the_card_chooses_the_statistics_and_rejects_unknown_ones():
     with pytest.raises(ValueError, match="per_pixel"):
         build_model(card)
 
+    # inference only: plain batch norm in training, layer statistics in eval mode
+    card = make_card("tiny")
+    card.architecture[INFERENCE_NORM_KEY] = PER_SAMPLE_LAYER
+    layer = build_model(card).rednet_fc.rednet.layer1[0].bn2
+    assert type(layer) is not SampleLayerNorm2d and isinstance(layer, nn.BatchNorm2d)
+    x = torch.randn(2, layer.num_features, 5, 6) * 3 + 1
+    layer.eval()
+    torch.testing.assert_close(layer(x), F.group_norm(x, 1, layer.weight, layer.bias, layer.eps))
+    layer.train()
+    torch.testing.assert_close(layer(x), F.batch_norm(x, None, None, layer.weight, layer.bias, training=True))
+
 
 def test_layer_statistics_export_matches_a_float64_reference_in_onnx_runtime(tmp_path):
     """The exported form (two-stage ReduceMeans, see ``_layer_norm``) against numpy in float64, on the
