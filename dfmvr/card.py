@@ -16,6 +16,7 @@ from . import __version__
 from .errors import InputError
 from .face.camera import Camera
 from .face.layout import COEFFS, PARSE_CLASSES, VIEWS, CoefficientLayout
+from .face.model import MorphableModel, identity_matches
 
 __all__ = ["ModelCard", "CARD_FORMAT", "CARD_VERSION", "GRAPH_INPUT", "GRAPH_OUTPUTS",
            "ONNX_METADATA_KEY"]
@@ -94,20 +95,22 @@ class ModelCard:
             raise InputError(source, f"model card is not valid JSON ({exc})") from exc
         return cls.from_dict(d, source)
 
-    def check_face_model(self, face_model_identity: dict[str, Any], source=None) -> None:
+    def check_face_model(self, face_model: MorphableModel, source=None) -> None:
         """Refuse a face model that differs from the one the network was trained with.
 
         A card without a face-model hash (e.g. converted official weights, trained on the user's own
-        BFM) accepts any model with the right vertex count.
+        BFM) accepts any model with the right vertex count. Hashes stamped before the current scheme
+        still match equal content (``dfmvr.face.model.identity_matches``).
         """
         want = self.face_model
         if not want:
             return
-        if want.get("hash") and want["hash"] != face_model_identity.get("hash"):
-            raise InputError(source, f"face model '{face_model_identity.get('name')}' (hash "
-                             f"{face_model_identity.get('hash')}) does not match the model card's "
-                             f"'{want.get('name')}' (hash {want.get('hash')})",
+        have = face_model.identity()
+        if not identity_matches(want, face_model):
+            raise InputError(source, f"face model '{have['name']}' (hash {have['hash']}) does not match "
+                             f"the model card's '{want.get('name')}' (hash {want.get('hash')}, scheme "
+                             f"{want.get('hash_scheme', 1)})",
                              "pass the face model the network was trained with (--face-model)")
-        if want.get("num_vertices") and want["num_vertices"] != face_model_identity.get("num_vertices"):
-            raise InputError(source, f"face model has {face_model_identity.get('num_vertices')} vertices, "
+        if want.get("num_vertices") and want["num_vertices"] != face_model.num_vertices:
+            raise InputError(source, f"face model has {face_model.num_vertices} vertices, "
                              f"the model card expects {want['num_vertices']}")

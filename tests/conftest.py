@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The official checkpoint's key -> shape -> dtype list (a copy of ../shared/data/, so that no test
+# needs ../shared beside the checkout).
+OFFICIAL_KEYS_TSV = REPO / "tests" / "data" / "official_dfmvr_state_dict.tsv"
 
 # Prepended to a child interpreter's code: any attempt to import torch raises ImportError.
 BLOCK_TORCH = textwrap.dedent(
@@ -35,8 +38,17 @@ def run_python(code: str, block_torch: bool = False, cwd=None, timeout: float = 
                           timeout=timeout, env=env)
 
 
+def read_official_keys(path=OFFICIAL_KEYS_TSV) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The official checkpoint's key -> (shape, dtype) table."""
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, dtype = line.rstrip("\n").split("\t")
+        out[key] = (tuple(ast.literal_eval(shape)), dtype)
+    return out
+
+
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip("../shared is not beside the repository")
-    return SHARED
+def official_keys() -> dict[str, tuple[tuple[int, ...], str]]:
+    return read_official_keys()

@@ -42,7 +42,7 @@ def test_the_bundle_is_complete_small_and_self_consistent():
     assert card.variant == "tiny"
     assert card.provenance.get("weights_rounded_to") == "float16"
     face_model = MorphableModel.load(DEFAULT_FACE_MODEL)
-    card.check_face_model(face_model.identity(), source=DEFAULT_FACE_MODEL)
+    card.check_face_model(face_model, source=DEFAULT_FACE_MODEL)
 
 
 def test_onnx_graph_matches_the_checkpoint_in_torch_on_the_example():

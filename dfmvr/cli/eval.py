@@ -24,7 +24,7 @@ def _face_model(path, card, data: Path):
         path = data / "face_model.npz"
     if path is not None:
         model = MorphableModel.load(path)
-        card.check_face_model(model.identity(), source=path)
+        card.check_face_model(model, source=path)
         return model
     from ..runtime.artifacts import load_face_model
     return load_face_model(None, card)

@@ -60,6 +60,11 @@ _PATH = click.Path(path_type=Path)
                    "involution nets spread per-sample scales so far that batch statistics squash most "
                    "samples. 'instance' (the bare flag): per channel; 'layer': over all channels, which "
                    "keeps what global pooling needs (see dfmvr/train/models/sample_norm.py).")
+@click.option("--pool", type=click.Choice(["average", "spatial"]), default=None,
+              help="How the regressor reads RedNet's last map (recorded in the card): 'average' (the "
+                   "official global average, the variant's default) or 'spatial' (a 1x1 reduction, then "
+                   "the whole map flattened, so the heads know where features are; see "
+                   "dfmvr/train/models/heads.py).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),
@@ -69,7 +74,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
             supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
-            bn_recalibration, per_sample_norm, seed, workers, stop_after, max_steps, device, quiet):
+            bn_recalibration, per_sample_norm, pool, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse":
@@ -92,7 +97,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
                       val_limit=val_limit, seed=seed, augment=not no_augment, view_dropout=not no_view_dropout,
                       workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
                       device=device, progress=not quiet, weights=weights.to_dict(),
-                      bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm)
+                      bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool)
     trainer = Trainer(cfg)
     try:
         last = trainer.run()

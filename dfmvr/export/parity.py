@@ -175,8 +175,15 @@ def check_reports(reports: list[ParityReport]) -> None:
     """Raise ExportError listing every failed report (skipped ones are not failures)."""
     bad = [r for r in reports if r.passed is False]
     if bad:
+        hint = ""
+        if any(r.precision == "int8" for r in bad):
+            import onnxruntime
+
+            hint = (f" (int8 results depend on the CPU's int8 kernels (VNNI or not) and on the ONNX Runtime "
+                    f"version, here {onnxruntime.__version__}: the report's 'int8' entry says how the graph "
+                    f"was quantized; the fp32 and fp16 graphs are unaffected)")
         raise ExportError("parity check failed: " + "; ".join(f"{r.backend} ({r.precision}): "
-                                                              + ", ".join(r.failures) for r in bad))
+                                                              + ", ".join(r.failures) for r in bad) + hint)
 
 
 def format_table(reports: list[ParityReport]) -> str:

@@ -96,7 +96,7 @@ def _face_model(path, card: ModelCard) -> MorphableModel:
     if path is None:
         return default_face_model()
     model = MorphableModel.load(path)
-    card.check_face_model(model.identity(), path)
+    card.check_face_model(model, path)
     return model
 
 

@@ -18,9 +18,21 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from .layout import COEFFS, NUM_PARSE_CLASSES
 
-__all__ = ["MorphableModel", "FORMAT_VERSION"]
+__all__ = ["MorphableModel", "FORMAT_VERSION", "HASH_SCHEME", "identity_matches"]
 
 FORMAT_VERSION = 1
+# Content-hash scheme. 1 (no "hash_scheme" key in a stored identity): sha256 over raw array bytes, so
+# the sign of a zero leaked in, and that sign depends on the CPU's BLAS kernel (the same synthetic
+# model hashed ffee2bbec947a49d on one machine and a5ccc5cef5a9dc5f on another). 2: canonical bytes
+# (see _canonical_bytes), equal for equal content on every machine.
+HASH_SCHEME = 2
+# Scheme-1 hashes of models whose content is known, mapped to their scheme-2 hash, so that a card or
+# file stamped before scheme 2 on any machine still matches its equal content. Both entries are the
+# default synthetic model (seed 0), as hashed with Sandybridge and Haswell/Zen OpenBLAS kernels.
+LEGACY_HASH_ALIASES = {
+    "ffee2bbec947a49d": "be35f68e48500f9c",
+    "a5ccc5cef5a9dc5f": "be35f68e48500f9c",
+}
 MAX_ADJACENT = 8  # BFM's point_buf width: up to 8 triangles around a vertex
 
 # name -> (dtype, shape pattern); "N" vertices, "T" triangles, ints are fixed sizes.
@@ -37,6 +49,28 @@ _ARRAYS = {
     "parts": (np.uint8, ("N",)),
     "front_region": (np.bool_, ("N",)),
 }
+
+
+def _canonical_bytes(arr: np.ndarray) -> bytes:
+    """The bytes that stand for an array's content on every machine: little-endian, C order, every
+    zero positive (-0.0 + 0.0 = +0.0) and one NaN pattern. Equal values give equal bytes."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        arr = np.where(np.isnan(arr), arr.dtype.type(np.nan), arr + arr.dtype.type(0))
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def identity_matches(want: dict, model: "MorphableModel") -> bool:
+    """Whether ``model`` is the face model that the stored identity ``want`` (a card's or a file's
+    ``{"hash", "hash_scheme"?}``) names. Scheme-1 hashes match through ``LEGACY_HASH_ALIASES`` or, on
+    the machine that wrote them, through the raw-byte hash: equal content is never refused for
+    predating the scheme."""
+    stored = want.get("hash")
+    if not stored:
+        return True
+    if want.get("hash_scheme", 1) == HASH_SCHEME:
+        return stored == model.content_hash()
+    return LEGACY_HASH_ALIASES.get(stored) == model.content_hash() or stored == model.legacy_hash()
 
 
 def _compact(arr: np.ndarray) -> np.ndarray:
@@ -133,7 +167,18 @@ class MorphableModel:
 
     # --- identity --------------------------------------------------------------------------
     def content_hash(self) -> str:
-        """sha256 over every array's dtype, shape and bytes (name/source excluded): 16 hex chars."""
+        """sha256 (scheme ``HASH_SCHEME``) over every array's name, dtype, shape and canonical bytes
+        (name/source excluded): 16 hex chars, the same on every machine for equal content."""
+        h = hashlib.sha256(f"dfmvr-face-model-hash:{HASH_SCHEME}".encode())
+        for key in _ARRAYS:
+            arr = getattr(self, key)
+            h.update(f"{key}:{arr.dtype.name}:{tuple(int(n) for n in arr.shape)}".encode())
+            h.update(_canonical_bytes(arr))
+        return h.hexdigest()[:16]
+
+    def legacy_hash(self) -> str:
+        """The scheme-1 hash (raw bytes, machine-dependent signed zeros): only to recognise identities
+        stamped before scheme 2."""
         h = hashlib.sha256()
         for key in _ARRAYS:
             arr = getattr(self, key)
@@ -143,14 +188,15 @@ class MorphableModel:
 
     def identity(self) -> dict:
         """The record a model card stores to recognise this face model later."""
-        return {"name": self.name, "hash": self.content_hash(), "num_vertices": self.num_vertices,
-                "num_triangles": self.num_triangles}
+        return {"name": self.name, "hash": self.content_hash(), "hash_scheme": HASH_SCHEME,
+                "num_vertices": self.num_vertices, "num_triangles": self.num_triangles}
 
     # --- project .npz format ---------------------------------------------------------------
     def save(self, path) -> Path:
         path = Path(path)
         meta = {"format": "dfmvr-face-model", "version": FORMAT_VERSION, "name": self.name,
-                "units": self.units, "source": self.source, "hash": self.content_hash()}
+                "units": self.units, "source": self.source, "hash": self.content_hash(),
+                "hash_scheme": HASH_SCHEME}
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(tmp, meta=np.array(json.dumps(meta)),
                                 **{k: _compact(getattr(self, k)) for k in _ARRAYS})
@@ -180,7 +226,7 @@ class MorphableModel:
         model = cls(**{k: data[k] for k in _ARRAYS}, name=meta.get("name", path.stem),
                     units=meta.get("units", "decimetre"), source=meta.get("source", {}))
         model.validate(path)
-        if meta.get("hash") and meta["hash"] != model.content_hash():
+        if not identity_matches(meta, model):
             raise InputError(path, "face model content does not match its stored hash (corrupt file)")
         return model
 

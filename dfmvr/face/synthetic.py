@@ -268,7 +268,9 @@ def _decay(k, first, knee, power):
 
 
 def _half(a):
-    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+    """Round to float16-representable float32 values, every zero made +0.0: the sign of a zero that
+    BLAS computes differs between kernels (OPENBLAS_CORETYPE), and the arrays must not."""
+    return np.asarray(a, np.float32).astype(np.float16).astype(np.float32) + np.float32(0)
 
 
 def _basis(fields, peaks, rng, y_stretch=None):

@@ -209,7 +209,7 @@ def load_face_model(path, card: ModelCard, source=None) -> "MorphableModel":
         from ..face.synthetic import default_face_model
 
         model, where = default_face_model(), "default synthetic face model"
-    card.check_face_model(model.identity(), source=where)
+    card.check_face_model(model, source=where)
     layout = card.layout_obj()
     if model.dims != {"identity": layout.identity, "expression": layout.expression, "texture": layout.texture}:
         raise InputError(where, f"face model basis sizes {model.dims} differ from the card's layout "

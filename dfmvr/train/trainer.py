@@ -34,6 +34,7 @@ from .data import TripletDataset
 from .face_torch import FaceModelTorch
 from .losses.total import LossWeights, TrainingLoss
 from .models.sample_norm import INFERENCE_NORM_KEY, NORM_CHOICES, TRAINING_NORM_KEY
+from .models.heads import POOLING
 from .models.variants import build_model, make_card
 from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
@@ -73,6 +74,8 @@ class TrainConfig:
     bn_recalibration: int = 64           # triplets for the end-of-epoch batch-norm statistics (0 = off)
     per_sample_norm: str | None = None   # "instance" / "layer": batch norm with each sample's own statistics,
                                          # also in training (models/sample_norm.py); None: batch statistics
+    pool: str | None = None              # "average" / "spatial" readout of RedNet's last map (models/heads.py);
+                                         # None: the variant's own (average)
 
 
 def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
@@ -127,7 +130,7 @@ class Trainer:
             if train_state is None:
                 raise InputError(self.ckpt_path.with_suffix(".train.pt"), "no training state beside the checkpoint",
                                  "cannot resume exactly; start a new run (--out elsewhere)")
-            card.check_face_model(face_model.identity(), source=fm_source)
+            card.check_face_model(face_model, source=fm_source)
             weights = LossWeights.from_dict(card.loss_weights)
         else:
             if config.resume and self.rank == 0:
@@ -141,6 +144,11 @@ class Trainer:
                                      f"got {config.per_sample_norm!r}")
                 value = NORM_CHOICES[config.per_sample_norm]
                 card.architecture = {**card.architecture, TRAINING_NORM_KEY: value, INFERENCE_NORM_KEY: value}
+            if config.pool:   # see models/heads.py for why
+                if config.pool not in POOLING:
+                    raise ValueError(f"pool must be one of {POOLING} or None, got {config.pool!r}")
+                card.architecture = {**card.architecture,
+                                     "rednet": {**card.architecture["rednet"], "pool": config.pool}}
             card.provenance = self._provenance(weights, fm_source)
             model = build_model(card)
             if config.parse_net:
@@ -207,7 +215,7 @@ class Trainer:
                 "final_lr": c.final_lr, "seed": c.seed, "augment": c.augment, "view_dropout": c.view_dropout,
                 "face_model_source": fm_source, "parse_net": c.parse_net or "untrained (random init)",
                 "bn_recalibration_triplets": 0 if c.per_sample_norm else c.bn_recalibration,
-                "per_sample_norm": c.per_sample_norm}
+                "per_sample_norm": c.per_sample_norm, "pool": c.pool}
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         if weights.supervised_shape > 0:

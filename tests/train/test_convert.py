@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 import torch
 from click.testing import CliRunner
@@ -12,18 +10,6 @@ from dfmvr.errors import InputError
 from dfmvr.face.camera import OFFICIAL_CAMERA
 from dfmvr.train.convert import convert_official, read_state_dict
 from tests.conftest import run_python
-
-
-def _official_keys(shared_dir) -> dict[str, tuple[tuple[int, ...], str]]:
-    path = shared_dir / "data" / "official_dfmvr_state_dict.tsv"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    out = {}
-    for line in open(path, encoding="utf-8"):
-        if not line.startswith("#") and line.strip():
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            out[key] = (tuple(ast.literal_eval(shape)), dtype)
-    return out
 
 
 def _random_official_state(keys, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,12 +28,12 @@ def _random_official_state(keys, seed: int = 0) -> dict[str, torch.Tensor]:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_cli_converts_a_full_official_checkpoint(tmp_path, shared_dir):
+def test_cli_converts_a_full_official_checkpoint(tmp_path, official_keys):
     """~110 M random numbers with the official keys, DDP prefix and a wrapper dict -> our checkpoint."""
     from dfmvr.cli.convert import command
     from dfmvr.train.checkpoint import load_checkpoint
 
-    keys = _official_keys(shared_dir)
+    keys = official_keys
     state = _random_official_state(keys)
     src = tmp_path / "000000279.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, src)
@@ -66,8 +52,8 @@ def test_cli_converts_a_full_official_checkpoint(tmp_path, shared_dir):
         assert torch.equal(loaded[key], state[key]), key
 
 
-def test_plain_state_dict_partial_and_wrong_files_are_refused(tmp_path, shared_dir):
-    keys = _official_keys(shared_dir)
+def test_plain_state_dict_partial_and_wrong_files_are_refused(tmp_path, official_keys):
+    keys = official_keys
     # A partial file: the official keys minus the rednet heads, plus one foreign key.
     small = {k: torch.zeros(1) for k in list(keys)[:5]}
     small["extra.weight"] = torch.zeros(1)

@@ -187,12 +187,12 @@ def test_celebamask_layout_maps_onto_our_classes(tmp_path):
     assert at(45, 30) == "upper_lip" and at(12, 12) == "skin" and at(60, 60) == "background"
 
 
-def test_per_sample_norm_is_recorded_and_survives_the_checkpoint(synth4, tmp_path):
+def test_per_sample_norm_and_pool_are_recorded_and_survive_the_checkpoint(synth4, tmp_path):
     from dfmvr.train.models.sample_norm import SampleLayerNorm2d
 
     out = tmp_path / "per_sample"
     cfg = _config(synth4, out, epochs=1, augment=False, view_dropout=False)
-    cfg.per_sample_norm = "layer"
+    cfg.per_sample_norm, cfg.pool = "layer", "spatial"
     trainer = Trainer(cfg)
     item = next(iter(trainer._loader(0)))
     assert math.isfinite(trainer.train_step(item, 0, 0)["loss"])
@@ -201,6 +201,8 @@ def test_per_sample_norm_is_recorded_and_survives_the_checkpoint(synth4, tmp_pat
     assert card.architecture["training_norm"] == card.architecture["inference_norm"] == "per_sample_layer"
     assert card.provenance["per_sample_norm"] == "layer" and card.provenance["bn_recalibration_triplets"] == 0
     assert isinstance(model.rednet_fc.rednet.layer1[0].bn2, SampleLayerNorm2d)
+    assert card.architecture["rednet"]["pool"] == "spatial" == card.provenance["pool"]
+    assert model.rednet_fc.pool == "spatial"
     parse_norms = [type(m) for m in model.mask_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert parse_norms and all(k is torch.nn.BatchNorm2d for k in parse_norms)   # the frozen parser keeps its own
 
@@ -215,6 +217,8 @@ def test_per_sample_norm_flag_takes_an_optional_kind(tmp_path):
     assert parse(["--per-sample-norm"]) == "instance"
     assert parse(["--per-sample-norm", "layer"]) == "layer"
     assert parse(["--per-sample-norm", "--quiet"]) == "instance"
+    assert command.make_context("dfmvr-train", base + ["--pool", "spatial"]).params["pool"] == "spatial"
+    assert command.make_context("dfmvr-train", base).params["pool"] is None
 
 
 def test_resume_with_more_epochs_stretches_the_schedule_and_the_card_says_so(synth4, tmp_path):

@@ -79,8 +79,11 @@ class RedNet(nn.Module):
             nn.Linear(cin, 1024), nn.PReLU(), nn.Linear(1024, 512), nn.PReLU(), nn.Linear(512, pts_outputs),
         ) if pts_net else None
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """x [B, in_channels, H, W] -> the last stage's map [B, feat_dim, H / 32, W / 32]."""
+        x = self.maxpool(self.stem(x))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward(self, x: Tensor) -> Tensor:
         """x [B, in_channels, H, W] -> pooled feature [B, feat_dim, 1, 1]."""
-        x = self.maxpool(self.stem(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x)
+        return self.avgpool(self.feature_map(x))

@@ -1,30 +1,9 @@
-"""Fixtures for the network tests: the official key list and small random inputs."""
+"""Fixtures for the network tests: small random inputs (the official key list: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 import torch
-
-
-def read_official_keys(path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """The official checkpoint's key -> (shape, dtype) table (../shared/data/*.tsv)."""
-    out = {}
-    for line in open(path, encoding="utf-8"):
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, dtype = line.rstrip("\n").split("\t")
-        out[key] = (tuple(ast.literal_eval(shape)), dtype)
-    return out
-
-
-@pytest.fixture(scope="session")
-def official_keys(shared_dir):
-    path = shared_dir / "data" / "official_dfmvr_state_dict.tsv"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return read_official_keys(path)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,119 @@
+"""How much identity and expression the synthetic data shows, and how much a trained network keeps.
+
+A diagnostic for #5 (the demo learns expression but no identity). Two ridge regressions, each fitted on
+the training triplets, its ridge strength chosen on a selection set, scored on the held-out set with
+the vertex-space R² of ``dfmvr eval`` (``dfmvr.face.metrics.shape_r2``):
+
+- ceiling: from the true 2D landmarks of the three views (and of the front view alone). The landmarks
+  are what the images show of the geometry after alignment; a linear read of them bounds from below what
+  a network could recover.
+- features (with --checkpoint): from the trained network's own features: the global average of RedNet's
+  last map (what the heads see with ``pool: average``) and the MulEn-Unet output pooled to 14 x 14.
+
+Usage (about 10 s for the ceiling, 6 min on 2 cores with --checkpoint):
+  python scripts/identity_observability.py --train DATA/train --select DATA/select --val DATA/val \
+      [--checkpoint model.safetensors] --json benchmarks/results/identity_observability.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dfmvr.face.layout import COEFFS
+from dfmvr.face.metrics import shape_r2
+from dfmvr.face.model import MorphableModel
+
+RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4)
+
+
+def read_truth(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """-> landmarks [N, 3, 68, 2], coefficients [N, 269] of every triplet folder under ``root``."""
+    folders = sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())
+    arrays = [np.load(p / "gt.npz") for p in folders]
+    return (np.stack([a["landmarks"] for a in arrays]).astype(np.float64),
+            np.stack([a["coefficients"] for a in arrays]).astype(np.float32))
+
+
+def ridge_scores(face_model, features: dict, truth: dict) -> dict:
+    """features/truth: {'train'|'select'|'val': [N, D] / [N, 269]}. Dual-form ridge (D may exceed N),
+    features standardised on the training set. -> {lambda, identity, expression} on 'val'."""
+    mean, std = features["train"].mean(0), features["train"].std(0) + 1e-6
+    a = {k: (v - mean) / std for k, v in features.items()}
+    gram = a["train"] @ a["train"].T
+    target = truth["train"].astype(np.float64)
+    offset = target.mean(0)
+
+    def predict(split: str, strength: float) -> np.ndarray:
+        alpha = np.linalg.solve(gram + strength * np.eye(len(gram)), target - offset)
+        pred = truth[split].astype(np.float64).copy()       # poses, texture: the truth, untouched
+        fitted = (a[split] @ a["train"].T) @ alpha + offset
+        groups = COEFFS.split(np.arange(COEFFS.size)[None])
+        for group in ("identity", "expression"):
+            columns = getattr(groups, group)[0]
+            pred[:, columns] = fitted[:, columns]
+        return pred.astype(np.float32)
+
+    def r2(split: str, strength: float) -> dict:
+        return shape_r2(face_model, COEFFS.split(predict(split, strength)), COEFFS.split(truth[split]))
+
+    best = max(RIDGE_STRENGTHS, key=lambda s: sum(r2("select", s).values()))
+    return {"ridge_strength": best, **{k: round(v, 3) for k, v in r2("val", best).items()}}
+
+
+def network_features(checkpoint: Path, roots: dict) -> dict:
+    """{name: {split: [N, D]}} from the network's pooled last map and its 14 x 14 MulEn-Unet output."""
+    import torch
+    import torch.nn.functional as F
+
+    from dfmvr.train.checkpoint import load_checkpoint
+    from dfmvr.train.data import TripletDataset
+
+    model, _, _ = load_checkpoint(checkpoint, load_train_state=False)
+    seen = {}
+    model.rednet_fc.rednet.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("map", o))
+    model.uuunet.register_forward_hook(lambda m, i, o: seen.__setitem__("unet", o))
+    out = {"rednet_average": {}, "unet_14x14": {}}
+    for split, root in roots.items():
+        dataset, pooled, unet = TripletDataset(root), [], []
+        for start in range(0, len(dataset), 16):
+            images = torch.stack([dataset[i]["images"] for i in range(start, min(start + 16, len(dataset)))])
+            with torch.no_grad():
+                model(images)
+            pooled.append(seen["map"].mean(dim=(2, 3)).numpy())
+            unet.append(F.adaptive_avg_pool2d(seen["unet"], 14).flatten(1).numpy())
+        out["rednet_average"][split] = np.concatenate(pooled).astype(np.float64)
+        out["unet_14x14"][split] = np.concatenate(unet).astype(np.float64)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for split in ("train", "select", "val"):
+        parser.add_argument(f"--{split}", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    roots = {"train": args.train, "select": args.select, "val": args.val}
+    face_model = MorphableModel.load(args.train / "face_model.npz")
+    landmarks, truth = {}, {}
+    for split, root in roots.items():
+        landmarks[split], truth[split] = read_truth(root)
+    report = {"triplets": {k: len(v) for k, v in truth.items()}, "metric": "vertex-space R² on --val",
+              "landmarks_three_views": ridge_scores(face_model, {k: v.reshape(len(v), -1) for k, v in landmarks.items()}, truth),
+              "landmarks_front_view": ridge_scores(face_model, {k: v[:, 1].reshape(len(v), -1) for k, v in landmarks.items()}, truth)}
+    if args.checkpoint:
+        report["checkpoint"] = str(args.checkpoint)
+        for name, features in network_features(args.checkpoint, roots).items():
+            report[f"network_{name}"] = ridge_scores(face_model, features, truth)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
