@@ -105,3 +105,9 @@ def test_the_readme_quotes_the_shipped_evaluation():
         gain = shipped["model_vs"][baseline]
         low, high = gain["ci95_mm"]
         assert f"{text}: {gain['mean_mm']:.3f} mm ({low:.3f} to {high:.3f})" in readme, baseline
+    pose = shipped["pose"]
+    rotation = (pose["model"]["rotation_deg"]["median"], pose["slot_prior"]["rotation_deg"]["median"])
+    translation = (pose["model"]["translation_mm"]["median"], pose["slot_prior"]["translation_mm"]["median"])
+    flat = " ".join(readme.split())
+    assert f"error per view is {rotation[0]:.1f}° against {rotation[1]:.1f}° for the slot prior" in flat
+    assert f"translation error {translation[0]:.0f} mm against {translation[1]:.0f} mm" in flat

@@ -91,5 +91,12 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     for method, r2 in report.get("coefficient_r2", {}).items():   # synthetic data: true coefficients known
         click.echo(f"R² of the true coefficients, {method.replace('_', ' ')}: identity {r2['identity']:.3f}  "
                    f"expression {r2['expression']:.3f}")
+    pose = report.get("pose")
+    if pose:
+        for method, label in (("model", "model"), ("slot_prior", "slot prior")):
+            rot, trans = pose[method]["rotation_deg"], pose[method]["translation_mm"]
+            views = "  ".join(f"{v} {rot['per_view_median'][v]:.2f}" for v in rot["per_view_median"])
+            click.echo(f"head pose, {label:<10} rotation median {rot['median']:.2f} deg ({views})  "
+                       f"translation median {trans['median']:.1f} mm")
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(report, indent=2))

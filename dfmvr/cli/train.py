@@ -65,6 +65,12 @@ _PATH = click.Path(path_type=Path)
                    "official global average, the variant's default) or 'spatial' (a 1x1 reduction, then "
                    "the whole map flattened, so the heads know where features are; see "
                    "dfmvr/train/models/heads.py).")
+@click.option("--keypoints", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Landmarks per view of a keypoint readout (68, or 0 = none, the official layout): the "
+                   "heads also read each view's soft-argmax keypoints (recorded in the card; see "
+                   "dfmvr/train/models/keypoints.py).")
+@click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),
@@ -74,7 +80,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
             supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
-            bn_recalibration, per_sample_norm, pool, seed, workers, stop_after, max_steps, device, quiet):
+            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse":
@@ -90,14 +96,17 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
 
     weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
                           supervised_shape_aligned=supervised_shape_aligned_weight, prdl=prdl_weight, mask=mask_weight,
-                          landmark_eyes=eye_landmarks)
+                          landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight)
+    if keypoint_weight and not keypoints:
+        raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant, epochs=epochs, batch=batch, lr=lr or 1e-4,
                       clip_grad=clip_grad, resume=resume, face_model=str(face_model) if face_model else None,
                       parse_net=str(parse_net) if parse_net else None, val=str(val) if val else None,
                       val_limit=val_limit, seed=seed, augment=not no_augment, view_dropout=not no_view_dropout,
                       workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
                       device=device, progress=not quiet, weights=weights.to_dict(),
-                      bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool)
+                      bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool,
+                      keypoints=keypoints)
     trainer = Trainer(cfg)
     try:
         last = trainer.run()

@@ -27,14 +27,15 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from .align import umeyama
-from .geometry import face_shape
-from .layout import Coefficients
+from .geometry import euler_from_matrix, face_shape, rotation_matrix
+from .layout import COEFFS, VIEWS, Coefficients
 from .meshio import MM_PER_MODEL_UNIT
 from .model import MorphableModel
 
 __all__ = [
     "SEVEN_POINTS_IBUG", "NOSE_TIP_OF_SEVEN", "OUTER_EYE_CORNERS_OF_SEVEN", "closest_points_on_triangles",
     "MeshDistance", "crop_scan", "evaluate_reconstruction", "summarize", "paired_improvement", "shape_r2",
+    "rotation_error_deg", "slot_prior", "pose_errors",
 ]
 
 SEVEN_POINTS_IBUG = (36, 39, 42, 45, 30, 48, 54)   # 0-based iBUG-68 ids, in this order
@@ -358,3 +359,39 @@ def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coeffic
         spread = float(((t - t.mean(axis=0)) ** 2).sum())
         out[group] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
     return out
+
+def rotation_error_deg(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Geodesic angle (degrees) between rotations given as Euler angles [..., 3] (``rotation_matrix``
+    convention): the angle of R_pred^T R_true, whatever axis the error is about."""
+    rp, rt = rotation_matrix(predicted).astype(np.float64), rotation_matrix(truth).astype(np.float64)
+    # ||Rp - Rt||_F = 2 sqrt(2) sin(angle / 2): unlike arccos of the trace, exact near zero with the
+    # float32 matrices of rotation_matrix (arccos read 0.013 degrees for equal angles)
+    chord = np.linalg.norm(rp - rt, axis=(-2, -1)) / (2.0 * np.sqrt(2.0))
+    return np.degrees(2.0 * np.arcsin(np.clip(chord, 0.0, 1.0)))
+
+
+def slot_prior(truth: Coefficients) -> Coefficients:
+    """The slot-prior baseline: every sample gets each view slot's mean pose over ``truth`` (rotation:
+    the mean rotation matrix projected back onto SO(3); translation: the mean), everything else zero.
+    What a network that reads the pose from the slot and not from the photo would at best output."""
+    rot = rotation_matrix(truth.rotation).astype(np.float64).mean(axis=0)       # [V, 3, 3]
+    u, _, vt = np.linalg.svd(rot)
+    fix = np.tile(np.eye(3), rot.shape[:-2] + (1, 1))
+    fix[..., 2, 2] = np.sign(np.linalg.det(u @ vt))                             # proper rotations
+    mean_rot = euler_from_matrix(u @ fix @ vt)
+    prior = COEFFS.zeros(truth.batch)
+    prior.rotation[:] = mean_rot[None]
+    prior.translation[:] = truth.translation.mean(axis=0)[None]
+    return prior
+
+
+def pose_errors(predicted: Coefficients, truth: Coefficients) -> dict:
+    """Per-view head-pose errors of [N, ...] coefficients against the truth: rotation in degrees
+    (geodesic), translation in mm (Euclidean). Returns {"rotation_deg"|"translation_mm": {"median",
+    "mean", "per_view_median": {view: value}}}."""
+    errors = {"rotation_deg": rotation_error_deg(predicted.rotation, truth.rotation),            # [N, V]
+              "translation_mm": np.linalg.norm(predicted.translation - truth.translation, axis=-1)
+              * MM_PER_MODEL_UNIT}
+    return {name: {"median": float(np.median(e)), "mean": float(e.mean()),
+                   "per_view_median": {v: float(np.median(e[:, i])) for i, v in enumerate(VIEWS)}}
+            for name, e in errors.items()}

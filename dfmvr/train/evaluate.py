@@ -29,8 +29,8 @@ from ..errors import InputError
 from ..face.geometry import face_shape
 from ..face.layout import COEFFS, VIEWS
 from ..face.meshio import MM_PER_MODEL_UNIT, read_landmarks, read_mesh
-from ..face.metrics import (SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_improvement, shape_r2,
-                            summarize)
+from ..face.metrics import (SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_improvement, pose_errors,
+                            shape_r2, slot_prior, summarize)
 from ..face.model import MorphableModel
 
 __all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "TorchPredictor", "OnnxPredictor",
@@ -184,7 +184,9 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     two triplets or more, "model_vs": {baseline: ``paired_improvement``} says how clearly the model
     beats each baseline (mean mm per triplet, 95% interval, share of triplets). Synthetic data
     (true coefficients in every gt.npz, two triplets or more) adds "coefficient_r2": {method:
-    ``dfmvr.face.metrics.shape_r2``} for the network's methods.
+    ``dfmvr.face.metrics.shape_r2``} for the network's methods, and "pose": per-view head-pose errors
+    (``dfmvr.face.metrics.pose_errors``) of the model and of the slot-prior baseline (each view slot's
+    mean true pose: what a network that ignores the photo's pose would at best say).
     """
     folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
     card = predictor.card
@@ -227,4 +229,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         truth = np.stack(truths)
         out["coefficient_r2"] = {m: shape_r2(face_model, COEFFS.split(np.concatenate(c)), COEFFS.split(truth))
                                  for m, c in predicted.items()}
+        truth_c = COEFFS.split(truth)
+        out["pose"] = {"model": pose_errors(COEFFS.split(np.concatenate(predicted["model"])), truth_c),
+                       "slot_prior": pose_errors(slot_prior(truth_c), truth_c)}
     return out

@@ -32,6 +32,7 @@ from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from .convert import DEAD_PREFIXES
 from .data import TripletDataset
 from .face_torch import FaceModelTorch
+from .losses.keypoints import keypoint_loss
 from .losses.total import LossWeights, TrainingLoss
 from .models.sample_norm import INFERENCE_NORM_KEY, NORM_CHOICES, TRAINING_NORM_KEY
 from .models.heads import POOLING
@@ -76,6 +77,8 @@ class TrainConfig:
                                          # also in training (models/sample_norm.py); None: batch statistics
     pool: str | None = None              # "average" / "spatial" readout of RedNet's last map (models/heads.py);
                                          # None: the variant's own (average)
+    keypoints: int = 0                   # > 0: a keypoint readout of that many landmarks per view
+                                         # (models/keypoints.py), supervised with weights["keypoint_2d"]
 
 
 def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
@@ -149,6 +152,9 @@ class Trainer:
                     raise ValueError(f"pool must be one of {POOLING} or None, got {config.pool!r}")
                 card.architecture = {**card.architecture,
                                      "rednet": {**card.architecture["rednet"], "pool": config.pool}}
+            if config.keypoints:   # see models/keypoints.py for why
+                card.architecture = {**card.architecture,
+                                     "rednet": {**card.architecture["rednet"], "keypoints": int(config.keypoints)}}
             card.provenance = self._provenance(weights, fm_source)
             model = build_model(card)
             if config.parse_net:
@@ -215,7 +221,8 @@ class Trainer:
                 "final_lr": c.final_lr, "seed": c.seed, "augment": c.augment, "view_dropout": c.view_dropout,
                 "face_model_source": fm_source, "parse_net": c.parse_net or "untrained (random init)",
                 "bn_recalibration_triplets": 0 if c.per_sample_norm else c.bn_recalibration,
-                "per_sample_norm": c.per_sample_norm, "pool": c.pool}
+                "per_sample_norm": c.per_sample_norm, "pool": c.pool,
+                "keypoints": c.keypoints}
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         if weights.supervised_shape > 0:
@@ -280,6 +287,11 @@ class Trainer:
         batch = self._loss_batch(item, labels_pred)
         progress = self.step / max(self.total_steps, 1)
         total, terms = self.loss(coeffs.float(), batch, view_mask, progress)
+        keypoints = self.model.rednet_fc.last_keypoints
+        if keypoints is not None and self.loss.weights.keypoint_2d > 0:
+            terms["keypoint_2d"] = keypoint_loss(keypoints.float(), batch["landmarks"],
+                                                 view_mask & item["has_landmarks"].to(self.device)[:, None])
+            total = total + self.loss.weights.keypoint_2d * terms["keypoint_2d"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)

@@ -66,6 +66,11 @@ def test_truth_scores_zero_and_beats_the_mean_face(synth4):
         report["baselines"]["mean_face"]["mean_mm"] - report["model"]["mean_mm"])
     # the oracle's coefficients are the truth: R² 1 for both of the network's methods
     assert report["coefficient_r2"] == {m: {"identity": 1.0, "expression": 1.0} for m in ("model", "front_only")}
+    # ... and its poses are the true poses, while the slot prior (each slot's mean pose) is off
+    pose = report["pose"]
+    assert pose["model"]["rotation_deg"]["median"] < 1e-3 and pose["model"]["translation_mm"]["median"] < 1e-3
+    assert pose["slot_prior"]["rotation_deg"]["median"] > 0.5
+    assert set(pose["slot_prior"]["rotation_deg"]["per_view_median"]) == {"left", "front", "right"}
 
 
 def test_real_layout_scan_and_landmarks(synth4, tmp_path):

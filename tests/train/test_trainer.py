@@ -234,3 +234,18 @@ def test_resume_with_more_epochs_stretches_the_schedule_and_the_card_says_so(syn
     assert steps[1]["lr"] == lr_at(1 / 4, 1e-4, 1e-6)      # the stretched schedule, not lr_at(1 / 2)
     with pytest.raises(ValueError, match="fewer than the 4 epochs"):
         Trainer(_config(synth4, out, epochs=3, resume=True, bn_recalibration=0))
+
+
+def test_trainer_supervises_the_keypoints_and_records_them(synth4, tmp_path):
+    cfg = _config(synth4, tmp_path / "kp", epochs=1, augment=False, view_dropout=False)
+    cfg.keypoints = 68
+    cfg.weights = {**cfg.weights, "keypoint_2d": 1.0}
+    trainer = Trainer(cfg)
+    item = next(iter(trainer._loader(0)))
+    first = trainer.train_step(item, 0, 0)
+    assert first["keypoint_2d"] > 10.0                    # px^2: the untrained readout is far off
+    for _ in range(15):
+        last = trainer.train_step(item, 0, 1)
+    assert last["keypoint_2d"] < first["keypoint_2d"]
+    assert trainer.card.architecture["rednet"]["keypoints"] == 68
+    assert trainer.card.provenance["keypoints"] == 68 and trainer.card.loss_weights["keypoint_2d"] == 1.0

@@ -51,6 +51,9 @@ class LossWeights:
     # shape onto the true one (closed form). Face size and camera distance trade off almost exactly in
     # the image, and the NoW-style metric ignores scale; this term asks only for the rest.
     supervised_shape_aligned: float = 0.0
+    # Models with a keypoint readout (architecture rednet.keypoints) only: mean squared distance (px^2)
+    # of the soft-argmax keypoints to the 2D landmarks of each present view (gt.npz or a detector).
+    keypoint_2d: float = 0.0
     landmark_emphasis: float = 20.0       # weight of nose 28-30 and inner mouth 60-67
     landmark_eyes: bool = False           # also emphasise the eyes 36-47 (the official code)
     photo_dilation: int = 10              # the features' dilation (pixels, square) in the weight map

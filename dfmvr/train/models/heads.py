@@ -14,6 +14,11 @@ Pooling (architecture key ``rednet.pool``):
   knows where each feature is. Measured on the tiny demo (docs/training.md): with average pooling a
   ridge regression from the pooled feature recovers no identity, while one from the true 2D landmarks
   of the three views recovers 75 %.
+
+Keypoints (architecture key ``rednet.keypoints``, 0 = off, the official layout): a
+``KeypointReadout`` on the fusion feature predicts each view's 68 landmarks by soft-argmax, and the
+heads read them beside the pooled feature ([B, head inputs + views * 68 * 2, 1, 1]). The keypoints of
+the last forward pass stay in ``last_keypoints`` [B, views, K, 2] (pixels) for the training loss.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import Tensor, nn
 
 from dfmvr.face.layout import COEFFS, VIEW_SUFFIXES, CoefficientLayout
 
+from .keypoints import KeypointReadout
 from .rednet import RedNet
 
 __all__ = ["RedNetRegressor", "head_names", "POOLING"]
@@ -46,7 +52,7 @@ class RedNetRegressor(nn.Module):
     """feature [B, C, H, W] -> coefficients [B, layout.size] (float32, COEFFS order)."""
 
     def __init__(self, layout: CoefficientLayout = COEFFS, pool: str = "average", spatial_channels: int = 32,
-                 spatial_size: int = 7, **rednet_args):
+                 spatial_size: int = 7, keypoints: int = 0, keypoint_stride: int = 8, **rednet_args):
         super().__init__()
         if pool not in POOLING:
             raise ValueError(f"rednet pool '{pool}' is not one of {POOLING}")
@@ -57,6 +63,12 @@ class RedNetRegressor(nn.Module):
         if pool == "spatial":
             self.spatial_reduce = nn.Conv2d(self.rednet.feat_dim, spatial_channels, 1)
             head_inputs = spatial_channels * spatial_size * spatial_size
+        self.keypoint_readout = None
+        self.last_keypoints: Tensor | None = None
+        if keypoints:
+            self.keypoint_readout = KeypointReadout(self.rednet.in_channels, keypoints, layout.views,
+                                                    stride=keypoint_stride)
+            head_inputs += self.keypoint_readout.head_inputs
         self.head_order = [name for name, _ in head_names(layout)]
         for name, width in head_names(layout):
             self.add_module(name, nn.Conv2d(head_inputs, width, 1))
@@ -72,4 +84,8 @@ class RedNetRegressor(nn.Module):
 
     def forward(self, feature: Tensor) -> Tensor:
         pooled = self.readout(self.rednet.feature_map(feature))
+        if self.keypoint_readout is not None:
+            self.last_keypoints = self.keypoint_readout(feature)
+            kp = self.keypoint_readout.as_head_input(self.last_keypoints, int(feature.shape[-1]))
+            pooled = torch.cat([pooled, kp], dim=1)
         return torch.cat([getattr(self, name)(pooled).flatten(1) for name in self.head_order], dim=1)

@@ -56,6 +56,7 @@ class RedNet(nn.Module):
         super().__init__()
         if depth not in REDNET_STAGE_BLOCKS:
             raise ValueError(f"RedNet depth {depth} is not one of {sorted(REDNET_STAGE_BLOCKS)}")
+        self.in_channels = in_channels
         half = stem_channels // 2
         self.stem = nn.Sequential(
             ConvModule(in_channels, half, 3, stride=2, padding=1),

@@ -66,16 +66,19 @@ def test_cards_without_the_key_keep_the_official_average_and_key_layout():
     assert coefficients.shape == (1, COEFFS.size)
 
 
-def test_spatial_checkpoint_round_trip_and_export_parity(tmp_path):
-    """The card carries the readout: a checkpoint reloads with it, and the real export's parity gate
+def test_readout_options_round_trip_and_export_parity(tmp_path):
+    """The card carries the readouts (spatial pooling and the keypoint readout, both in one model so
+    that one export covers both): a checkpoint reloads with them, and the real export's parity gate
     (ONNX Runtime against PyTorch, coefficients and mesh mm) passes."""
     from dfmvr.export.pipeline import export_all
 
     torch.manual_seed(0)
-    model = build_model(spatial_card()).eval()
+    card = spatial_card()
+    card.architecture["rednet"]["keypoints"] = 68
+    model = build_model(card).eval()
     path = save_checkpoint(tmp_path / "spatial.safetensors", model, model.card)
     loaded, card, _ = load_checkpoint(path, load_train_state=False)
-    assert card.architecture["rednet"]["pool"] == "spatial"
+    assert card.architecture["rednet"]["pool"] == "spatial" and card.architecture["rednet"]["keypoints"] == 68
     x = torch.randn(1, 3, 3, 224, 224).clamp(-1, 1)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
