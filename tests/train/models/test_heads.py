@@ -66,6 +66,7 @@ def test_cards_without_the_key_keep_the_official_average_and_key_layout():
     assert coefficients.shape == (1, COEFFS.size)
 
 
+@pytest.mark.slow      # a full export (~30 s): the README's fast suite already exports tiny twice
 def test_readout_options_round_trip_and_export_parity(tmp_path):
     """The card carries the readouts (spatial pooling and the keypoint readout, both in one model so
     that one export covers both): a checkpoint reloads with them, and the real export's parity gate
