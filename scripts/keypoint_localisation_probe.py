@@ -11,6 +11,11 @@ simplest baseline: each view slot's mean landmark positions over the training se
     python scripts/keypoint_localisation_probe.py --train data/train --val data/val --source unet \
         --parse-net runs/parse/parse_net.safetensors --steps 300 --json probe_unet.json
 
+    --loss px2        the soft-argmax keypoints' squared pixel distance (what dfmvr-train uses)
+    --loss heatmap    plus a cross-entropy of each heat map against a Gaussian (sigma one cell) at
+                      the landmark: a gradient wherever the peak is, not only through the mean
+    --stride N        heat-map cell size in pixels (the readout's default 8)
+
 One thread by default (run two sources side by side on two cores). Writes a JSON record.
 """
 
@@ -56,6 +61,22 @@ class UnetSource(torch.nn.Module):
         return self.net.uuunet(x[:, 0], x[:, 1], x[:, 2])
 
 
+def heatmap_loss(readout, feature, landmarks):
+    """Cross-entropy of softmax(heat maps) against a Gaussian target (sigma = one cell) at each
+    landmark, plus the soft-argmax px^2 (so both runs optimise the scored quantity)."""
+    heat = readout.heatmaps(feature)                                   # [B, V*K, h, w]
+    b, _, h, w = heat.shape
+    s = readout.stride
+    ys = (torch.arange(h, dtype=heat.dtype) + 0.5) * s
+    xs = (torch.arange(w, dtype=heat.dtype) + 0.5) * s
+    lm = landmarks.reshape(b, -1, 2)
+    d2 = (xs[None, None, None, :] - lm[..., 0, None, None]) ** 2 + (ys[None, None, :, None] - lm[..., 1, None, None]) ** 2
+    target = torch.softmax((-d2 / (2 * s * s)).flatten(2), dim=-1)
+    ce = -(target * torch.log_softmax(heat.flatten(2), dim=-1)).sum(-1).mean()
+    kp = readout(feature)
+    return ce + 1e-2 * keypoint_loss(kp, landmarks, torch.ones(b, 3, dtype=torch.bool)), kp
+
+
 def _batches(dataset, batch, rng):
     while True:
         order = rng.permutation(len(dataset))
@@ -85,13 +106,15 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--val-limit", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--loss", choices=["px2", "heatmap"], default="px2")
+    ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     train, val = TripletDataset(args.train), TripletDataset(args.val)
     source = ImageSource() if args.source == "images" else UnetSource(args.parse_net)
-    readout = KeypointReadout(source.out_channels)
+    readout = KeypointReadout(source.out_channels, stride=args.stride)
     params = list(readout.parameters()) + [p for p in source.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
     mean = np.mean([train[i]["landmarks"].numpy() for i in range(0, len(train), max(1, len(train) // 400))], axis=0)
@@ -102,16 +125,20 @@ def main(argv=None) -> int:
     source.train(), readout.train()
     for step in range(1, args.steps + 1):
         images, landmarks = next(batches)
-        loss = keypoint_loss(readout(source(images)), landmarks, torch.ones(images.shape[0], 3, dtype=torch.bool))
+        feature = source(images)
+        if args.loss == "heatmap":
+            loss, _ = heatmap_loss(readout, feature, landmarks)
+        else:
+            loss = keypoint_loss(readout(feature), landmarks, torch.ones(images.shape[0], 3, dtype=torch.bool))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % max(1, args.steps // 6) == 0 or step == args.steps:
             source.eval(), readout.eval()
-            curve.append({"step": step, "train_px2": float(loss.detach()), "held_out_px2": _held_out_error(source, readout, val, args.val_limit)})
+            curve.append({"step": step, "train_loss": float(loss.detach()), "held_out_px2": _held_out_error(source, readout, val, args.val_limit)})
             source.train(), readout.train()
             print(json.dumps(curve[-1]), flush=True)
-    record = {"source": args.source, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    record = {"source": args.source, "loss": args.loss, "stride": args.stride, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "threads": args.threads, "seconds": round(time.perf_counter() - start, 1),
               "held_out_triplets": min(args.val_limit, len(val)),
               "slot_mean_baseline_px2": baseline, "curve": curve}

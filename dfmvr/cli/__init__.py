@@ -50,7 +50,8 @@ class LazyGroup(click.Group):
 def invoke(cmd: click.Command, args=None, prog_name=None) -> None:
     """Run a click command, turning DfmvrError into a clear message and its exit code."""
     try:
-        cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
+        # -h everywhere: a command run directly (dfmvr-train) does not inherit the group's settings
+        cmd.main(args=args, prog_name=prog_name, standalone_mode=False, help_option_names=["-h", "--help"])
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
