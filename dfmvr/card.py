@@ -105,10 +105,9 @@ class ModelCard:
         want = self.face_model
         if not want:
             return
-        have = face_model.identity()
         if not identity_matches(want, face_model):
-            raise InputError(source, f"face model '{have['name']}' (hash {have['hash']}) does not match "
-                             f"the model card's '{want.get('name')}' (hash {want.get('hash')}, scheme "
+            raise InputError(source, f"face model '{face_model.name}' (hash {face_model.content_hash()}) does "
+                             f"not match the model card's '{want.get('name')}' (hash {want.get('hash')}, scheme "
                              f"{want.get('hash_scheme', 1)})",
                              "pass the face model the network was trained with (--face-model)")
         if want.get("num_vertices") and want["num_vertices"] != face_model.num_vertices:

@@ -360,6 +360,7 @@ def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coeffic
         out[group] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
     return out
 
+
 def rotation_error_deg(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Geodesic angle (degrees) between rotations given as Euler angles [..., 3] (``rotation_matrix``
     convention): the angle of R_pred^T R_true, whatever axis the error is about."""
