@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from .settings import HELP_SETTINGS
+
 from ..errors import DfmvrError
 
 __all__ = ["main", "train_entry", "export_entry", "run_entry", "bench_entry", "SUBCOMMANDS"]
@@ -50,8 +52,7 @@ class LazyGroup(click.Group):
 def invoke(cmd: click.Command, args=None, prog_name=None) -> None:
     """Run a click command, turning DfmvrError into a clear message and its exit code."""
     try:
-        # -h everywhere: a command run directly (dfmvr-train) does not inherit the group's settings
-        cmd.main(args=args, prog_name=prog_name, standalone_mode=False, help_option_names=["-h", "--help"])
+        cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -66,7 +67,7 @@ def invoke(cmd: click.Command, args=None, prog_name=None) -> None:
     sys.exit(0)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings=HELP_SETTINGS)
 @click.version_option(package_name="dfmvr")
 def _group():
     """dfmvr: multi-view (left, front, right) 3D face reconstruction with DF-MVR."""

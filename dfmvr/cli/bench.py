@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
+
 __all__ = ["command"]
 
 
@@ -34,7 +36,7 @@ def _backends(ctx, param, value):
     return names
 
 
-@click.command(name="bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="bench", context_settings=HELP_SETTINGS)
 @click.option("--checkpoint", help="Torch weights: a dfmvr checkpoint, 'default', or a variant name "
               "('tiny', 'paper': random weights, seed 0). Exported on the fly for ONNX Runtime unless --onnx is given.")
 @click.option("--onnx", type=click.Path(path_type=Path), help="An ONNX graph made by dfmvr-export (no torch needed).")

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
 
-@click.group()
+
+@click.group(context_settings=HELP_SETTINGS)
 def command():
     """Convert foreign checkpoints (the official DF-MVR weights) to dfmvr's format, or store one in float16."""
 

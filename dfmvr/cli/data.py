@@ -6,6 +6,8 @@ import importlib
 
 import click
 
+from .settings import HELP_SETTINGS
+
 _SUB = {
     "face-model": ("dfmvr.cli.data_face_model", "Build a face model: synthetic, BFM front .mat, or BFM2009."),
     "synth": ("dfmvr.cli.data_synth", "Render a synthetic multi-view dataset with exact ground truth."),
@@ -26,6 +28,6 @@ class _LazyData(click.Group):
             formatter.write_dl([(k, v[1]) for k, v in sorted(_SUB.items())])
 
 
-@click.group(cls=_LazyData)
+@click.group(cls=_LazyData, context_settings=HELP_SETTINGS)
 def command():
     """Build face models and synthetic multi-view datasets."""

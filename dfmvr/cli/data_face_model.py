@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
+
 from ..errors import InputError
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@click.command()
+@click.command(context_settings=HELP_SETTINGS)
 @click.option("--synthetic", is_flag=True, help="Generate the synthetic face model (no data needed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic model.")
 @click.option("--bfm", type=_FILE, help="Deep3D's BFM_model_front.mat (MATLAB v5 or v7.3).")

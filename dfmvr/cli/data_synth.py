@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
+
 from ..errors import require
 
 
-@click.command(name="synth")
+@click.command(name="synth", context_settings=HELP_SETTINGS)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Dataset folder (created; an existing one with the same settings is resumed).")
 @click.option("--triplets", required=True, type=click.IntRange(min=0), help="Number of triplets.")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
+
 from ..atomic import atomic_write_text
 from ..errors import InputError, require
 
@@ -34,7 +36,7 @@ def _fmt(s: dict) -> str:
     return f"mean {s['mean_mm']:.4f}  median {s['median_mm']:.4f}  rmse {s['rmse_mm']:.4f} mm"
 
 
-@click.command(name="eval")
+@click.command(name="eval", context_settings=HELP_SETTINGS)
 @click.option("--checkpoint", type=str, default=None, help="A dfmvr checkpoint (.safetensors) or 'default'.")
 @click.option("--onnx", type=str, default=None, help="An exported ONNX graph, or 'default' (no torch needed).")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from .settings import HELP_SETTINGS
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.command(context_settings=HELP_SETTINGS)
 @click.argument("checkpoint")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: model.onnx, model.parity.json (+ model.fp16.onnx, model.int8.onnx, model.plan).")

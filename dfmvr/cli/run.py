@@ -13,13 +13,15 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
+
 __all__ = ["command"]
 
 
 DEFAULT_FORMATS = "obj,ply,npz,json,png"
 
 
-@click.command(name="run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="run", context_settings=HELP_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--onnx", type=click.Path(path_type=Path), help="ONNX graph made by dfmvr-export (ONNX Runtime); 'default' or none: the bundled demo model.")
 @click.option("--engine", type=click.Path(path_type=Path),

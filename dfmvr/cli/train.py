@@ -10,12 +10,14 @@ from pathlib import Path
 
 import click
 
+from .settings import HELP_SETTINGS
+
 from ..errors import require
 
 _PATH = click.Path(path_type=Path)
 
 
-@click.command(name="train")
+@click.command(name="train", context_settings=HELP_SETTINGS)
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Training data: triplet folders (dfmvr data synth) or, for --stage parse, CelebAMask-HQ.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
