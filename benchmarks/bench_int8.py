@@ -1,8 +1,8 @@
 """The int8 graph against PyTorch eager and the fp32 graph: one interleaved run, with its accuracy.
 
     dfmvr-export paper --out /tmp/paper_export --int8
-    python benchmarks/bench_int8.py --export /tmp/paper_export --checkpoint paper --batch 1 --iters 8
-    python benchmarks/bench_int8.py --export /tmp/tiny_export --checkpoint tiny --batch 1,4 --iters 10
+    python -m benchmarks.bench_int8 --export /tmp/paper_export --checkpoint paper --batch 1 --iters 8
+    python -m benchmarks.bench_int8 --export /tmp/tiny_export --checkpoint tiny --batch 1,4 --iters 10
 
 Candidates, all built first and then timed round-robin (iteration i of each before iteration i+1 of
 any, as in ``bench_network.py``, whose session builder this reuses):
@@ -29,24 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_network import interleaved_times, op_shares, ort_session  # noqa: E402
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
-from dfmvr.bench.environment import environment_stamp  # noqa: E402
-from dfmvr.bench.flops import count_flops  # noqa: E402
-from dfmvr.bench.gemm import gemm_rate_gflops  # noqa: E402
-from dfmvr.bench.stats import summarize, time_calls  # noqa: E402
-from dfmvr.card import GRAPH_INPUT  # noqa: E402
+from benchmarks._common import REPO, interleaved_times, op_shares, ort_session
+from dfmvr.atomic import atomic_write_text
+from dfmvr.bench.environment import environment_stamp
+from dfmvr.bench.flops import count_flops
+from dfmvr.bench.gemm import gemm_rate_gflops
+from dfmvr.bench.stats import summarize, time_calls
+from dfmvr.card import GRAPH_INPUT
 
 # candidate -> (graph, bench_network session config)
 ORT_CANDIDATES = {"ort_fp32": ("fp32", "shipped"), "ort_int8": ("int8", "shipped"),
@@ -78,10 +72,11 @@ def accuracy(model, card, fp32_path, int8_path, batch: int) -> dict:
     """int8 vs torch fp32 and vs the fp32 graph on ``batch`` rendered triplets (parity.compare)."""
     from dfmvr.export import parity
     from dfmvr.face.synthetic import default_face_model
+    from dfmvr.train.runner import TorchRunner
 
     images = parity.parity_inputs(card, batch=batch, seed=0)
     face = default_face_model()
-    torch_out = parity.TorchRunner(model)(images)
+    torch_out = parity.RunnerCall(TorchRunner(model))(images)
     fp32_out = parity.OnnxrtRunner(fp32_path)(images)
     int8_out = parity.OnnxrtRunner(int8_path)(images)
     out = {}

@@ -1,6 +1,6 @@
 """Involution micro-benchmark on RedNet-50's shapes (numbers, not tests).
 
-    python benchmarks/bench_involution.py [--batch 1] [--repeats 5] [--threads 2]
+    python -m benchmarks.bench_involution [--batch 1] [--repeats 5] [--threads 2]
 
 Per shape (channels, kernel, stride, input size), batch ``--batch``, median ms of:
 - ``torch_unfold``  PyTorch ``F.unfold`` reference (``involution_unfold``: materialises [B, C*K*K, Ho*Wo]);
@@ -17,22 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
-from dfmvr.bench.environment import environment_stamp  # noqa: E402
-from dfmvr.bench.stats import summarize, time_calls  # noqa: E402
-from dfmvr.export.body_bench import REDNET_SHAPES  # noqa: E402
-from dfmvr.export.involution_onnx import single_involution_model  # noqa: E402
-from dfmvr.kernels.op import involution_output_size, involution_reference  # noqa: E402
-from dfmvr.train.models.involution import involution, involution_unfold  # noqa: E402
+from benchmarks._common import REDNET_SHAPES, REPO
+from dfmvr.atomic import atomic_write_text
+from dfmvr.bench.environment import environment_stamp
+from dfmvr.bench.stats import summarize, time_calls
+from dfmvr.export.involution_onnx import single_involution_model
+from dfmvr.kernels.op import involution_output_size, involution_reference
+from dfmvr.train.models.involution import involution, involution_unfold
 
 
 def main(argv=None) -> dict:

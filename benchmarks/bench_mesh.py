@@ -1,6 +1,6 @@
 """Mesh assembly micro-benchmark: numpy reference vs torch mirror vs CUDA kernel (numbers, not tests).
 
-    python benchmarks/bench_mesh.py [--vertices 35709] [--batch 1,4,16] [--repeats 5]
+    python -m benchmarks.bench_mesh [--vertices 35709] [--batch 1,4,16] [--repeats 5]
 
 Coefficients [B, 269] -> shape, albedo, normals, per-view posed vertices, SH colours and landmarks for a
 synthetic face model of BFM's size (~35.7k vertices; BFM itself cannot be downloaded here):
@@ -18,23 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
-from dfmvr.bench.environment import _gpu, environment_stamp  # noqa: E402
-from dfmvr.bench.stats import summarize, time_calls  # noqa: E402
-from dfmvr.face.camera import Camera  # noqa: E402
-from dfmvr.face.geometry import assemble_mesh  # noqa: E402
-from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG  # noqa: E402
-from dfmvr.face.synthetic import synthetic_face_model  # noqa: E402
-from dfmvr.train.face_torch import FaceModelTorch  # noqa: E402
+from benchmarks._common import REPO
+from dfmvr.atomic import atomic_write_text
+from dfmvr.bench.environment import _gpu, environment_stamp
+from dfmvr.bench.stats import summarize, time_calls
+from dfmvr.face.camera import Camera
+from dfmvr.face.geometry import assemble_mesh
+from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG
+from dfmvr.face.synthetic import synthetic_face_model
+from dfmvr.train.face_torch import FaceModelTorch
 
 
 def coefficients(batch: int, seed: int = 0):

@@ -1,8 +1,8 @@
 """The network stage alone: PyTorch eager vs ONNX Runtime under several session configurations,
 all in one run on the same inputs (numbers, not tests).
 
-    python benchmarks/bench_network.py --onnx model.onnx --checkpoint tiny --batch 1,4 --iters 5
-    python benchmarks/bench_network.py --onnx paper.onnx --checkpoint paper --batch 1 --iters 3 --warmup 1
+    python -m benchmarks.bench_network --onnx model.onnx --checkpoint tiny --batch 1,4 --iters 5
+    python -m benchmarks.bench_network --onnx paper.onnx --checkpoint paper --batch 1 --iters 3 --warmup 1
 
 ``--checkpoint`` gives the torch weights, timed twice: ``torch`` (the model as shipped, involution =
 our eager custom op) and ``torch_unfold`` (the same model with the involution computed by the
@@ -28,86 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
-from dfmvr.bench.environment import environment_stamp  # noqa: E402
-from dfmvr.bench.flops import count_flops  # noqa: E402
-from dfmvr.bench.gemm import gemm_rate_gflops  # noqa: E402
-from dfmvr.bench.stats import summarize  # noqa: E402
-from dfmvr.card import GRAPH_INPUT  # noqa: E402
-
-CONFIGS = ("shipped", "threads", "nospin", "basic", "extended", "profile")
-
-
-def ort_session(path, config: str, profile_dir=None):
-    import onnxruntime as ort
-
-    from dfmvr.runtime.runners import OnnxrtRunner
-
-    if config == "shipped":
-        runner = OnnxrtRunner(path).activate()
-        return lambda x: runner.infer({GRAPH_INPUT: x}), runner.session
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = os.cpu_count()
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if config == "nospin":
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    elif config == "extended":
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    elif config == "basic":
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    elif config == "profile":
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(profile_dir) / "ort")
-    elif config == "qdq_cleanup":
-        opts.add_session_config_entry("session.enable_quant_qdq_cleanup", "1")
-    elif config != "threads":
-        raise ValueError(f"unknown config {config!r}; known: {CONFIGS}")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {GRAPH_INPUT: x}), sess
-
-
-def op_shares(profile_json: str) -> dict:
-    """ORT profile -> {op type: share of kernel time} (sorted, top 12) and the kernel time per run."""
-    events = json.loads(Path(profile_json).read_text())
-    per_op, runs = defaultdict(float), 0
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            per_op[e["args"].get("op_name", "?")] += e["dur"]
-        if e.get("cat") == "Session" and e.get("name") == "model_run":
-            runs += 1
-    total = sum(per_op.values()) or 1.0
-    top = dict(sorted(((k, round(v / total, 4)) for k, v in per_op.items()), key=lambda kv: -kv[1])[:12])
-    return {"share": top, "kernel_ms_per_run": round(total / 1e3 / max(runs, 1), 2)}
-
-
-def interleaved_times(runs: dict, inputs: dict, batches, iters: int, warmup: int) -> dict:
-    """{(name, batch): [ms, ...]}: per batch, ``warmup`` untimed calls of every run, then ``iters`` rounds
-    in which every run is timed once (round i of all before round i+1 of any)."""
-    times = {(name, b): [] for name in runs for b in batches}
-    for b in batches:
-        for run in runs.values():
-            for _ in range(warmup):
-                run(inputs[b])
-        for it in range(iters):
-            for name, run in runs.items():
-                t0 = time.perf_counter()
-                run(inputs[b])
-                times[(name, b)].append((time.perf_counter() - t0) * 1e3)
-            print(f"batch {b} round {it}:", {n: round(times[(n, b)][-1], 1) for n in runs}, flush=True)
-    return times
+from benchmarks._common import CONFIGS, REPO, interleaved_times, op_shares, ort_session
+from dfmvr.atomic import atomic_write_text
+from dfmvr.bench.environment import environment_stamp
+from dfmvr.bench.flops import count_flops
+from dfmvr.bench.gemm import gemm_rate_gflops
+from dfmvr.bench.stats import summarize
+from dfmvr.card import GRAPH_INPUT
 
 
 def main(argv=None) -> dict:

@@ -1,7 +1,7 @@
 """Benchmark the pure-torch rasterizer and the synthetic dataset generator (numbers, not tests).
 
-    python benchmarks/bench_render.py                 # render: 3 views x batch 8 at 224^2, ~10k triangles
-    python benchmarks/bench_render.py --synth 100     # synth: 100 triplets, extrapolated to 1000
+    python -m benchmarks.bench_render                 # render: 3 views x batch 8 at 224^2, ~10k triangles
+    python -m benchmarks.bench_render --synth 100     # synth: 100 triplets, extrapolated to 1000
 
 Writes benchmarks/results/render.json or benchmarks/results/synth.json. The machine's load average
 is recorded beside the numbers: development machines are shared, so compare runs with that in mind.
@@ -22,16 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
-from dfmvr.face import geometry  # noqa: E402
-from dfmvr.face.camera import Camera  # noqa: E402
-from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG  # noqa: E402
-from dfmvr.face.synthetic import default_face_model, synthetic_face_model  # noqa: E402
-from dfmvr.train.render import interpolate, rasterize, render_mesh  # noqa: E402
-from dfmvr.train.face_torch import project_with_depth  # noqa: E402
+from benchmarks._common import REPO
+from dfmvr.atomic import atomic_write_text
+from dfmvr.face import geometry
+from dfmvr.face.camera import Camera
+from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG
+from dfmvr.face.synthetic import default_face_model, synthetic_face_model
+from dfmvr.train.render import interpolate, rasterize, render_mesh
+from dfmvr.train.face_torch import project_with_depth
 
 RESULTS = REPO / "benchmarks" / "results"
 

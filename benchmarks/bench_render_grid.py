@@ -1,6 +1,6 @@
 """Renderer micro-benchmark over triangles x batch (3 views each), reusing benchmarks/bench_render.py.
 
-    python benchmarks/bench_render_grid.py [--vertices 1500,5100,18000] [--batch 1,4] [--repeats 3]
+    python -m benchmarks.bench_render_grid [--vertices 1500,5100,18000] [--batch 1,4] [--repeats 3]
 
 Each cell calls ``bench_render.bench_render(batch, vertices, repeats)`` (the renderer engineer's
 benchmark: rasterize only, render_mesh forward, rasterize + interpolate forward and backward, at
@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from bench_render import _machine, bench_render  # noqa: E402
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
+from benchmarks._common import RESULTS
+from benchmarks.bench_render import _machine, bench_render
+from dfmvr.atomic import atomic_write_text
 
 
 def main(argv=None) -> dict:
@@ -30,7 +25,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--vertices", default="1500,5100,18000")
     ap.add_argument("--batch", default="1,4")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "results" / "bench_render_grid.json"))
+    ap.add_argument("--out", default=str(RESULTS / "bench_render_grid.json"))
     args = ap.parse_args(argv)
     cells, load_before = [], os.getloadavg()[0]
     for v in [int(x) for x in args.vertices.split(",")]:

@@ -1,6 +1,6 @@
 """Before/after of two proposed CPU-stage changes outside the network (numbers, not tests).
 
-    python benchmarks/bench_stage_proposals.py [--repeats 15]
+    python -m benchmarks.bench_stage_proposals [--repeats 15]
 
 - normalise (``dfmvr.runtime.pipeline.Pipeline.normalise``): "before" = the shipped 256-entry LUT
   gather on [B, V, S, S, 3] then a float32 transpose copy to [B, V, 3, S, S]; "after" = transpose the
@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dfmvr.atomic import atomic_write_text  # noqa: E402
-from dfmvr.bench.environment import environment_stamp  # noqa: E402
-from dfmvr.bench.inputs import painted_crops  # noqa: E402
-from dfmvr.face.camera import DEEP3D_CAMERA  # noqa: E402
-from dfmvr.face.synthetic import default_face_model  # noqa: E402
+from benchmarks._common import REPO
+from dfmvr.atomic import atomic_write_text
+from dfmvr.bench.environment import environment_stamp
+from dfmvr.bench.inputs import painted_crops
+from dfmvr.face.camera import DEEP3D_CAMERA
+from dfmvr.face.synthetic import default_face_model
 
 MEAN, STD = 0.5, 0.5
 

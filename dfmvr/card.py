@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from .face.layout import COEFFS, PARSE_CLASSES, VIEWS, CoefficientLayout
 from .face.model import MorphableModel, identity_matches
 
 __all__ = ["ModelCard", "CARD_FORMAT", "CARD_VERSION", "GRAPH_INPUT", "GRAPH_OUTPUTS",
-           "ONNX_METADATA_KEY"]
+           "ONNX_METADATA_KEY", "INPUT_MEAN", "INPUT_STD", "IMAGE_SIZE", "engine_card_path"]
 
 CARD_FORMAT = "dfmvr-model-card"
 CARD_VERSION = 1
@@ -29,6 +30,18 @@ CARD_VERSION = 1
 GRAPH_INPUT = "images"
 GRAPH_OUTPUTS = ("coefficients", "labels")
 ONNX_METADATA_KEY = "dfmvr.model_card"
+# The network's input normalisation and crop size, the one home of these numbers: a new card's
+# defaults, and what training feeds the network. x_normalised = (rgb01 - INPUT_MEAN) / INPUT_STD,
+# which maps [0, 1] to [-1, 1]. Artefacts carry their own values in their card.
+INPUT_MEAN = 0.5
+INPUT_STD = 0.5
+IMAGE_SIZE = 224
+
+
+def engine_card_path(engine) -> Path:
+    """Where an engine's card travels: ``model.plan`` -> ``model.plan.card.json`` beside it."""
+    engine = Path(engine)
+    return engine.with_name(engine.name + ".card.json")
 
 
 @dataclass
@@ -38,9 +51,9 @@ class ModelCard:
     camera: dict[str, Any] = field(default_factory=lambda: Camera().to_dict())
     layout: dict[str, int] = field(default_factory=COEFFS.to_dict)
     views: list[str] = field(default_factory=lambda: list(VIEWS))
-    input_mean: float = 0.5                        # x_normalised = (rgb01 - mean) / std  -> [-1, 1]
-    input_std: float = 0.5
-    image_size: int = 224
+    input_mean: float = INPUT_MEAN                 # x_normalised = (rgb01 - mean) / std  -> [-1, 1]
+    input_std: float = INPUT_STD
+    image_size: int = IMAGE_SIZE
     parse_classes: list[str] = field(default_factory=lambda: list(PARSE_CLASSES))
     face_model: dict[str, Any] = field(default_factory=dict)   # MorphableModel.identity()
     loss_weights: dict[str, float] = field(default_factory=dict)

@@ -52,3 +52,14 @@ def read_official_keys(path=OFFICIAL_KEYS_TSV) -> dict[str, tuple[tuple[int, ...
 @pytest.fixture(scope="session")
 def official_keys() -> dict[str, tuple[tuple[int, ...], str]]:
     return read_official_keys()
+
+
+@pytest.fixture(scope="session")
+def synth4(tmp_path_factory):
+    """Four synthetic triplets (seed 11), made once a session and shared by the training, evaluation and
+    script tests (``dfmvr data synth`` renders them with torch; the evaluation itself needs none)."""
+    root = tmp_path_factory.getbasetemp() / "dfmvr-train-synth4"
+    if not (root / "000003").is_dir():
+        from dfmvr.train.synth import write_dataset
+        write_dataset(root, 4, seed=11, progress=False)
+    return root

@@ -68,7 +68,7 @@ def test_the_shipped_evaluation_reproduces_on_regenerated_held_out_triplets(tmp_
     generator is deterministic per (seed, index), so the first triplets regenerated here must score the
     same through the shipped ONNX graph, for the model and both baselines."""
     pytest.importorskip("torch")          # the synthetic renderer is torch code
-    from dfmvr.train.evaluate import OnnxPredictor, evaluate_dataset
+    from dfmvr.eval import OnnxPredictor, evaluate_dataset
     from dfmvr.train.synth import write_dataset
 
     shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())

@@ -1,4 +1,5 @@
-"""The torch-free side of dfmvr imports, and `dfmvr run --help` works, with torch blocked.
+"""The torch-free side of dfmvr imports, `dfmvr run --help` works and `dfmvr eval --onnx` scores a
+triplet, with torch blocked.
 
 Modules are discovered from the source tree (pkgutil over the package folders), so modules added
 later are covered without editing this test.
@@ -25,7 +26,7 @@ def _shared_helpers():
 _helpers = _shared_helpers()
 REPO, run_python = _helpers.REPO, _helpers.run_python
 
-TORCH_FREE_PACKAGES = ("dfmvr.face", "dfmvr.runtime", "dfmvr.kernels")
+TORCH_FREE_PACKAGES = ("dfmvr.face", "dfmvr.runtime", "dfmvr.kernels", "dfmvr.eval")
 TORCH_FREE_MODULES = ("dfmvr.card", "dfmvr.errors", "dfmvr.atomic")
 
 
@@ -55,7 +56,8 @@ def _parents_up_to(folder: Path, root: Path) -> list[Path]:
 
 def test_discovery_finds_the_face_modules():
     found = torch_free_modules()
-    for expected in ("dfmvr.face.layout", "dfmvr.face.geometry", "dfmvr.face.align", "dfmvr.card"):
+    for expected in ("dfmvr.face.layout", "dfmvr.face.geometry", "dfmvr.face.align", "dfmvr.card",
+                     "dfmvr.eval", "dfmvr.eval.dataset"):
         assert expected in found
 
 
@@ -83,16 +85,14 @@ def test_torch_free_modules_import_with_torch_blocked():
     assert report["leaked"] == []
 
 
-def test_run_help_works_with_torch_blocked():
-    import pytest
-
-    if not Path(REPO, "dfmvr", "cli", "run.py").is_file():
-        pytest.skip("dfmvr/cli/run.py does not exist yet: the `dfmvr run --help` check starts once it does")
-    code = """
+def _cli_with_torch_blocked(args: list[str]):
+    """Run ``dfmvr ARGS`` in a fresh interpreter where importing torch fails; it prints its exit code and
+    every torch or ``dfmvr.train`` module that got imported anyway."""
+    code = f"""
         import sys
         from dfmvr.cli import main
         try:
-            main(["run", "--help"])
+            main({args!r})
         except SystemExit as exc:
             code = exc.code
         else:
@@ -100,7 +100,23 @@ def test_run_help_works_with_torch_blocked():
         leaked = [m for m in sys.modules if m == "torch" or m.startswith("torch.") or m.startswith("dfmvr.train")]
         print("EXIT", code, "LEAKED", leaked)
     """
-    result = run_python(code, block_torch=True, cwd=REPO, timeout=240)
+    return run_python(code, block_torch=True, cwd=REPO, timeout=240)
+
+
+def test_run_help_works_with_torch_blocked():
+    result = _cli_with_torch_blocked(["run", "--help"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Usage" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     assert "EXIT 0 LEAKED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_eval_onnx_runs_with_torch_blocked(tmp_path):
+    """``dfmvr eval --onnx`` (the bundled graph on the example triplet) imports neither torch nor
+    ``dfmvr.train``: the evaluation lives in ``dfmvr.eval``, below ``train`` in the layering."""
+    report = tmp_path / "report.json"
+    result = _cli_with_torch_blocked(["eval", "--onnx", "default", "--data", str(REPO / "examples" / "triplet"),
+                                      "--json", str(report), "--icp-iterations", "0", "--quiet"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "EXIT 0 LEAKED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    doc = json.loads(report.read_text())
+    assert doc["num_triplets"] == 1 and doc["model"]["mean_mm"] > 0

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .options import exit_codes
 from .settings import HELP_SETTINGS
 
 from ..errors import DfmvrError
@@ -67,7 +68,7 @@ def invoke(cmd: click.Command, args=None, prog_name=None) -> None:
     sys.exit(0)
 
 
-@click.group(cls=LazyGroup, context_settings=HELP_SETTINGS)
+@click.group(cls=LazyGroup, context_settings=HELP_SETTINGS, epilog=exit_codes())
 @click.version_option(package_name="dfmvr")
 def _group():
     """dfmvr: multi-view (left, front, right) 3D face reconstruction with DF-MVR."""

@@ -7,10 +7,11 @@ bad input; 1 anything else.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from .options import (OutputPath, engine_option, exit_codes, face_model_option, json_option, onnx_option, quiet_option,
+                      threads_option)
 from .settings import HELP_SETTINGS
 
 __all__ = ["command"]
@@ -36,30 +37,31 @@ def _backends(ctx, param, value):
     return names
 
 
-@click.command(name="bench", context_settings=HELP_SETTINGS)
+@click.command(name="bench", context_settings=HELP_SETTINGS, epilog=exit_codes(
+    c0="done (backends unavailable here are listed with their reason, not an error)", c3=None))
 @click.option("--checkpoint", help="Torch weights: a dfmvr checkpoint, 'default', or a variant name "
               "('tiny', 'paper': random weights, seed 0). Exported on the fly for ONNX Runtime unless --onnx is given.")
-@click.option("--onnx", type=click.Path(path_type=Path), help="An ONNX graph made by dfmvr-export (no torch needed).")
-@click.option("--engine", type=click.Path(path_type=Path), help="A TensorRT engine with its .card.json.")
+@onnx_option
+@engine_option
 @click.option("--backends", "backends", default="torch,onnxruntime,tensorrt", show_default=True,
               callback=_backends, help="Comma-separated: torch, onnxruntime, tensorrt.")
-@click.option("--batch", "batches", default="1,4,16", show_default=True, callback=_int_list,
-              help="Comma-separated batch sizes (triplets per network call).")
+@click.option("--batch-sizes", "--batch", "batches", default="1,4,16", show_default=True, callback=_int_list,
+              help="Comma-separated batch sizes to measure (triplets per network call). --batch is the old "
+                   "spelling.")
 @click.option("--iters", type=click.IntRange(min=1), default=10, show_default=True, help="Timed iterations.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed iterations first.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Intra-op threads for ONNX Runtime and torch (default: each library's own).")
-@click.option("--face-model", type=click.Path(path_type=Path), help="Face model .npz for the mesh stage.")
+@threads_option
+@face_model_option
 @click.option("--format", "formats", default="obj,ply,npz,json,png", show_default=True,
               help="Outputs written in the write stage.")
 @click.option("--no-gemm", is_flag=True, help="Skip measuring the machine's GEMM rate.")
 @click.option("--gemm-size", type=click.IntRange(min=16), default=2048, show_default=True,
               help="n of the n x n x n fp32 GEMM that measures the machine.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
-@click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the report as a Markdown table.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@json_option
+@click.option("--markdown", "md_path", type=OutputPath("file"), help="Also write the report as a Markdown table.")
+@quiet_option
 def command(checkpoint, onnx, engine, backends, batches, iters, warmup, threads, face_model, formats, no_gemm, gemm_size,
-            json_path, md_path, quiet):
+            json_out, md_path, quiet):
     """Benchmark the reconstruction pipeline end to end and per stage (decode + align, normalise,
     network, mesh assembly, write) on every available backend, side by side, with each backend's
     speed-up over PyTorch eager, FLOPs per triplet, achieved GFLOP/s and this machine's GEMM rate.
@@ -77,8 +79,8 @@ def command(checkpoint, onnx, engine, backends, batches, iters, warmup, threads,
     report = run_bench(sources, backends=backends, batches=batches, iters=iters, warmup=warmup, threads=threads,
                        formats=fmts, face_model=face_model, gemm=not no_gemm, gemm_size=gemm_size, echo=echo)
     text = markdown_report(report)
-    if json_path:
-        atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
     if md_path:
         atomic_write_text(md_path, text)
     click.echo(text)

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import click
 
+from .options import OutputPath, exit_codes
 from .settings import HELP_SETTINGS
 
+_EXIT_CODES = exit_codes(c3=None)
 
-@click.group(context_settings=HELP_SETTINGS)
+
+@click.group(context_settings=HELP_SETTINGS, epilog=_EXIT_CODES)
 def command():
     """Convert foreign checkpoints (the official DF-MVR weights) to dfmvr's format, or store one in float16."""
 
 
-@command.command("official")
+@command.command("official", context_settings=HELP_SETTINGS, epilog=_EXIT_CODES)
 @click.argument("weights", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=OutputPath("file"),
               help="Output checkpoint (.safetensors) with the model card in its metadata.")
 @click.option("--parse-net", "parse_net", type=click.Path(path_type=Path), default=None,
               help="Replace the parse net by face_mask.pth (10 classes) or 79999_iter.pth (19 classes, "
@@ -44,9 +47,9 @@ def official(weights: Path, out: Path, parse_net: Path | None):
     click.echo(f"wrote {out} (variant '{card.variant}', camera distance {card.camera['distance']:g})")
 
 
-@command.command("half")
+@command.command("half", context_settings=HELP_SETTINGS, epilog=_EXIT_CODES)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=OutputPath("file"),
               help="Output checkpoint (.safetensors), weights stored as float16.")
 @click.option("--sample-statistics", is_flag=True,
               help="Also record in the card that batch norm uses each sample's own statistics at inference "

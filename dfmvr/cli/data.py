@@ -6,6 +6,7 @@ import importlib
 
 import click
 
+from .options import exit_codes
 from .settings import HELP_SETTINGS
 
 _SUB = {
@@ -28,6 +29,6 @@ class _LazyData(click.Group):
             formatter.write_dl([(k, v[1]) for k, v in sorted(_SUB.items())])
 
 
-@click.group(cls=_LazyData, context_settings=HELP_SETTINGS)
+@click.group(cls=_LazyData, context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
 def command():
     """Build face models and synthetic multi-view datasets."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .options import OutputPath, exit_codes
 from .settings import HELP_SETTINGS
 
 from ..errors import InputError
@@ -14,7 +15,7 @@ from ..errors import InputError
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@click.command(context_settings=HELP_SETTINGS)
+@click.command(context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
 @click.option("--synthetic", is_flag=True, help="Generate the synthetic face model (no data needed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic model.")
 @click.option("--bfm", type=_FILE, help="Deep3D's BFM_model_front.mat (MATLAB v5 or v7.3).")
@@ -25,8 +26,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--exp-idx", type=_FILE, help="BFM_exp_idx.mat [default: beside Exp_Pca.bin].")
 @click.option("--info", type=_FILE, help="facemodel_info.mat [default: beside Exp_Pca.bin].")
 @click.option("--model", "model_npz", type=_FILE, help="An existing face-model .npz (e.g. to preview it).")
-@click.option("--out", type=_FILE, help="Where to write the face model (.npz).")
-@click.option("--preview", type=_FILE, help="Also draw a preview sheet (PNG): mean, +/-3 sigma, 3 views.")
+@click.option("--out", type=OutputPath("file"), help="Where to write the face model (.npz).")
+@click.option("--preview", type=OutputPath("file"), help="Also draw a preview sheet (PNG): mean, +/-3 sigma, 3 views.")
 def command(synthetic, seed, bfm, bfm2009, exp_pca, std_exp, front_idx, exp_idx, info, model_npz, out, preview):
     """Build a face model: synthetic, BFM front .mat, or BFM2009 (+ Exp_Pca.bin).
 

@@ -6,21 +6,21 @@ from pathlib import Path
 
 import click
 
+from .options import OutputPath, face_model_option, exit_codes, quiet_option
 from .settings import HELP_SETTINGS
 
 from ..errors import require
 
 
-@click.command(name="synth", context_settings=HELP_SETTINGS)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.command(name="synth", context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
+@click.option("--out", "out", required=True, type=OutputPath("folder"),
               help="Dataset folder (created; an existing one with the same settings is resumed).")
 @click.option("--triplets", required=True, type=click.IntRange(min=0), help="Number of triplets.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Dataset seed.")
-@click.option("--face-model", "face_model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Face model .npz (default: the built-in synthetic face model).")
+@face_model_option
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Render in this many processes (the output does not depend on it).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def command(out: Path, triplets: int, seed: int, face_model: Path | None, workers: int, quiet: bool):
     """Render TRIPLETS (left, front, right) triplets with ground truth into OUT.
 

@@ -1,7 +1,7 @@
 """``dfmvr eval``: NoW-style evaluation (mm) of a checkpoint or an ONNX graph, with two baselines.
 
-``--onnx`` needs no torch (ONNX Runtime through ``dfmvr.runtime``); ``--checkpoint`` needs the
-``train`` extra.
+``--onnx`` needs no torch (``dfmvr.eval``: ONNX Runtime through ``dfmvr.runtime``); ``--checkpoint``
+needs the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -11,53 +11,52 @@ from pathlib import Path
 
 import click
 
+from .options import (batch_size_option, exit_codes, face_model_option, json_option, onnx_option, quiet_option,
+                      refine_device_option)
 from .settings import HELP_SETTINGS
 
 from ..atomic import atomic_write_text
 from ..errors import InputError, require
-
-
-def _face_model(path, card, data: Path):
-    """--face-model, else the dataset's face_model.npz, else the bundled / synthetic default;
-    checked against the card's face-model hash."""
-    from ..face.model import MorphableModel
-
-    if path is None and (data / "face_model.npz").is_file():
-        path = data / "face_model.npz"
-    if path is not None:
-        model = MorphableModel.load(path)
-        card.check_face_model(model, source=path)
-        return model
-    from ..runtime.artifacts import load_face_model
-    return load_face_model(None, card)
+from ..face.selection import select_face_model
 
 
 def _fmt(s: dict) -> str:
     return f"mean {s['mean_mm']:.4f}  median {s['median_mm']:.4f}  rmse {s['rmse_mm']:.4f} mm"
 
 
-@click.command(name="eval", context_settings=HELP_SETTINGS)
-@click.option("--checkpoint", type=str, default=None, help="A dfmvr checkpoint (.safetensors) or 'default'.")
-@click.option("--onnx", type=str, default=None, help="An exported ONNX graph, or 'default' (no torch needed).")
+@click.command(name="eval", context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
+@click.option("--checkpoint", type=str, default=None,
+              help="A dfmvr checkpoint (.safetensors) or 'default' (needs the 'train' extra).")
+@onnx_option
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Triplet folders: synthetic (gt.npz) or real (images + scan.obj|ply + scan_landmarks.*).")
-@click.option("--face-model", "face_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Face model .npz (default: DATA/face_model.npz, else the bundled one).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the report (summaries and per-triplet rows) as JSON.")
+@face_model_option
+@json_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N triplets.")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--icp-iterations", type=click.IntRange(min=0), default=30, show_default=True)
-@click.option("--quiet", is_flag=True, help="No per-triplet rows, no progress bar.")
-def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, quiet):
+@batch_size_option(4)
+@click.option("--icp-iterations", type=click.IntRange(min=0), default=30, show_default=True,
+              help="ICP refinement steps after the 7-landmark alignment of each mesh to its scan (NoW "
+                   "protocol, dfmvr/face/metrics.py); 0: the landmark alignment only.")
+@click.option("--refine", "refine_steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also score the network's prediction refined by N steps of analysis-by-synthesis on each "
+                   "triplet with the weak losses only (photo, 2D landmarks, regularisers; docs/refine.md). "
+                   "Needs torch (the 'train' extra). Each --batch of triplets is one optimisation.")
+@refine_device_option
+@click.option("--refine-from-mean-face", is_flag=True,
+              help="With --refine: also refine from the mean face (identity, expression and texture zeroed; "
+                   "the network's pose and light) for the same steps: what the network's shape is worth "
+                   "as a starting point.")
+@quiet_option
+def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, refine_steps,
+            refine_device, refine_from_mean_face, quiet):
     """Score a model on DATA: mean / median / RMSE point-to-surface error in mm (NoW protocol),
     next to the mean face and the same model given only the front view."""
     if (checkpoint is None) == (onnx is None):
         raise click.UsageError("give exactly one of --checkpoint or --onnx")
-    from ..train.evaluate import OnnxPredictor, evaluate_dataset
+    from ..eval import OnnxPredictor, evaluate_dataset
 
     if onnx is not None:
-        if onnx == "default":
+        if str(onnx) == "default":
             from ..runtime.artifacts import DEFAULT_ONNX
             onnx = DEFAULT_ONNX
         if not Path(onnx).is_file():
@@ -67,25 +66,47 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     else:
         require("torch", "train", "Evaluating a torch checkpoint")
         from ..train.checkpoint import load_checkpoint
-        from ..train.evaluate import TorchPredictor
+        from ..train.predictor import TorchPredictor
 
         model, _, _ = load_checkpoint(checkpoint, load_train_state=False)
         predictor = TorchPredictor(model)
         source = str(checkpoint)
-    fm = _face_model(face_model, predictor.card, data)
+    fm, _ = select_face_model(face_model, card=predictor.card, data=data)
+    refiner = None
+    if refine_steps > 0:
+        require("torch", "train", "--refine")
+        from ..train.refine import RefineConfig, Refiner
+
+        refiner = Refiner(fm, predictor.card.camera_obj(),
+                          RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
     report = evaluate_dataset(predictor, data, fm, limit=limit, batch=batch, progress=not quiet,
+                              refiner=refiner, refine_from_mean_face=refine_from_mean_face,
                               icp_iterations=icp_iterations)
+    if refiner is not None:
+        report["refine"]["config"] = refiner.config.to_dict()
     report["source"] = source
     report["data"] = str(data)
     report["face_model"] = fm.identity()
     report["icp_iterations"] = icp_iterations
     if not quiet:
         for row in report["rows"]:
-            click.echo(f"{row['name']}: model {row['model']['mean_mm']:.4f}  front-only "
+            refined = f"  refined {row['refined']['mean_mm']:.4f}" if "refined" in row else ""
+            click.echo(f"{row['name']}: model {row['model']['mean_mm']:.4f}{refined}  front-only "
                        f"{row['front_only']['mean_mm']:.4f}  mean-face {row['mean_face']['mean_mm']:.4f} mm")
     click.echo(f"model       {_fmt(report['model'])}  ({report['num_triplets']} triplets)")
+    if "refined" in report:
+        r = report["refine"]
+        click.echo(f"refined     {_fmt(report['refined'])}  ({refine_steps} steps, "
+                   f"{r['seconds_per_triplet']:.2f} s per triplet, weak loss {r['loss_before_mean']:.4f} -> "
+                   f"{r['loss_after_mean']:.4f})")
+    if "refined_mean_face" in report:
+        click.echo(f"refined from mean face  {_fmt(report['refined_mean_face'])}")
     click.echo(f"front only  {_fmt(report['baselines']['front_only'])}")
     click.echo(f"mean face   {_fmt(report['baselines']['mean_face'])}")
+    for baseline, gain in report.get("refined_vs", {}).items():
+        low, high = gain["ci95_mm"]
+        click.echo(f"refined better than {baseline.replace('_', ' ')} by {gain['mean_mm']:.4f} mm per triplet "
+                   f"(95% interval {low:.4f} to {high:.4f}), on {gain['better_fraction']:.0%} of triplets")
     for baseline, gain in report.get("model_vs", {}).items():
         low, high = gain["ci95_mm"]
         click.echo(f"model better than {baseline.replace('_', ' ')} by {gain['mean_mm']:.4f} mm per triplet "
@@ -95,7 +116,9 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
                    f"expression {r2['expression']:.3f}")
     pose = report.get("pose")
     if pose:
-        for method, label in (("model", "model"), ("slot_prior", "slot prior")):
+        for method, label in (("model", "model"), ("refined", "refined"), ("slot_prior", "slot prior")):
+            if method not in pose:
+                continue
             rot, trans = pose[method]["rotation_deg"], pose[method]["translation_mm"]
             views = "  ".join(f"{v} {rot['per_view_median'][v]:.2f}" for v in rot["per_view_median"])
             click.echo(f"head pose, {label:<10} rotation median {rot['median']:.2f} deg ({views})  "

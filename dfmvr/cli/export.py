@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import click
 
+from .options import OutputPath, exit_codes, face_model_option
 from .settings import HELP_SETTINGS
 
 
-@click.command(context_settings=HELP_SETTINGS)
+def _engine_batch(ctx, param, value):
+    """MIN:OPT:MAX (or N) checked while parsing, before the export's minutes of work."""
+    from ..errors import InputError
+    from ..export.tensorrt_build import parse_batch
+
+    try:
+        parse_batch(value)
+    except InputError:
+        raise click.BadParameter(f"'{value}' is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:1:4)") from None
+    return value
+
+
+@click.command(context_settings=HELP_SETTINGS, epilog=exit_codes(
+    c1="anything else; also a failed parity check (that artefact is renamed *.rejected.*, the report stays)",
+    c3="--engine was given and this machine cannot build a TensorRT engine (the ONNX files and the "
+       "parity report are still written)"))
 @click.argument("checkpoint")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=OutputPath("folder"),
               help="Output folder: model.onnx, model.parity.json (+ model.fp16.onnx, model.int8.onnx, model.plan).")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 graph (fp32 I/O); the engine is built with FP16.")
 @click.option("--int8", is_flag=True,
@@ -21,13 +37,15 @@ from .settings import HELP_SETTINGS
               help="With --int8: seed of the calibration triplets (not the parity inputs' seed, 0).")
 @click.option("--engine", default=None, help="Demand a TensorRT engine at this path (relative: inside --out); "
               "exit 3 if this machine cannot build one. Without it an engine is built only where possible.")
-@click.option("--batch", default="1:1:4", show_default=True, help="TensorRT profile MIN:OPT:MAX batch sizes.")
+@click.option("--engine-batch", "--batch", "batch", default="1:1:4", show_default=True, callback=_engine_batch,
+              metavar="MIN:OPT:MAX",
+              help="The batch sizes the TensorRT engine takes: smallest, the one it is tuned for, largest "
+                   "(its optimisation profile). --batch is the old spelling.")
 @click.option("--workspace", "workspace_gb", default=4.0, show_default=True, type=float,
               help="TensorRT builder workspace limit, GiB.")
 @click.option("--timing-cache", default=None, type=click.Path(dir_okay=False),
               help="TensorRT timing cache file (read if present, written back).")
-@click.option("--face-model", default=None, type=click.Path(dir_okay=False),
-              help="Face model .npz for the mm parity (default: the built-in synthetic model).")
+@face_model_option
 @click.option("--parity-batch", default=2, show_default=True, type=click.IntRange(1, 16),
               help="Synthetic triplets used for the parity report.")
 @click.option("--compact", is_flag=True,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from .options import (OutputPath, batch_size_option, engine_option, exit_codes, face_model_option, onnx_option,
+                      quiet_option, threads_option, refine_device_option)
 from .settings import HELP_SETTINGS
 
 __all__ = ["command"]
@@ -21,35 +23,52 @@ __all__ = ["command"]
 DEFAULT_FORMATS = "obj,ply,npz,json,png"
 
 
-@click.command(name="run", context_settings=HELP_SETTINGS)
+@click.command(name="run", context_settings=HELP_SETTINGS, epilog=exit_codes(
+    c2="bad usage or bad input; for a batch, at least one triplet failed (the others are written, "
+       "the failures listed and saved in summary.json)",
+    c3="--device cuda or --engine on a machine without a GPU or TensorRT"))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--onnx", type=click.Path(path_type=Path), help="ONNX graph made by dfmvr-export (ONNX Runtime); 'default' or none: the bundled demo model.")
-@click.option("--engine", type=click.Path(path_type=Path),
-              help="TensorRT engine made by dfmvr-export, with its .card.json beside it.")
-@click.option("--face-model", type=click.Path(path_type=Path),
-              help="Face model .npz matching the model card (default: the bundled one).")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("dfmvr-out"), show_default=True,
-              help="Output folder; each triplet gets a sub-folder.")
+@onnx_option
+@engine_option
+@face_model_option
+@click.option("--out", "out", type=OutputPath("folder"), default=Path("dfmvr-out"), show_default=True,
+              help="Output folder. Every triplet, a single one too, is written to OUT/<triplet name>/ "
+                   "(the triplet folder's name); a batch also writes OUT/summary.json.")
 @click.option("--aligned", is_flag=True, help="Inputs are already 224x224 aligned crops: skip detection.")
-@click.option("--detector", type=click.Choice(["dlib", "face-alignment"]), default="dlib", show_default=True)
+@click.option("--detector", type=click.Choice(["dlib", "face-alignment"]), default="dlib", show_default=True,
+              help="Face and landmark detector (without --aligned): 'dlib' (HOG detector and 68-point "
+                   "predictor, offline; the 'detect' extra) or 'face-alignment' (2D-FAN; needs torch and "
+                   "downloads its weights on first use; the 'face-alignment' extra).")
 @click.option("--format", "formats", default=DEFAULT_FORMATS, show_default=True,
               help="Comma-separated outputs: obj, ply, npz, json, png.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Triplets per network call.")
+@batch_size_option(1)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: CUDA provider / TensorRT and the CUDA mesh kernel.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime intra-op threads (default: one per core).")
+@threads_option
 @click.option("--resume", is_flag=True,
               help="Skip triplets whose output folder exists (folders are only ever complete).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+@click.option("--refine", "refine_steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="After the network, refine each triplet by N steps of analysis-by-synthesis with the weak "
+                   "losses (photo, the detector's 2D landmarks, regularisers; labels from the parse net). "
+                   "Needs torch (the 'train' extra); docs/refine.md. Each --batch is one optimisation.")
+@refine_device_option
+@quiet_option
 def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, threads, resume,
-            quiet):
+            refine_steps, refine_device, quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
+    With neither --onnx nor --engine, the bundled demo model runs.
 
     Writes mesh.obj, mesh.ply (front-view pose, vertex colours), coeffs.npz, result.json (per-view
-    yaw/pitch/roll and translation, timings) and overlay.png per triplet.
+    yaw/pitch/roll and translation, how the face was found, timings) and overlay.png per triplet, into
+    OUT/<triplet name>/.
+
+    dlib detection falls back, per view, from HOG to HOG upsampled to dlib's CNN detector, and then to
+    a box placed from the triplet's other views; a fallback is reported and recorded in result.json.
+
+    Symbolic links: a link to an image is read as that image; a link to a folder is followed, but
+    every real folder is searched once (under its own name when it is inside the input folder), so a
+    link to '.' or to a folder already searched adds nothing.
     """
     from ..runtime.inputs import discover_triplets
     from ..runtime.outputs import parse_formats
@@ -68,9 +87,21 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
             return
     if single and problems:
         raise problems[0].error
-    pipe = Pipeline.from_options(onnx=onnx, engine=engine, face_model=face_model, aligned=aligned,
-                                 detector=detector, device=device, threads=threads,
-                                 keep_photos="png" in fmts)
+    pipeline_cls = Pipeline
+    if refine_steps > 0:
+        from ..errors import require
+        from ..runtime.refine import RefiningPipeline
+
+        require("torch", "train", "--refine")      # before any model loads: a clear exit 2 without torch
+        pipeline_cls = RefiningPipeline            # the plain pipeline plus a refinement stage
+    pipe = pipeline_cls.from_options(onnx=onnx, engine=engine, face_model=face_model, aligned=aligned,
+                                     detector=detector, device=device, threads=threads,
+                                     keep_photos="png" in fmts)
+    if refine_steps > 0:
+        from ..train.refine import RefineConfig, Refiner
+
+        pipe.refiner = Refiner(pipe.face_model, pipe.camera,
+                               RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
     bar = None
     if not quiet and not single:
         from tqdm import tqdm
@@ -86,6 +117,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=progress)
     if bar is not None:
         bar.close()
+    if not quiet:
+        _print_fallbacks(summary.fallbacks)
     if single:
         if summary.failed:
             raise summary.failed[0].error
@@ -112,6 +145,20 @@ def _quiet_opencv() -> None:
         pass
 
 
+FALLBACK_WORDS = {"hog-upsampled": "by dlib's HOG detector only with upsampling",
+                  "cnn": "only by dlib's CNN face detector (HOG found none)",
+                  "other-views": "by no detector: its face box was placed from the other views' detections "
+                                 "(same size and position), and the landmarks fitted in it -- check overlay.png"}
+
+
+def _print_fallbacks(fallbacks: dict) -> None:
+    """One line per view whose face was found by a fallback path (also recorded in result.json)."""
+    for name, views in fallbacks.items():
+        for view, path in views.items():
+            click.echo(f"{name}: the face in the {view} view was found {FALLBACK_WORDS.get(path, 'by ' + path)}",
+                       err=True)
+
+
 def _stage_line(ms: dict) -> str:
     return ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
 
@@ -123,7 +170,8 @@ def _write_summary(out: Path, pipe, summary) -> None:
     doc = {"model": pipe.artifact.model_id, "device": pipe.device, "wall_s": round(summary.wall, 4),
            "triplets_per_s": round(n / summary.wall, 3) if summary.wall > 0 and n else 0.0,
            "mean_stage_ms": {k: round(v / max(n, 1), 3) for k, v in summary.times.to_ms().items()},
-           "done": [{"triplet": name, "folder": str(folder), "timings_ms": t.to_ms()}
+           "done": [{"triplet": name, "folder": str(folder), "timings_ms": t.to_ms(),
+                     **({"detection_fallbacks": summary.fallbacks[name]} if name in summary.fallbacks else {})}
                     for name, folder, t in summary.done],
            "failed": [{"triplet": p.name, "file": p.error.path, "reason": str(p.error)} for p in summary.failed]}
     atomic_write_text(Path(out) / "summary.json", json.dumps(doc, indent=2))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .options import OutputPath, batch_size_option, exit_codes, face_model_option, quiet_option
 from .settings import HELP_SETTINGS
 
 from ..errors import require
@@ -17,31 +18,37 @@ from ..errors import require
 _PATH = click.Path(path_type=Path)
 
 
-@click.command(name="train", context_settings=HELP_SETTINGS)
+@click.command(name="train", context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Training data: triplet folders (dfmvr data synth) or, for --stage parse, CelebAMask-HQ.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutputPath("folder"),
               help="Run folder: checkpoint.safetensors (+ .train.pt), metrics.jsonl.")
-@click.option("--variant", default="tiny", show_default=True, type=click.Choice(["tiny", "paper"]))
+@click.option("--variant", default="tiny", show_default=True, type=click.Choice(["tiny", "lite", "paper"]),
+              help="Network: 'paper' (the published DF-MVR), 'tiny' (its topology cut down, for tests) or "
+                   "'lite' (DF-MVR's structure at 112 px with a spatial readout: learns on a CPU).")
 @click.option("--stage", default="main", show_default=True, type=click.Choice(["main", "parse"]),
               help="main: the reconstruction network; parse: the BiSeNet parser on label maps.")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch", default=4, show_default=True, type=click.IntRange(min=1), help="Per process.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Passes over DATA; the learning-rate schedule spans them all.")
+@batch_size_option(4, per="per training step, in each process")
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate (default 1e-4 main, 1e-3 parse); main: constant, then cosine to 1e-6.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its checkpoint ends.")
-@click.option("--face-model", "face_model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Face model .npz (default: DATA/face_model.npz, else the synthetic one).")
+@face_model_option
 @click.option("--parse-net", "parse_net", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Frozen parser: parse_net.safetensors (--stage parse), face_mask.pth or 79999_iter.pth.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Validation triplets scored (mm) after every epoch.")
-@click.option("--val-limit", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--val-limit", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Validation triplets scored after each epoch.")
 @click.option("--supervised-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: weight of an MSE to the true coefficients (recorded in the card).")
 @click.option("--supervised-shape-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: weight of the mean squared vertex distance (mm^2) of the unposed "
                    "shape to the true one (recorded in the card).")
+@click.option("--supervised-pose-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Synthetic data only: weight of each view's head-pose error (degrees² + cm²); the "
+                   "coefficient MSE gives the pose almost no weight.")
 @click.option("--supervised-shape-aligned-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: the same after the best per-sample scale and translation (face size "
                    "and camera distance trade off in the image; the metric ignores scale).")
@@ -50,7 +57,8 @@ _PATH = click.Path(path_type=Path)
 @click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Parse-consistency (mask) loss weight, on after 100/280 of training.")
 @click.option("--eye-landmarks", is_flag=True, help="Weigh the eye landmarks 20 too (the official code).")
-@click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest global gradient norm; larger gradients are scaled down to it.")
 @click.option("--no-view-dropout", is_flag=True, help="Always feed all three views.")
 @click.option("--no-augment", is_flag=True, help="No colour jitter / blur.")
 @click.option("--bn-recalibration", "bn_recalibration", default=64, show_default=True, type=click.IntRange(min=0),
@@ -73,15 +81,17 @@ _PATH = click.Path(path_type=Path)
                    "dfmvr/train/models/keypoints.py).")
 @click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of everything random (sample order, augmentation, view dropout, initial weights).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
 @click.option("--stop-after", "stop_after", default=None, type=click.IntRange(min=1),
               help="End after this epoch (the schedule still spans --epochs); continue with --resume.")
 @click.option("--max-steps", "max_steps", default=None, type=click.IntRange(min=1), help="Cap steps per epoch.")
-@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]))
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),
+              help="Where to train (default: cuda when a GPU is visible, else cpu).")
+@quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -97,7 +107,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
     from ..train.trainer import Trainer, TrainConfig
 
     weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
-                          supervised_shape_aligned=supervised_shape_aligned_weight, prdl=prdl_weight, mask=mask_weight,
+                          supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight)
     if keypoint_weight and not keypoints:
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")

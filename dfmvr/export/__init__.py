@@ -7,5 +7,7 @@ Modules (import the one you need; none imports torch at import time except throu
 - ``fp16``             ``convert_to_fp16``: fp16 graph with fp32 I/O
 - ``tensorrt_build``   ``build_engine`` (TensorRT imported lazily), ``TensorrtRunner``
 - ``pipeline``         ``export_all``: what ``dfmvr-export`` runs
-- ``body_bench``       measurements of the involution function body and of whole graphs
+
+The measurements of the involution function body and of whole graphs are a benchmark script,
+``benchmarks/bench_export_body.py`` (``python -m benchmarks.bench_export_body``), outside the package.
 """

@@ -19,7 +19,7 @@ Function body ("gather-matmul"), chosen because it is one fixed set of ops whate
     U  = Gather(Xt, idx, axis=2)                                [B, G, P, K*K, C/G]
     Y  = MatMul(W as [B, G, P, 1, K*K], U)                      [B, G, P, 1, C/G] -> [B, C, Ho, Wo]
 
-``dfmvr.export.body_bench`` measures it against the alternatives (Gather + Mul + ReduceSum over a
+``benchmarks/bench_export_body.py`` measures it against the alternatives (Gather + Mul + ReduceSum over a
 [B, C, K*K, Ho, Wo] tensor: ~3x slower; an unrolled Pad + K*K Slice/Mul/Add body, which would need one
 function per (K, stride): ~1.6x slower); numbers in docs/export.md.
 """

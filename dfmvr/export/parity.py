@@ -1,7 +1,11 @@
 """Parity reports: the exported graph (ONNX Runtime, TensorRT) against the torch model, on real inputs.
 
 A runner is a callable ``images [B, 3, 3, 224, 224] float32 -> (coefficients [B, 269] float32, labels
-[B, 3, 224, 224] uint8)``. ``compare`` measures a candidate against the reference:
+[B, 3, 224, 224] uint8)``. The exported graphs and engines are run by the RUNTIME's runners
+(``dfmvr.runtime.runners``, wrapped by ``RunnerCall``), so the parity gate certifies the same code path
+that ``dfmvr-run`` uses. The reference is the torch model run by the training side's runner of the same
+family (``RunnerCall(dfmvr.train.runner.TorchRunner(model))``). ``compare`` measures a
+candidate against the reference:
 
 - max / mean absolute error of the coefficients;
 - label agreement (fraction of equal pixels);
@@ -29,7 +33,8 @@ from ..face.meshio import MM_PER_MODEL_UNIT
 from ..face.model import MorphableModel
 from .onnx_export import ExportError
 
-__all__ = ["Tolerance", "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "ParityReport", "OnnxrtRunner", "TorchRunner",
+__all__ = ["Tolerance", "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "ParityReport", "RunnerCall",
+           "OnnxrtRunner",
            "parity_inputs", "mesh_difference_mm", "compare", "skipped_report", "check_reports", "write_reports",
            "format_table"]
 
@@ -77,32 +82,29 @@ class ParityReport:
         return asdict(self)
 
 
-class OnnxrtRunner:
-    """ONNX Runtime on an exported graph (path or bytes); plain ORT runs dfmvr::Involution's function."""
+class RunnerCall:
+    """A runtime runner (``dfmvr.runtime.runners.Runner``) as a parity runner: images -> (coefficients,
+    labels). Activated on construction; ``close()`` deactivates it."""
 
-    def __init__(self, model, providers=("CPUExecutionProvider",)):
-        import onnxruntime as ort
-
-        source = str(model) if isinstance(model, (str, Path)) else model
-        self.session = ort.InferenceSession(source, providers=list(providers))
+    def __init__(self, runner):
+        self.runner = runner.activate()
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        coefficients, labels = self.session.run(list(GRAPH_OUTPUTS), {GRAPH_INPUT: np.ascontiguousarray(images, np.float32)})
-        return coefficients, labels
+        out = self.runner.infer({GRAPH_INPUT: np.ascontiguousarray(images, np.float32)})
+        return out[GRAPH_OUTPUTS[0]], out[GRAPH_OUTPUTS[1]]
+
+    def close(self) -> None:
+        self.runner.deactivate()
 
 
-class TorchRunner:
-    """The torch model (eval, no grad) with the graph's output types (labels uint8)."""
+class OnnxrtRunner(RunnerCall):
+    """The runtime's ``OnnxrtRunner`` (CPU provider) on an exported graph file; plain ORT runs
+    dfmvr::Involution's function body."""
 
-    def __init__(self, model):
-        self.model = model.eval()
+    def __init__(self, model, threads: int | None = None):
+        from ..runtime.runners import OnnxrtRunner as RuntimeOnnxrt
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        with torch.inference_mode():
-            coefficients, labels = self.model(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
-        return coefficients.float().numpy(), labels.to(torch.uint8).numpy()
+        super().__init__(RuntimeOnnxrt(Path(model), threads=threads))
 
 
 def parity_inputs(card: ModelCard, batch: int = 2, seed: int = 0, face_model: MorphableModel | None = None) -> np.ndarray:
@@ -117,10 +119,10 @@ def parity_inputs(card: ModelCard, batch: int = 2, seed: int = 0, face_model: Mo
     gen = TripletGenerator(face_model or default_face_model(), seed=seed)
     out = np.zeros((batch, NUM_VIEWS, 3, size, size), np.float32)
     for b in range(batch):
-        rgb = gen.sample(b).images.astype(np.float32) / 255.0                # [V, H, W, 3]
+        rgb = gen.sample(b).images                                           # [V, H, W, 3] uint8
         if rgb.shape[1] != size:
             raise ExportError(f"synthetic triplets are {rgb.shape[1]} px, the card expects {size}")
-        out[b] = ((rgb - card.input_mean) / card.input_std).transpose(0, 3, 1, 2)
+        out[b] = card.normalise(rgb[None])[0]          # the one home of the input normalisation
         if b % 2 == 1:
             out[b, -1] = 0.0
     return out

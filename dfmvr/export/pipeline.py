@@ -21,16 +21,18 @@ from pathlib import Path
 import onnx
 
 from ..atomic import atomic_path
-from ..card import ModelCard
+from ..card import IMAGE_SIZE, ModelCard
 from ..errors import InputError, UnavailableError
 from ..face.layout import COEFFS, VIEWS
 from ..face.model import MorphableModel
+from ..face.selection import select_face_model
+from ..train.runner import TorchRunner
 from . import parity
 from .onnx_export import export_onnx
 
-__all__ = ["ExportSummary", "load_for_export", "check_card_exportable", "export_all", "GRAPH_IMAGE_SIZE"]
+__all__ = ["ExportSummary", "Artefact", "load_for_export", "check_card_exportable", "export_all", "GRAPH_IMAGE_SIZE"]
 
-GRAPH_IMAGE_SIZE = 224     # the graph I/O contract in dfmvr.card
+GRAPH_IMAGE_SIZE = IMAGE_SIZE     # the graph I/O contract in dfmvr.card
 OFFICIAL_SUFFIXES = (".pth", ".pt")
 
 
@@ -91,13 +93,8 @@ def load_for_export(spec: str):
 
 
 def _face_model(path, card: ModelCard) -> MorphableModel:
-    from ..face.synthetic import default_face_model
-
-    if path is None:
-        return default_face_model()
-    model = MorphableModel.load(path)
-    card.check_face_model(model, path)
-    return model
+    """The face model of the mm parity: ``dfmvr.face.selection``'s rule, checked against the card."""
+    return select_face_model(path, card=card)[0]
 
 
 def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
@@ -113,30 +110,76 @@ def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
             echo(f"parity failed: moved {path.name} to {rejected.name}")
 
 
-def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
-               workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
-               compact: bool = False, int8: bool = False, calibration: int = 8, calibration_seed: int | None = None,
-               echo: Callable[[str], None] = print) -> ExportSummary:
-    """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
-    ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
-    built (after the ONNX files and report are written)."""
-    from .tensorrt_build import parse_batch, tensorrt_unavailable
+@dataclass
+class Artefact:
+    """One exported artefact as the parity loop sees it: which report it gets, the runner that runs it
+    and the tolerance it must meet."""
 
-    profile = parse_batch(batch)           # validate before spending minutes on the export
-    out_dir = Path(out_dir)
-    clock = time.perf_counter()
-    model, card, what = load_for_export(spec)
-    mesh_model = _face_model(face_model, card)
-    echo(f"loaded {what}: variant '{card.variant}'")
-    summary = ExportSummary(onnx_path=out_dir / "model.onnx", parity_path=out_dir / "model.parity.json")
-    result = export_onnx(model, summary.onnx_path, card)
-    summary.seconds["onnx_export"] = round(time.perf_counter() - clock, 1)
+    backend: str                               # the report's backend: "onnxruntime-cpu", "tensorrt"
+    precision: str                             # "fp32" | "fp16" | "int8"
+    tolerance: parity.Tolerance
+    runner: Callable[[], object] | None = None     # -> a parity runner: images -> outputs, close()
+    skipped: str | None = None                 # why it was not made here (then no runner)
+    unrunnable: str | None = None              # set: an error while running it is a skipped report
+                                               # with this reason, not a failed export
+
+
+@dataclass
+class _ExportRun:
+    """What the loaders share: the model, the options, the summary and the graphs made so far."""
+
+    model: object
+    card: ModelCard
+    face_model: MorphableModel
+    out_dir: Path
+    summary: ExportSummary
+    echo: Callable[[str], None]
+    clock: float
+    fp16: bool
+    int8: bool
+    compact: bool
+    calibration: int
+    calibration_seed: int | None
+    engine: object
+    profile: object                            # tensorrt_build.BatchProfile
+    workspace_gb: float
+    timing_cache: object
+    parity_batch: int
+    onnx_result: object = None                 # onnx_export.ExportResult
+    fp32_model: onnx.ModelProto | None = None  # model.onnx before --compact, kept for int8
+    half: onnx.ModelProto | None = None        # the fp16 graph, reused by an fp16 engine
+    quantization: dict | None = None           # int8: how the graph was quantized
+    _onnx_model: onnx.ModelProto | None = None
+    _reference: tuple | None = None
+
+    @property
+    def onnx_model(self) -> onnx.ModelProto:
+        """model.onnx as written (after --compact), read once."""
+        if self._onnx_model is None:
+            self._onnx_model = onnx.load(str(self.summary.onnx_path))
+        return self._onnx_model
+
+    def reference(self):
+        """(parity inputs, the torch model's outputs on them), made once, when the first artefact is checked."""
+        if self._reference is None:
+            images = parity.parity_inputs(self.card, batch=self.parity_batch)
+            self._reference = images, parity.RunnerCall(TorchRunner(self.model))(images)
+        return self._reference
+
+
+# --- loaders: each writes one artefact (atomically) and says how to check it ------------------------------
+
+def _load_onnx(run: _ExportRun) -> Artefact:
+    """model.onnx (+ --compact: float16-stored weights), run by the runtime's OnnxrtRunner."""
+    summary, echo = run.summary, run.echo
+    result = run.onnx_result = export_onnx(run.model, summary.onnx_path, run.card)
+    summary.seconds["onnx_export"] = round(time.perf_counter() - run.clock, 1)
     echo(f"wrote {result.path} ({result.nodes} nodes, {result.involution_nodes} {'dfmvr::Involution'} "
          f"nodes with a standard-op function body, opset {result.opset})")
-
     # int8 quantizes the float32 weights: keep them before --compact stores them as float16 + Cast
-    fp32_model = onnx.load(str(summary.onnx_path)) if int8 else None
-    if compact:
+    if run.int8:
+        run.fp32_model = onnx.load(str(summary.onnx_path))
+    if run.compact:
         # float16-stored weights, float32 compute, bit-identical numbers: only weights that are exact
         # float16 numbers are converted (all of a 'dfmvr convert half' checkpoint's, except those the
         # exporter folded); rounding the rest measurably broke the fp32 parity gates (2e-4, 0.027 mm).
@@ -147,68 +190,120 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
             onnx.save_model(small, str(tmp))
         echo(f"compacted {summary.onnx_path.name}: {packed.converted} weights stored as float16, {packed.kept} kept "
              f"float32 (not float16 numbers); weights {packed.bytes_before / 1e6:.1f} -> {packed.bytes_after / 1e6:.1f} MB")
-    images = parity.parity_inputs(card, batch=parity_batch)
-    reference = parity.TorchRunner(model)(images)
-    onnx_model = onnx.load(str(summary.onnx_path))
-    reports = [parity.compare(reference, parity.OnnxrtRunner(summary.onnx_path)(images), card, mesh_model,
-                              "onnxruntime-cpu")]
-    if fp16:
-        from .fp16 import convert_to_fp16
+    path = summary.onnx_path
+    return Artefact("onnxruntime-cpu", "fp32", parity.FP32_TOLERANCE, runner=lambda: parity.OnnxrtRunner(path))
 
-        summary.fp16_path = out_dir / "model.fp16.onnx"
-        half = convert_to_fp16(onnx_model)
-        with atomic_path(summary.fp16_path) as tmp:
-            onnx.save_model(half, str(tmp))
-        echo(f"wrote {summary.fp16_path} (fp16 weights and activations, fp32 inputs/outputs)")
-        try:
-            candidate = parity.OnnxrtRunner(summary.fp16_path)(images)
-        except Exception as exc:     # ORT CPU lacks some fp16 kernels on some builds: say so, keep going
-            reports.append(parity.skipped_report("onnxruntime-cpu", "fp16", f"ONNX Runtime CPU cannot run "
-                                                 f"the fp16 graph here: {type(exc).__name__}: {exc}"[:400]))
-        else:
-            reports.append(parity.compare(reference, candidate, card, mesh_model, "onnxruntime-cpu", "fp16"))
-    quantization = None
-    if int8:
-        from .int8 import CALIBRATION_SEED, quantize_int8
 
-        summary.int8_path = out_dir / "model.int8.onnx"
-        clock_int8 = time.perf_counter()
-        seed = CALIBRATION_SEED if calibration_seed is None else calibration_seed
-        quantized, quantization = quantize_int8(fp32_model, card, count=calibration, seed=seed)
-        del fp32_model
-        with atomic_path(summary.int8_path) as tmp:
-            onnx.save_model(quantized, str(tmp))
-        summary.seconds["int8"] = round(time.perf_counter() - clock_int8, 1)
-        echo(f"wrote {summary.int8_path} (int8 QDQ, calibrated on {calibration} synthetic triplets, seed {seed})")
-        reports.append(parity.compare(reference, parity.OnnxrtRunner(summary.int8_path)(images), card, mesh_model,
-                                      "onnxruntime-cpu", "int8"))
+def _load_fp16(run: _ExportRun) -> Artefact:
+    """model.fp16.onnx (fp16 weights and activations, fp32 I/O); ORT CPU lacks some fp16 kernels on some
+    builds, so a graph it cannot run is reported as skipped."""
+    from .fp16 import convert_to_fp16
 
+    path = run.summary.fp16_path = run.out_dir / "model.fp16.onnx"
+    run.half = convert_to_fp16(run.onnx_model)
+    with atomic_path(path) as tmp:
+        onnx.save_model(run.half, str(tmp))
+    run.echo(f"wrote {path} (fp16 weights and activations, fp32 inputs/outputs)")
+    return Artefact("onnxruntime-cpu", "fp16", parity.FP16_TOLERANCE, runner=lambda: parity.OnnxrtRunner(path),
+                    unrunnable="ONNX Runtime CPU cannot run the fp16 graph here")
+
+
+def _load_int8(run: _ExportRun) -> Artefact:
+    """model.int8.onnx: int8 QDQ from the float32 weights, calibrated on synthetic triplets."""
+    from .int8 import CALIBRATION_SEED, quantize_int8
+
+    path = run.summary.int8_path = run.out_dir / "model.int8.onnx"
+    clock = time.perf_counter()
+    seed = CALIBRATION_SEED if run.calibration_seed is None else run.calibration_seed
+    quantized, run.quantization = quantize_int8(run.fp32_model, run.card, count=run.calibration, seed=seed)
+    run.fp32_model = None
+    with atomic_path(path) as tmp:
+        onnx.save_model(quantized, str(tmp))
+    run.summary.seconds["int8"] = round(time.perf_counter() - clock, 1)
+    run.echo(f"wrote {path} (int8 QDQ, calibrated on {run.calibration} synthetic triplets, seed {seed})")
+    return Artefact("onnxruntime-cpu", "int8", parity.INT8_TOLERANCE, runner=lambda: parity.OnnxrtRunner(path))
+
+
+def _load_engine(run: _ExportRun) -> Artefact:
+    """model.plan + its card where TensorRT works (fp16 from the fp16 graph), run by the runtime's
+    TensorrtRunner; else a skipped report with the reason (summary.engine_skipped)."""
+    from .tensorrt_build import TensorrtRunner, build_engine, tensorrt_unavailable
+
+    precision = "fp16" if run.fp16 else "fp32"
+    tolerance = parity.FP16_TOLERANCE if run.fp16 else parity.FP32_TOLERANCE
     reason = tensorrt_unavailable()
     if reason is None:
-        from .tensorrt_build import TensorrtRunner, build_engine
-
-        target = Path(engine) if engine else Path("model.plan")
-        target = target if target.is_absolute() else out_dir / target
+        target = Path(run.engine) if run.engine else Path("model.plan")
+        target = target if target.is_absolute() else run.out_dir / target
         try:
-            built = build_engine(onnx_model, target, card, fp16=fp16, profile=profile,
-                                 workspace_gb=workspace_gb, timing_cache=timing_cache)
+            built = build_engine(run.onnx_model, target, run.card, fp16=run.fp16, profile=run.profile,
+                                 workspace_gb=run.workspace_gb, timing_cache=run.timing_cache,
+                                 fp16_model=run.half if run.fp16 else None, check_batches=(run.parity_batch,))
         except UnavailableError as exc:      # e.g. the plugin or the parser failed: report, then decide
             reason = str(exc)
         else:
-            summary.engine_path = built.engine_path
-            echo(f"wrote {built.engine_path} and {built.card_path}")
-            reports.append(parity.compare(reference, TensorrtRunner(built.engine_path)(images), card,
-                                          mesh_model, "tensorrt", "fp16" if fp16 else "fp32"))
-    if reason is not None:
-        summary.engine_skipped = reason
-        reports.append(parity.skipped_report("tensorrt", "fp16" if fp16 else "fp32", reason))
+            run.summary.engine_path = built.engine_path
+            run.echo(f"wrote {built.engine_path} and {built.card_path}")
+            return Artefact("tensorrt", precision, tolerance, runner=lambda: TensorrtRunner(built.engine_path))
+    run.summary.engine_skipped = reason
+    return Artefact("tensorrt", precision, tolerance, skipped=reason)
+
+
+def _check(run: _ExportRun, artefact: Artefact) -> parity.ParityReport:
+    """The artefact's parity report: its runner against the torch reference, at its tolerance."""
+    if artefact.skipped is not None:
+        return parity.skipped_report(artefact.backend, artefact.precision, artefact.skipped)
+    images, reference = run.reference()
+    try:
+        runner = artefact.runner()
+        try:
+            candidate = runner(images)
+        finally:
+            runner.close()
+    except Exception as exc:
+        if artefact.unrunnable is None:
+            raise
+        return parity.skipped_report(artefact.backend, artefact.precision,
+                                     f"{artefact.unrunnable}: {type(exc).__name__}: {exc}"[:400])
+    return parity.compare(reference, candidate, run.card, run.face_model, artefact.backend, artefact.precision,
+                          artefact.tolerance)
+
+
+def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
+               workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
+               compact: bool = False, int8: bool = False, calibration: int = 8, calibration_seed: int | None = None,
+               echo: Callable[[str], None] = print) -> ExportSummary:
+    """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
+    ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
+    built (after the ONNX files and report are written).
+
+    The pipeline: each loader (``_load_onnx``, ``_load_fp16``, ``_load_int8``, ``_load_engine``) writes
+    its artefact and returns it with its runner and tolerance; each is checked (``_check``) right after
+    it is written, in that order; then the report is written, failures renamed and gated."""
+    from .tensorrt_build import parse_batch, tensorrt_unavailable
+
+    profile = parse_batch(batch)           # validate before spending minutes on the export
+    if engine is not None or tensorrt_unavailable() is None:   # the engine will run the parity batch
+        profile.check(parity_batch, "the parity batch (--parity-batch)")
+    out_dir = Path(out_dir)
+    clock = time.perf_counter()
+    model, card, what = load_for_export(spec)
+    mesh_model = _face_model(face_model, card)
+    echo(f"loaded {what}: variant '{card.variant}'")
+    summary = ExportSummary(onnx_path=out_dir / "model.onnx", parity_path=out_dir / "model.parity.json")
+    run = _ExportRun(model, card, mesh_model, out_dir, summary, echo, clock, fp16=fp16, int8=int8, compact=compact,
+                     calibration=calibration, calibration_seed=calibration_seed, engine=engine, profile=profile,
+                     workspace_gb=workspace_gb, timing_cache=timing_cache, parity_batch=parity_batch)
+    loaders = [_load_onnx, *([_load_fp16] if fp16 else []), *([_load_int8] if int8 else []), _load_engine]
+    reports = [_check(run, load(run)) for load in loaders]
+
     summary.reports = reports
     summary.seconds["total"] = round(time.perf_counter() - clock, 1)
     parity.write_reports(summary.parity_path, reports, extra={
         "model": summary.onnx_path.name, "source": what, "variant": card.variant,
         "inputs": f"{parity_batch} rendered synthetic triplets (every second one with its right view missing)",
-        "face_model": mesh_model.identity(), "involution_nodes": result.involution_nodes,
-        "engine_skipped": summary.engine_skipped, "int8": quantization, "seconds": summary.seconds})
+        "face_model": mesh_model.identity(), "involution_nodes": run.onnx_result.involution_nodes,
+        "engine_skipped": summary.engine_skipped, "int8": run.quantization, "seconds": summary.seconds})
     echo(parity.format_table(reports))
     echo(f"wrote {summary.parity_path}")
     _reject_failed(summary, reports, echo)

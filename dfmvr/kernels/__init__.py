@@ -7,6 +7,8 @@ launch            grid/block logic (plain functions)
 host              g++ host shim over the kernels' arithmetic (tests)
 mesh_gpu          CudaMeshAssembler: mesh assembly through cuda-python
 trt_plugin        the TensorRT plugin for dfmvr::Involution (register_involution_plugin)
+trt_version       supported TensorRT range; NVRTC's CUDA major matched to TensorRT's
+cuda_driver       the one CUDA layer (cuda-python driver API): contexts, streams, buffers, launches
 
 No module here imports torch, cuda-python or tensorrt at import time.
 """

@@ -1,8 +1,11 @@
 """A thin layer over cuda-python's driver API: context, module loading, buffers, kernel launches.
 
-Used by ``mesh_gpu`` (CudaMeshAssembler) and by the TensorRT plugin's JIT implementation. cuda-python
-is imported lazily (``pip install 'dfmvr[gpu]'``); without a driver or a GPU every entry point raises
-``UnavailableError`` (exit code 3) instead of a loader traceback.
+The one CUDA layer of dfmvr: used by ``mesh_gpu`` (CudaMeshAssembler), the TensorRT plugin's JIT
+implementation and the runtime's ``TensorrtRunner`` (which the export's parity gate runs too). cuda-python
+is imported lazily (``pip install 'dfmvr[gpu]'``) instead of failing with a loader traceback: without
+cuda-python, every entry point raises ``MissingExtraError`` naming the ``gpu`` extra (exit code 2); with
+it but without a usable device (no driver, no GPU), ``check`` raises ``UnavailableError`` (exit code 3);
+any other CUDA failure is a ``RuntimeError`` naming the call (exit code 1).
 """
 
 from __future__ import annotations
@@ -62,9 +65,12 @@ def pack_kernel_args(values, kinds) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 class CudaContext:
-    """The primary context of one device, made current on this thread."""
+    """The primary context of one device, made current on this thread, and a stream of its own.
 
-    def __init__(self, device: int = 0):
+    non_blocking: create the stream with CU_STREAM_NON_BLOCKING, so that it never synchronises with the
+    legacy default stream (TensorRT's execution runs on it)."""
+
+    def __init__(self, device: int = 0, non_blocking: bool = False):
         d = driver()
         try:
             check(d.cuInit(0), "cuInit")
@@ -82,7 +88,8 @@ class CudaContext:
         major = check(d.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device))
         minor = check(d.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device))
         self.arch = 10 * major + minor
-        self.stream = check(d.cuStreamCreate(0), "cuStreamCreate")
+        flags = int(d.CUstream_flags.CU_STREAM_NON_BLOCKING) if non_blocking else 0
+        self.stream = check(d.cuStreamCreate(flags), "cuStreamCreate")
 
     def synchronize(self) -> None:
         check(driver().cuStreamSynchronize(self.stream), "cuStreamSynchronize")

@@ -6,8 +6,9 @@
 
 The kernels (``cuda/mesh_assembly.cu``) are compiled for the device's own architecture by NVRTC, or
 nvcc if NVRTC is missing, cached on disk. The model's bases go to the device once; output buffers
-are allocated for the largest batch seen and reused. Without cuda-python, a driver or a GPU the
-constructor raises UnavailableError (exit code 3). Importing this module needs none of them.
+are allocated for the largest batch seen and reused. Without cuda-python the constructor raises
+MissingExtraError naming the ``gpu`` extra (exit code 2); without a driver or a GPU, UnavailableError
+(exit code 3). Importing this module needs none of them.
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ ONNX Runtime sees it.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..card import ONNX_METADATA_KEY, ModelCard
+from ..card import ONNX_METADATA_KEY, ModelCard, engine_card_path
 from ..errors import InputError
 from ..face.model import MorphableModel
+from ..face.selection import BUNDLED_FACE_MODEL, select_face_model
 
 __all__ = ["Artifact", "DEFAULT_DIR", "DEFAULT_ONNX", "DEFAULT_FACE_MODEL", "read_onnx_metadata",
            "load_onnx_artifact", "load_engine_artifact", "load_artifact", "load_face_model",
@@ -23,7 +23,7 @@ __all__ = ["Artifact", "DEFAULT_DIR", "DEFAULT_ONNX", "DEFAULT_FACE_MODEL", "rea
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "assets" / "default"
 DEFAULT_ONNX = DEFAULT_DIR / "model.onnx"
-DEFAULT_FACE_MODEL = DEFAULT_DIR / "face_model.npz"
+DEFAULT_FACE_MODEL = BUNDLED_FACE_MODEL          # DEFAULT_DIR / "face_model.npz"
 # Serialized TensorRT engines carry a "magic tag" TensorRT checks on load; we believe it is these bytes
 # near the start (not verified here: no TensorRT). Files with it skip the foreign-format sniffing.
 TRT_ENGINE_MAGIC = b"ftrt"
@@ -138,11 +138,6 @@ def load_onnx_artifact(path) -> Artifact:
 
 
 # --- TensorRT engine ---------------------------------------------------------------------------------
-def engine_card_path(engine) -> Path:
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".card.json")
-
-
 def _foreign_format(path: Path, head: bytes) -> str | None:
     """What a supposed engine file really is, if we can tell; None when it may be an engine."""
     if TRT_ENGINE_MAGIC in head[:16]:
@@ -199,19 +194,5 @@ def load_artifact(onnx=None, engine=None) -> Artifact:
 
 
 def load_face_model(path, card: ModelCard, source=None) -> "MorphableModel":
-    """``--face-model`` (or the bundled/synthetic default) checked against the card's face-model identity."""
-    if path is not None:
-        model = MorphableModel.load(path)
-        where = path
-    elif DEFAULT_FACE_MODEL.is_file():
-        model, where = MorphableModel.load(DEFAULT_FACE_MODEL), DEFAULT_FACE_MODEL
-    else:
-        from ..face.synthetic import default_face_model
-
-        model, where = default_face_model(), "default synthetic face model"
-    card.check_face_model(model, source=where)
-    layout = card.layout_obj()
-    if model.dims != {"identity": layout.identity, "expression": layout.expression, "texture": layout.texture}:
-        raise InputError(where, f"face model basis sizes {model.dims} differ from the card's layout "
-                         f"{json.dumps(layout.to_dict())}", "pass the face model the network was trained with")
-    return model
+    """``--face-model`` (or the bundled default) checked against the card: ``dfmvr.face.selection``'s rule."""
+    return select_face_model(path, card=card)[0]

@@ -6,12 +6,17 @@ Triplet naming, per folder (views in ``VIEWS`` order):
 - the official samples' ``<name>0.*``, ``<name>1.*``, ``<name>2.*`` (0 left, 1 front, 2 right).
 A folder may hold several triplets of the suffix kinds (one per ``<name>``).
 
+Symbolic links (``LINK_RULE``, also in ``dfmvr-run --help`` and docs/runtime.md): a link to an image
+is read as the image; a link to a folder is followed, but every real folder is searched once, so a
+link to ``.`` or to a folder already searched adds nothing.
+
 Decoding accepts jpg/png/bmp/webp/tiff, 8 or 16 bit, grey, RGB or RGBA, and applies the EXIF
 orientation of JPEG files, so the face is upright as the photographer saw it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -23,9 +28,13 @@ import numpy as np
 from ..errors import InputError
 from ..face.layout import VIEW_SUFFIXES, VIEWS
 
-__all__ = ["IMAGE_EXTENSIONS", "Triplet", "TripletProblem", "discover_triplets", "triplet_from_paths",
+__all__ = ["IMAGE_EXTENSIONS", "LINK_RULE", "Triplet", "TripletProblem", "discover_triplets", "search_folders",
+           "triplet_from_paths",
            "decode_image", "exif_orientation", "apply_orientation"]
 
+LINK_RULE = ("Symbolic links: a link to an image is read as that image; a link to a folder is followed, "
+             "but every real folder is searched once (under its own name when it is inside the input "
+             "folder), so a link to '.' or to a folder already searched adds nothing.")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # RGBA pixels are composited over this grey so that a transparent background is neutral.
 ALPHA_BACKGROUND = 127.5
@@ -120,9 +129,7 @@ def discover_triplets(inputs) -> tuple[list[Triplet], list[TripletProblem]]:
                          "pass a triplet folder, a folder of triplets, or left/front/right image paths")
     root = paths[0]
     triplets, problems = [], []
-    for folder in [root] + sorted(d for d in root.rglob("*") if d.is_dir()):
-        if any(part.startswith(".") for part in folder.relative_to(root).parts):
-            continue   # hidden folders (also our own temporary output folders)
+    for folder in search_folders(root):
         rel = folder.relative_to(root).as_posix()
         t, pr = _folder_triplets(folder, "" if rel == "." else rel)
         for x in t + pr:
@@ -134,6 +141,44 @@ def discover_triplets(inputs) -> tuple[list[Triplet], list[TripletProblem]]:
         raise InputError(root, "no triplet found (no images named left/front/right, <name>0/1/2 or "
                          "<name>_lt/_ft/_rt)", "name the three photos left.jpg, front.jpg, right.jpg")
     return triplets, problems
+
+
+def search_folders(root) -> list[Path]:
+    """``root`` and the folders under it that are searched for triplets, sorted, each real folder once.
+
+    Links follow ``LINK_RULE``: a folder is searched once, under its real (link-free) path when it has
+    one inside ``root``, else under the first link (in sorted order) that reaches it. So a link to
+    ``.`` (or to any folder already searched) adds nothing, and a batch folder may be a folder of links
+    to triplet folders kept elsewhere. Hidden folders (``.name``, also our own temporary output
+    folders) are skipped.
+    """
+    root = Path(root)
+    seen = {root.resolve()}
+    real: list[Path] = []          # 1) folders reached without following a link
+    for parent, dirs, _ in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for d in dirs:
+            folder = Path(parent) / d
+            if not folder.is_symlink():
+                real.append(folder)
+                seen.add(folder.resolve())
+    linked: list[Path] = []        # 2) folders reached only through links, each real folder once
+    pending = sorted([root, *real])
+    while pending:
+        parent = pending.pop(0)
+        try:
+            entries = sorted(parent.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            target = entry.resolve()
+            if target not in seen:     # a link, or a folder inside a linked one, not searched yet
+                seen.add(target)
+                linked.append(entry)
+                pending.append(entry)
+    return [root] + sorted(real + linked)
 
 
 def triplet_from_paths(paths) -> Triplet:

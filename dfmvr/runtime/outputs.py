@@ -6,7 +6,9 @@ Files (``FORMATS`` selects them):
   colours = the front view's SH-lit colour clipped to [0, 1];
 - ``coeffs.npz``: the coefficient blocks (``Coefficients`` field names, batch axis dropped), the flat
   vector, parse labels [V, S, S] uint8, landmarks in crop and photo pixels [V, 68, 2];
-- ``result.json``: per-view yaw/pitch/roll (degrees) and translation, per-stage timings (ms), model id;
+- ``result.json``: per-view yaw/pitch/roll (degrees) and translation, how the face was found (``detection``:
+  detector, path -- ``hog``, ``hog-upsampled``, ``cnn`` or ``other-views``, see ``detect`` -- and box),
+  per-stage timings (ms), model id; with ``--refine N`` a ``refine`` record (``dfmvr.runtime.refine``);
 - ``overlay.png``: the three photos side by side with the reconstruction painted over them.
 """
 
@@ -92,9 +94,12 @@ def landmarks_on_photo(rec) -> np.ndarray:
 def _result_json(pipe, rec) -> dict:
     c = rec.coeffs
     views = {}
+    detections = rec.prepared.detections
     for v, view in enumerate(VIEWS):
         views[view] = {"image": str(rec.prepared.triplet.paths[view]),
-                       **pose_record(c.rotation[0, v], c.translation[0, v])}
+                       **pose_record(c.rotation[0, v], c.translation[0, v]),
+                       # how the face was found (detector, path, box in photo pixels); null with --aligned
+                       "detection": detections[v].to_dict() if detections else None}
     return {
         "triplet": rec.prepared.triplet.name,
         "model": {"id": pipe.artifact.model_id, "kind": pipe.artifact.kind, "path": str(pipe.artifact.path),
@@ -107,6 +112,8 @@ def _result_json(pipe, rec) -> dict:
         "mesh": {"pose": "front", "num_vertices": int(rec.mesh.vertices.shape[2]),
                  "num_triangles": int(pipe.face_model.num_triangles)},
         "timings_ms": rec.times.to_ms(),
+        # --refine N (runtime/refine.py): refined and network coefficients, weak loss before/after, seconds
+        **({"refine": rec.refine} if getattr(rec, "refine", None) else {}),
     }
 
 

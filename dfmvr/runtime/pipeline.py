@@ -61,6 +61,8 @@ class Prepared:
     crops        [V, S, S, 3] uint8 RGB network crops (S = card.image_size), views in VIEWS order
     photos       the decoded photos (RGB uint8 [H, W, 3]) for the overlay, or None if not kept
     similarities per view, photo -> crop Similarity (None with --aligned: the crop is the photo)
+    detections   per view, the ``detect.Detection`` (landmarks, box, and the path that found the face:
+                 ``detect.DETECTION_PATHS``); None with --aligned
     """
 
     triplet: Triplet
@@ -68,6 +70,14 @@ class Prepared:
     photos: list | None
     similarities: list
     times: StageTimes = field(default_factory=StageTimes)
+    detections: list | None = None
+
+    def detection_paths(self) -> dict[str, str]:
+        """{view: path} of the views whose face was not found by the first try (``hog``): the fallbacks
+        taken (empty with --aligned or when every view was found directly)."""
+        if not self.detections:
+            return {}
+        return {view: d.path for view, d in zip(VIEWS, self.detections) if d.path not in ("hog", "face-alignment")}
 
 
 @dataclass
@@ -85,6 +95,7 @@ class Reconstruction:
 class RunSummary:
     done: list = field(default_factory=list)        # (name, output folder, StageTimes)
     failed: list = field(default_factory=list)      # TripletProblem
+    fallbacks: dict = field(default_factory=dict)   # done triplet name -> {view: detection path}, fallbacks only
     wall: float = 0.0                               # seconds for the whole run
     times: StageTimes = field(default_factory=StageTimes)   # summed over done triplets
 
@@ -167,28 +178,40 @@ class Pipeline:
     def __exit__(self, *exc):
         self.deactivate()
 
+    def check_batch(self, batch: int) -> None:
+        """InputError (exit 2) naming the engine's optimisation profile when ``batch`` triplets per network
+        call is outside it: ``TensorrtRunner.check_batch`` reads the profile from the engine's card (no
+        TensorRT call). Runners without a profile (ONNX Runtime: dynamic batch) accept any batch."""
+        check = getattr(self.runner, "check_batch", None)
+        if check is not None:
+            check(int(batch))
+
     # --- stages ----------------------------------------------------------------------------
     def prepare(self, triplet: Triplet) -> Prepared:
         """Stage 1, decode + align: the three photos -> crops [V, S, S, 3] uint8."""
         start = time.perf_counter()
-        crops, photos, sims = [], [], []
-        for view in VIEWS:
-            path = triplet.paths[view]
-            image = decode_image(path)
-            if self.aligned:
+        paths = [triplet.paths[view] for view in VIEWS]
+        images = [decode_image(path) for path in paths]
+        detections = None
+        if self.aligned:
+            for path, image in zip(paths, images):
                 if image.shape[:2] != (self.size, self.size):
                     raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} pixels; with --aligned "
                                      f"every view must be a {self.size}x{self.size} crop",
                                      "drop --aligned to detect and align the face automatically")
-                crop, sim = image, None
-            else:
-                points5 = five_points_from_68(self.detector.landmarks(image, source=path))
-                crop, sim = align_image(image, points5, size=self.size, source=path)
-            crops.append(crop)
-            photos.append(image if self.keep_photos else None)
-            sims.append(sim)
+            crops, sims = images, [None] * len(images)
+        else:
+            from .detect import detect_triplet
+
+            # one triplet at a time: a view without a face found is covered from the other views
+            detections = detect_triplet(self.detector, images, paths)
+            crops, sims = [], []
+            for path, image, found in zip(paths, images, detections):
+                crop, sim = align_image(image, five_points_from_68(found.landmarks), size=self.size, source=path)
+                crops.append(crop)
+                sims.append(sim)
         times = StageTimes(decode_align=time.perf_counter() - start)
-        return Prepared(triplet, np.stack(crops), photos if self.keep_photos else None, sims, times)
+        return Prepared(triplet, np.stack(crops), images if self.keep_photos else None, sims, times, detections)
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """Stage 2: uint8 crops [B, V, S, S, 3] -> graph input [B, V, 3, S, S] float32 (card mean/std)."""
@@ -247,11 +270,15 @@ class Pipeline:
             problems: Iterable[TripletProblem] = (), progress: Callable | None = None) -> RunSummary:
         """Reconstruct every triplet; bad ones are recorded in the summary while the rest go on.
 
-        progress(name, ok) is called once per triplet (for a progress bar).
+        progress(name, ok) is called once per triplet (for a progress bar). A batch the engine's
+        optimisation profile cannot take (``check_batch``, with the largest call this run makes:
+        ``min(batch, len(triplets))``) is an InputError before the first triplet is read.
         """
         summary = RunSummary(failed=list(problems))
         start = time.perf_counter()
         triplets = list(triplets)
+        if triplets:    # the largest network call of this run, refused before any detection or decoding
+            self.check_batch(min(max(1, batch), len(triplets)))
         for lo in range(0, len(triplets), max(1, batch)):
             ready = []
             for t in triplets[lo:lo + max(1, batch)]:
@@ -276,6 +303,9 @@ class Pipeline:
                         progress(name, False)
                     continue
                 summary.done.append((name, folder, rec.times))
+                fallbacks = rec.prepared.detection_paths()
+                if fallbacks:
+                    summary.fallbacks[name] = fallbacks
                 summary.times.add(rec.times)
                 if progress:
                     progress(name, True)

@@ -1,8 +1,13 @@
 """Runners: one lifecycle for every backend (activate / infer / deactivate, a context manager).
 
 ``OnnxrtRunner`` runs an ONNX graph with ONNX Runtime (CPU provider; CUDA provider when asked for and
-present). ``TensorrtRunner`` runs a serialized TensorRT engine with device buffers from cuda-python and
-asynchronous execution on its own stream; TensorRT and cuda-python are imported only on activation.
+present). ``TensorrtRunner`` runs a serialized TensorRT engine with device buffers and a non-blocking
+stream from ``dfmvr.kernels.cuda_driver`` (cuda-python's driver API: dfmvr's one CUDA layer); TensorRT
+and cuda-python are imported only on activation.
+
+An engine's optimisation profile bounds the batch: ``check_profile_shape`` turns an out-of-profile input
+into an InputError (exit 2) naming the profile, before TensorRT would answer with -1 dimensions; the
+profile comes from the engine itself, or before activation from its card (``card_engine_record``).
 
 ``infer(feed)`` takes ``{name: np.ndarray}`` and returns ``{name: np.ndarray}`` for every graph output;
 ``last_inference_time()`` is the wall time of the last ``infer`` in seconds (host to host, copies
@@ -17,9 +22,45 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, UnavailableError, require
+from ..errors import InputError, UnavailableError
 
-__all__ = ["Runner", "OnnxrtRunner", "TensorrtRunner", "runner_for"]
+__all__ = ["Runner", "OnnxrtRunner", "TensorrtRunner", "runner_for", "check_profile_shape", "engine_profile",
+           "card_engine_record"]
+
+ENGINE_RECORD_KEY = "tensorrt_engine"     # the same key as dfmvr.export.tensorrt_build.ENGINE_RECORD_KEY
+
+
+def card_engine_record(card) -> dict:
+    """What ``dfmvr-export`` recorded about an engine in its card (profile, precision, plugin mode);
+    {} for cards written before it did."""
+    record = (getattr(card, "provenance", None) or {}).get(ENGINE_RECORD_KEY)
+    return record if isinstance(record, dict) else {}
+
+
+def engine_profile(engine, name: str, index: int = 0) -> tuple[tuple[int, ...], ...] | None:
+    """(min, opt, max) shapes of input ``name`` in optimisation profile ``index``; None when the engine
+    has no profile for it (static shapes)."""
+    try:
+        shapes = engine.get_tensor_profile_shape(name, index)
+    except Exception:   # noqa: BLE001 - TensorRT raises its own error types for inputs without a profile
+        return None
+    if not shapes or len(shapes) != 3:
+        return None
+    return tuple(tuple(int(d) for d in s) for s in shapes)
+
+
+def check_profile_shape(name: str, shape, profile, source=None) -> None:
+    """InputError (exit 2) naming the profile when ``shape`` is outside it (None: no profile, pass)."""
+    if profile is None:
+        return
+    lo, opt, hi = (tuple(int(d) for d in s) for s in profile)
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != len(lo) or any(not a <= d <= b for d, a, b in zip(shape, lo, hi)):
+        batch = f"batch {shape[0]} " if len(shape) == len(lo) and shape[1:] == lo[1:] == hi[1:] else ""
+        raise InputError(source, f"input '{name}' {batch}of shape {shape} is outside the engine's optimisation "
+                         f"profile (min {lo}, opt {opt}, max {hi})",
+                         f"use --batch from {lo[0]} to {hi[0]}, or rebuild the engine with "
+                         f"'dfmvr-export --engine --engine-batch MIN:OPT:MAX' covering {shape[0]}")
 
 
 class Runner:
@@ -123,51 +164,77 @@ class OnnxrtRunner(Runner):
 
 
 class TensorrtRunner(Runner):
-    """A TensorRT engine on the current CUDA device, fed through cuda-python device buffers.
+    """A TensorRT engine on CUDA device 0, fed through ``dfmvr.kernels.cuda_driver`` device buffers on a
+    non-blocking stream of its own.
 
-    The Involution plugin is registered with ``dfmvr.kernels.trt_plugin.register_involution_plugin``
-    (TensorRT >= 10.8). plugin_libraries: extra shared libraries with TensorRT plugins loaded before
-    the engine is deserialized; also read from ``DFMVR_TRT_PLUGINS`` (os.pathsep separated).
+    An engine whose card records an AOT Involution plugin (every engine ``dfmvr-export`` builds) runs
+    without the Python plugin: its kernel is in the engine, so nothing is registered and no PTX compiled
+    (no NVRTC or nvcc needed). Other engines (a JIT plugin, or a card without the record) get the plugin
+    registered with ``register_involution_plugin``, which compiles PTX only if TensorRT asks for it.
+    plugin_libraries: extra shared libraries with TensorRT plugins loaded before the engine is
+    deserialized; also read from ``DFMVR_TRT_PLUGINS`` (os.pathsep separated).
+    card: the engine's ModelCard; its profile record lets ``check_batch`` refuse a batch before activation.
     Not verified here: this machine has neither a GPU nor TensorRT.
     """
 
     name = "tensorrt"
 
-    def __init__(self, path, plugin_libraries=()):
+    def __init__(self, path, plugin_libraries=(), card=None):
         super().__init__()
         self.path = Path(path)
+        self.record = card_engine_record(card)
         env = [p for p in os.environ.get("DFMVR_TRT_PLUGINS", "").split(os.pathsep) if p]
         self.plugin_libraries = [Path(p) for p in (*plugin_libraries, *env)]
-        self._device: dict[str, tuple[int, int]] = {}    # name -> (pointer, bytes)
+        self._buffers: dict = {}      # tensor name -> cuda_driver.DeviceBuffer (grown, never shrunk)
+        self._cuda = None
 
-    def _check(self, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            _, text = self._cudart.cudaGetErrorString(err)
-            raise UnavailableError(f"CUDA call failed: {text.decode() if isinstance(text, bytes) else text}")
-        return rest[0] if len(rest) == 1 else rest
+    def card_profile(self) -> tuple[tuple[int, ...], ...] | None:
+        """(min, opt, max) input shapes recorded in the engine's card, or None."""
+        prof = self.record.get("profile") or {}
+        if all(k in prof for k in ("min", "opt", "max")):
+            return tuple(tuple(prof[k]) for k in ("min", "opt", "max"))
+        return None
+
+    def check_batch(self, batch: int) -> None:
+        """InputError naming the profile when ``batch`` is outside the card's recorded profile."""
+        prof = self.card_profile()
+        if prof is not None:
+            check_profile_shape(self.record.get("input", "images"), (int(batch), *prof[0][1:]), prof, self.path)
+
+    def needs_python_plugin(self) -> bool:
+        """False when the card says the engine's Involution plugin is AOT (its kernel is in the engine)."""
+        return not (self.record.get("plugin") or {}).get("aot", False)
 
     def _activate(self):
+        from ..kernels.trt_version import import_tensorrt
+
+        trt = import_tensorrt("running a TensorRT engine (use --onnx otherwise)")
+        from ..kernels.cuda_driver import CudaContext
+
+        # the device's primary context (the one TensorRT uses) and a non-blocking stream: never the legacy
+        # default stream, which serialises with every other. No cuda-python: MissingExtraError (exit 2);
+        # no driver or GPU: UnavailableError (exit 3).
+        self._cuda = CudaContext(0, non_blocking=True)
         try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise UnavailableError("running a TensorRT engine needs TensorRT, which is not importable here "
-                                   "-- install it from NVIDIA's package index on a GPU machine, or use --onnx") from exc
-        self._cudart = require("cuda.bindings.runtime", "gpu", "the TensorRT runner")
-        count = self._cudart.cudaGetDeviceCount()
-        if int(count[0]) != 0 or not count[1]:
-            raise UnavailableError("no usable CUDA device (driver missing or no GPU) -- use --device cpu")
+            self._load_engine(trt)
+        except BaseException:
+            self._cuda.close()
+            self._cuda = None
+            raise
+
+    def _load_engine(self, trt) -> None:
         import ctypes
 
         for lib in self.plugin_libraries:
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-        from ..kernels.trt_plugin import register_involution_plugin
+        if self.needs_python_plugin():
+            from ..kernels.trt_plugin import register_involution_plugin
 
-        try:
-            register_involution_plugin()          # the dfmvr::Involution plugin (tensorrt.plugin API)
-        except UnavailableError:
-            if not self.plugin_libraries:         # a C++ plugin library may provide it instead
-                raise
+            try:
+                register_involution_plugin()      # the dfmvr::Involution plugin (tensorrt.plugin API), PTX lazy
+            except UnavailableError:
+                if not self.plugin_libraries:     # a C++ plugin library may provide it instead
+                    raise
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
@@ -182,21 +249,14 @@ class TensorrtRunner(Runner):
         mode = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        self._stream = self._check(self._cudart.cudaStreamCreate())
 
-    def _buffer(self, name: str, nbytes: int) -> int:
-        """A device buffer of at least ``nbytes`` for tensor ``name`` (grown, never shrunk)."""
-        ptr, size = self._device.get(name, (0, 0))
-        if size < nbytes:
-            if ptr:
-                self._check(self._cudart.cudaFree(ptr))
-            ptr = int(self._check(self._cudart.cudaMalloc(max(nbytes, 1))))
-            self._device[name] = (ptr, nbytes)
-        return ptr
+    def _buffer(self, name: str):
+        from ..kernels.cuda_driver import DeviceBuffer
+
+        return self._buffers.setdefault(name, DeviceBuffer())
 
     def _infer(self, feed):
-        rt, trt = self._cudart, self._trt
-        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        trt, stream = self._trt, self._cuda.stream
         keep = []
         for name in self.input_names:
             if name not in feed:
@@ -204,33 +264,39 @@ class TensorrtRunner(Runner):
             dtype = trt.nptype(self.engine.get_tensor_dtype(name))
             host = np.ascontiguousarray(feed[name], dtype=dtype)
             keep.append(host)
-            self.context.set_input_shape(name, tuple(host.shape))
-            ptr = self._buffer(name, host.nbytes)
-            self._check(rt.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self._stream))
-            self.context.set_tensor_address(name, ptr)
+            check_profile_shape(name, host.shape, engine_profile(self.engine, name), self.path)
+            if not self.context.set_input_shape(name, tuple(host.shape)):
+                raise InputError(self.path, f"TensorRT refused input shape {tuple(host.shape)} for '{name}'",
+                                 "check the batch against the engine's optimisation profile")
+            self.context.set_tensor_address(name, self._buffer(name).upload(host, stream))
         outputs = {}
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise InputError(self.path, f"TensorRT could not infer the shape of output '{name}' ({shape}) "
+                                 "from the inputs given")
             host = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-            self.context.set_tensor_address(name, self._buffer(name, host.nbytes))
+            self.context.set_tensor_address(name, self._buffer(name).ensure(host.nbytes))
             outputs[name] = host
-        if not self.context.execute_async_v3(int(self._stream)):
+        if not self.context.execute_async_v3(int(stream)):
             raise UnavailableError(f"TensorRT failed to execute {self.path}")
         for name, host in outputs.items():
-            self._check(rt.cudaMemcpyAsync(host.ctypes.data, self._device[name][0], host.nbytes, d2h, self._stream))
-        self._check(rt.cudaStreamSynchronize(self._stream))
+            self._buffers[name].download(host, stream)
+        self._cuda.synchronize()
         return outputs
 
     def _deactivate(self):
-        for ptr, _ in self._device.values():
-            self._cudart.cudaFree(ptr)
-        self._device.clear()
-        self._cudart.cudaStreamDestroy(self._stream)
+        for buf in self._buffers.values():
+            buf.free()
+        self._buffers.clear()
         self.context = self.engine = self._runtime = None
+        if self._cuda is not None:
+            self._cuda.close()
+            self._cuda = None
 
 
 def runner_for(artifact, threads: int | None = None, device: str = "cpu") -> Runner:
     """The runner an artifact needs: ONNX -> OnnxrtRunner, engine -> TensorrtRunner."""
     if artifact.kind == "engine":
-        return TensorrtRunner(artifact.path)
+        return TensorrtRunner(artifact.path, card=artifact.card)
     return OnnxrtRunner(artifact.path, threads=threads, device=device)

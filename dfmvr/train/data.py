@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..card import IMAGE_SIZE, INPUT_MEAN, INPUT_STD    # the model card's normalisation and crop size
 from ..errors import InputError
 from ..face.layout import COEFFS, NUM_PARSE_CLASSES, VIEWS
 
@@ -30,8 +31,6 @@ __all__ = ["TripletDataset", "IMAGE_SUFFIXES", "find_triplets", "read_rgb", "col
            "augment_views"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SIZE = 224
-INPUT_MEAN, INPUT_STD = 0.5, 0.5     # the model card's normalisation: (rgb01 - 0.5) / 0.5 -> [-1, 1]
 BLUR_PROBABILITY = 0.3               # the paper's augmentation
 
 

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..errors import InputError
 from ..face.camera import Camera
-from ..face.model import MorphableModel
 from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from .convert import DEAD_PREFIXES
 from .data import TripletDataset
@@ -39,8 +38,9 @@ from .models.heads import POOLING
 from .models.variants import build_model, make_card
 from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
+from .synth import load_meta
 
-__all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "METRICS_NAME", "resolve_face_model"]
+__all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "METRICS_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -81,22 +81,11 @@ class TrainConfig:
                                          # (models/keypoints.py), supervised with weights["keypoint_2d"]
 
 
-def resolve_face_model(path, data_root) -> tuple[MorphableModel, str]:
-    """``--face-model`` if given, else the dataset's ``face_model.npz``, else the synthetic default."""
-    if path is not None:
-        return MorphableModel.load(path), str(path)
-    local = Path(data_root) / "face_model.npz"
-    if local.is_file():
-        return MorphableModel.load(local), str(local)
-    from ..face.synthetic import default_face_model
-    return default_face_model(), "default synthetic face model"
-
-
 def _dataset_camera(data_root) -> Camera:
     meta = Path(data_root) / "meta.json"
     if meta.is_file():
         try:
-            return Camera.from_dict(json.loads(meta.read_text())["camera"])
+            return Camera.from_dict(load_meta(data_root)["camera"])
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(meta, f"dataset meta.json has no valid camera ({exc})") from exc
     return Camera()
@@ -124,7 +113,8 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         self.dataset = TripletDataset(config.data, augment=config.augment)
-        face_model, fm_source = resolve_face_model(config.face_model, config.data)
+        from ..face.selection import select_face_model      # the one rule for every command
+        face_model, fm_source = select_face_model(config.face_model, data=config.data)
         camera = _dataset_camera(config.data)
         self.face_model = face_model
         train_state = None
@@ -147,6 +137,9 @@ class Trainer:
                                      f"got {config.per_sample_norm!r}")
                 value = NORM_CHOICES[config.per_sample_norm]
                 card.architecture = {**card.architecture, TRAINING_NORM_KEY: value, INFERENCE_NORM_KEY: value}
+            if card.architecture.get("design") == "lite" and (config.pool or config.keypoints):
+                raise ValueError("--pool and --keypoints apply to the official design's RedNet regressor; "
+                                 "the 'lite' variant always reads its map spatially (models/lite.py)")
             if config.pool:   # see models/heads.py for why
                 if config.pool not in POOLING:
                     raise ValueError(f"pool must be one of {POOLING} or None, got {config.pool!r}")
@@ -229,6 +222,8 @@ class Trainer:
             prov["supervised_shape_weight"] = weights.supervised_shape
         if weights.supervised_shape_aligned > 0:
             prov["supervised_shape_aligned_weight"] = weights.supervised_shape_aligned
+        if weights.supervised_pose > 0:
+            prov["supervised_pose_weight"] = weights.supervised_pose
         return prov
 
     # --- data ------------------------------------------------------------------------------
@@ -356,7 +351,8 @@ class Trainer:
             dist.destroy_process_group()
 
     def validate(self) -> dict:
-        from .evaluate import TorchPredictor, evaluate_dataset
+        from ..eval import evaluate_dataset
+        from .predictor import TorchPredictor
 
         self.model.eval()
         predictor = _LargestCoefficient(TorchPredictor(self.model, str(self.device)))

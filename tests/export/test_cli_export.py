@@ -69,4 +69,9 @@ def test_parse_batch_accepts_one_number_and_triples():
 
     assert parse_batch("1:2:8") == BatchProfile(1, 2, 8)
     assert parse_batch("4") == BatchProfile(4, 4, 4)
+    from dfmvr.errors import InputError
+
+    with pytest.raises(InputError, match="--engine-batch '4:2:8' is not MIN:OPT:MAX") as caught:
+        parse_batch("4:2:8")
+    assert caught.value.fix == "e.g. --engine-batch 1:1:4"
     assert BatchProfile(1, 2, 8).shapes(224)[2] == (8, 3, 3, 224, 224)

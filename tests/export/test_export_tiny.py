@@ -10,9 +10,10 @@ import pytest
 from dfmvr.card import GRAPH_INPUT, GRAPH_OUTPUTS, ONNX_METADATA_KEY
 from dfmvr.export.involution_onnx import involution_nodes, strip_involution_function
 from dfmvr.export.onnx_export import ExportError, check_exported_model, read_card
-from dfmvr.export.parity import FP32_TOLERANCE, OnnxrtRunner, TorchRunner, compare, parity_inputs
+from dfmvr.export.parity import FP32_TOLERANCE, OnnxrtRunner, RunnerCall, compare, parity_inputs
 from dfmvr.face.synthetic import default_face_model
 from dfmvr.kernels.op import INVOLUTION
+from dfmvr.train.runner import TorchRunner
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_independent_parity_at_another_batch_size(tiny_export, tiny_torch):
     darker = triplet * 0.8 - 0.2
     darker[0] = 0.0
     images = np.stack([triplet, triplet[::-1], darker]).astype(np.float32)
-    ref = TorchRunner(model)(images)
+    ref = RunnerCall(TorchRunner(model))(images)
     got = OnnxrtRunner(tiny_export["summary"].onnx_path)(images)
     assert got[0].shape == (3, 269) and got[1].shape == (3, 3, 224, 224) and got[1].dtype == np.uint8
     assert got[1][2, 0].max() == 0 and got[1][0].max() > 0        # missing view -> background labels

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from dfmvr.export.tensorrt_build import card_path_for, tensorrt_unavailable
+from dfmvr.card import engine_card_path
+from dfmvr.export.tensorrt_build import tensorrt_unavailable
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 _REASON = tensorrt_unavailable()
@@ -22,7 +23,7 @@ def test_engine_build_parity_and_timing_cache(tmp_path, fp16):
     summary = export_all("tiny", tmp_path, fp16=fp16, engine="model.plan", batch="1:2:4",
                          workspace_gb=1.0, timing_cache=cache, echo=lambda s: None)
     assert summary.engine_path == tmp_path / "model.plan" and summary.engine_path.stat().st_size > 0
-    card = ModelCard.from_json(card_path_for(summary.engine_path).read_text())
+    card = ModelCard.from_json(engine_card_path(summary.engine_path).read_text())
     assert card.variant == "tiny"
     assert cache.is_file() and cache.stat().st_size > 0
     doc = json.loads(summary.parity_path.read_text())

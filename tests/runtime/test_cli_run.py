@@ -225,3 +225,28 @@ def test_resume_skips_finished_triplets(tmp_path, base, capsys):
     assert code == 0 and "2 triplet(s) already done" in err
     assert (tmp_path / "out" / "p2" / "result.json").is_file()
     assert (tmp_path / "out" / "p0" / "result.json").read_text() == first      # untouched
+
+
+def test_out_under_a_regular_file_is_refused_before_any_work(tmp_path, capsys):
+    write_triplet(tmp_path / "me", make_crops(0))
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("a file, not a folder")
+    # the model does not exist either: the --out check must come first, before anything is loaded
+    code, out, err = dfmvr_run([tmp_path / "me", "--onnx", tmp_path / "missing.onnx", "--aligned",
+                                "--out", blocker / "sub"], capsys)
+    assert code == 2
+    assert str(blocker) in err and "--out" in err and "is a file, not a folder" in err
+    assert "choose another path" in err and "missing.onnx" not in err
+    assert blocker.read_text() == "a file, not a folder"
+    code, _, err = dfmvr_run([tmp_path / "me", "--aligned", "--out", blocker], capsys)
+    assert code == 2 and str(blocker) in err
+
+
+def test_a_link_to_dot_in_a_triplet_folder_reconstructs_once(tmp_path, base, capsys):
+    write_triplet(tmp_path / "me", make_crops(0))
+    (tmp_path / "me" / "loop").symlink_to(".", target_is_directory=True)
+    code, out, err = dfmvr_run([tmp_path / "me", *base, "--aligned", "--out", tmp_path / "out",
+                                "--format", "json"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["me"]      # single mode: no summary.json
+    assert "me: wrote" in out

@@ -126,3 +126,38 @@ def test_written_triplet_round_trips(tmp_path):
     t, _ = discover_triplets([tmp_path / "t"])
     for img, path in zip(crops, t[0].ordered()):
         np.testing.assert_array_equal(decode_image(path), img)
+
+
+# --- symbolic links: one rule (dfmvr.runtime.inputs.LINK_RULE) ----------------------------------------
+def test_a_link_to_dot_inside_a_triplet_folder_adds_nothing(tmp_path):
+    _touch_images(tmp_path / "me", VIEWS)
+    (tmp_path / "me" / "again").symlink_to(".", target_is_directory=True)
+    (tmp_path / "me" / "loop").symlink_to(tmp_path / "me", target_is_directory=True)
+    triplets, problems = discover_triplets([tmp_path / "me"])
+    assert [t.name for t in triplets] == ["me"] and not problems     # one triplet: not a batch
+
+
+def test_batch_folders_follow_links_and_search_each_real_folder_once(tmp_path):
+    _touch_images(tmp_path / "elsewhere" / "p9", VIEWS)             # outside the batch: reached by a link
+    batch = tmp_path / "batch"
+    _touch_images(batch / "p1", VIEWS)
+    (batch / "linked").symlink_to(tmp_path / "elsewhere" / "p9", target_is_directory=True)
+    (batch / "alias").symlink_to(batch / "p1", target_is_directory=True)     # a folder already searched
+    (batch / "p1" / "up").symlink_to(batch, target_is_directory=True)        # a loop
+    (batch / "tree").symlink_to(tmp_path / "elsewhere", target_is_directory=True)   # reaches p9 again
+    images = tmp_path / "photos"
+    _touch_images(images, ["a", "b", "c"])
+    (batch / "p2").mkdir()
+    for view, name in zip(VIEWS, "abc"):                               # links to images are images
+        (batch / "p2" / f"{view}.png").symlink_to(images / f"{name}.png")
+    triplets, problems = discover_triplets([batch])
+    assert sorted(t.name for t in triplets) == ["linked", "p1", "p2"] and not problems
+    p2 = {t.name: t for t in triplets}["p2"]
+    assert [p.resolve().name for p in p2.ordered()] == ["a.png", "b.png", "c.png"]
+
+
+def test_the_link_rule_is_the_one_dfmvr_run_help_states():
+    from dfmvr.cli.run import command
+    from dfmvr.runtime.inputs import LINK_RULE
+
+    assert " ".join(LINK_RULE.split()) in " ".join(command.help.split())

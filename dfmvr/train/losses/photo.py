@@ -4,6 +4,11 @@ The weight map comes from the input's parse labels (``layout.PARSE_CLASSES``): f
 (brows, eyes, nose, mouth, lips) weigh 254, skin within a 10x10 dilation of the features 254, other
 skin 128, background 32. The same map is used for every view (the official code gives the left
 view's features 0.99 by mistake; we do not).
+
+Saturated photo values are bounds, not values (``docs/losses.md``): where a photo channel reads 255
+the scene was at least that bright (at 0, at most that dark), so the rendered colour (SH-lit,
+unclipped) is clipped to that bound there and only there. A render of 1.3 over a 255 pixel then costs nothing, while the same
+render over a 200 pixel still costs and keeps its gradient (clipping the whole render would cut it).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FEATURE_CLASSES", "SKIN_CLASS", "PHOTO_WEIGHTS", "dilate_mask", "photo_weight_map",
-           "photometric_loss"]
+           "clip_to_saturation", "photometric_loss"]
 
 SKIN_CLASS = 1
 FEATURE_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9)   # brows, eyes, nose, mouth (inner), upper/lower lip
@@ -59,6 +64,14 @@ def photo_weight_map(labels: torch.Tensor, dilation: int = 10,
     return out
 
 
+def clip_to_saturation(rendered: torch.Tensor, target: torch.Tensor, level: float = 0.5 / 255.0) -> torch.Tensor:
+    """``rendered`` with each channel clipped to 1 where ``target`` is saturated high (within
+    ``level`` of 1, i.e. 8-bit 255) and to 0 where it is saturated low; unchanged elsewhere. Same
+    shape as the inputs (any, elementwise)."""
+    out = torch.where(target >= 1.0 - level, rendered.clamp(max=1.0), rendered)
+    return torch.where(target <= level, out.clamp(min=0.0), out)
+
+
 def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, coverage: torch.Tensor,
                      weight_map: torch.Tensor, view_mask: torch.Tensor | None = None,
                      eps: float = 1e-10) -> torch.Tensor:
@@ -70,8 +83,10 @@ def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, coverage: tor
     weight_map [B, V, H, W]    float, from ``photo_weight_map``
     view_mask  [B, V] bool, optional: views that take part (missing / dropped views excluded)
 
-    loss = Σ w·c·‖rendered − target‖₂ / Σ w·c, over every pixel of every used view.
+    loss = Σ w·c·‖clip_to_saturation(rendered, target) − target‖₂ / Σ w·c, over every pixel of
+    every used view.
     """
+    rendered = clip_to_saturation(rendered, target)
     w = weight_map * coverage.to(weight_map.dtype)
     if view_mask is not None:
         w = w * view_mask.to(w.dtype)[:, :, None, None]

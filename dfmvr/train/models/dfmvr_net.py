@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from dfmvr.card import ModelCard
 from dfmvr.face.layout import COEFFS, NUM_VIEWS, VIEWS
 
+from .lite import LiteFusion, LiteRegressor
 from .heads import RedNetRegressor
 from .parse_net import BiSeNet
 from .unet import MulEnUnet
@@ -46,10 +47,15 @@ class DFMVRNet(nn.Module):
         arch = card.architecture
         self.card = card
         self.mask_model = BiSeNet(**arch["parse"])
-        self.uuunet = MulEnUnet(**arch["unet"])
-        rednet_args = dict(arch["rednet"])
-        rednet_args.setdefault("in_channels", self.uuunet.out_features)
-        self.rednet_fc = RedNetRegressor(card.layout_obj(), **rednet_args)
+        if arch.get("design", "official") == "lite":     # variants.py: 'lite'
+            self.uuunet = LiteFusion(**arch["unet"])
+            self.rednet_fc = LiteRegressor(card.layout_obj(), in_channels=self.uuunet.out_features,
+                                              **arch["rednet"])
+        else:
+            self.uuunet = MulEnUnet(**arch["unet"])
+            rednet_args = dict(arch["rednet"])
+            rednet_args.setdefault("in_channels", self.uuunet.out_features)
+            self.rednet_fc = RedNetRegressor(card.layout_obj(), **rednet_args)
         # The parse net is frozen: its weights come from a parse checkpoint, never from this loss.
         for p in self.mask_model.parameters():
             p.requires_grad_(False)

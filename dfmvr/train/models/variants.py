@@ -5,6 +5,9 @@
 - ``tiny``: the same topology with widths and depths cut (RedNet-26, MulEn-Unet 8..128, a quarter
   width BiSeNet) so that one triplet runs in well under a second on a 2-core CPU and a model trains
   in minutes: for tests, demos and the bundled default.
+- ``lite``: the same parse net as ``tiny``; DF-MVR's structure (three view encoders, attention-gated
+  fusion, an involution regressor, the official heads) at 112 px with a spatial readout, designed to
+  learn identity on a CPU (``lite.py`` says why).
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ def _tiny() -> dict[str, Any]:
     }
 
 
-VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {"paper": _paper, "tiny": _tiny}
+def _lite() -> dict[str, Any]:
+    tiny = _tiny()
+    return {"design": "lite", "parse": tiny["parse"],
+            "unet": {"num_classes": tiny["parse"]["num_classes"], "width": 32},
+            "rednet": {"channels": 128, "readout_channels": 8, "group_channels": 16}}
+
+
+VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {"paper": _paper, "tiny": _tiny, "lite": _lite}
 
 
 def variant_architecture(name: str) -> dict[str, Any]:

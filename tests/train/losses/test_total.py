@@ -33,7 +33,7 @@ def _perturbed(gt):
 
 
 def test_terms_small_at_ground_truth_large_when_perturbed(face, synthetic_batch):
-    loss = TrainingLoss(face, LossWeights(supervised=1.0))
+    loss = TrainingLoss(face, LossWeights(supervised=1.0, landmark_3d=1.0))
     gt = synthetic_batch["gt_coefficients"]
     _, at_gt = loss(gt, synthetic_batch)
     _, off = loss(_perturbed(gt), synthetic_batch)
@@ -42,6 +42,13 @@ def test_terms_small_at_ground_truth_large_when_perturbed(face, synthetic_batch)
     assert at_gt["photo"] < 0.08
     for name in ("photo", "landmark_2d", "landmark_3d", "supervised"):
         assert off[name] > 3 * at_gt[name] + 1e-6, name
+
+
+def test_default_weights_take_no_ground_truth(face, synthetic_batch):
+    """The batch carries the true 3D landmarks and coefficients; the default recipe reads neither."""
+    _, terms = TrainingLoss(face)(synthetic_batch["gt_coefficients"], synthetic_batch)
+    assert not {"landmark_3d", "supervised", "supervised_shape", "supervised_shape_aligned",
+                "supervised_pose"} & set(terms)
 
 
 def test_each_view_lit_with_its_own_rotation(face, synthetic_batch):
@@ -129,6 +136,27 @@ def test_supervised_shape_reads_the_vertex_error_in_square_mm(face, synthetic_ba
     basis0 = face.id_basis[:, 0].reshape(-1, 3)
     expected = 0.25 * (basis0 ** 2).sum(-1).mean() * 100.0 ** 2
     assert float(off["supervised_shape"]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_supervised_pose_reads_degrees_and_centimetres_of_present_views_only(face, synthetic_batch):
+    """Zero at the truth; 2 degrees of yaw in every view reads 4 deg², 5 mm of x offset 0.25 cm²;
+    shape, texture and lighting errors do not count, nor does a dropped view's pose."""
+    loss = TrainingLoss(face, LossWeights(supervised_pose=1.0))
+    gt = synthetic_batch["gt_coefficients"]
+    _, at_gt = loss(gt, synthetic_batch)
+    assert at_gt["supervised_pose"] == 0
+    c = COEFFS.split(gt.clone())
+    c.rotation[..., 1] += np.radians(2.0)
+    c.translation[..., 0] += 0.05           # 5 mm in decimetres
+    c.identity += 1.0
+    c.lighting += 0.1
+    _, off = loss(_join(c), synthetic_batch)
+    assert float(off["supervised_pose"]) == pytest.approx(4.0 + 0.25, rel=1e-4)
+    c.rotation[:, 0] += 1.0                  # a huge error in the left view...
+    mask = torch.ones(gt.shape[0], COEFFS.views, dtype=torch.bool)
+    mask[:, 0] = False                       # ...that was dropped
+    _, dropped = loss(_join(c), synthetic_batch, view_mask=mask)
+    assert float(dropped["supervised_pose"]) == pytest.approx(4.0 + 0.25, rel=1e-4)
 
 
 def test_supervised_shape_aligned_forgives_scale_and_position_but_not_shape(face, synthetic_batch):

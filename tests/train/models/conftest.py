@@ -22,6 +22,19 @@ def tiny_model():
     return build_model("tiny").eval()
 
 
+def assert_export_parity(checkpoint, out_dir) -> dict:
+    """The real export of ``checkpoint`` into ``out_dir``: its parity gate (ONNX Runtime against PyTorch,
+    coefficients and mesh mm) must pass. Returns the parity report."""
+    import json
+
+    from dfmvr.export.pipeline import export_all
+
+    export_all(str(checkpoint), out_dir, echo=lambda line: None)
+    report = json.loads((out_dir / "model.parity.json").read_text())
+    assert report["passed"], report
+    return report
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     # On a shared 2-core machine, 2 OpenMP threads per process oversubscribe the cores and small

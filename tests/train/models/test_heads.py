@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -11,6 +9,7 @@ from dfmvr.face.layout import COEFFS
 from dfmvr.train.checkpoint import load_checkpoint, save_checkpoint
 from dfmvr.train.models.heads import RedNetRegressor
 from dfmvr.train.models.variants import build_model, make_card
+from tests.train.models.conftest import assert_export_parity
 
 SMALL_REDNET = {"depth": 26, "in_channels": 4, "stem_channels": 32, "base_channels": 16, "group_channels": 16}
 
@@ -71,8 +70,6 @@ def test_readout_options_round_trip_and_export_parity(tmp_path):
     """The card carries the readouts (spatial pooling and the keypoint readout, both in one model so
     that one export covers both): a checkpoint reloads with them, and the real export's parity gate
     (ONNX Runtime against PyTorch, coefficients and mesh mm) passes."""
-    from dfmvr.export.pipeline import export_all
-
     torch.manual_seed(0)
     card = spatial_card()
     card.architecture["rednet"]["keypoints"] = 68
@@ -83,6 +80,4 @@ def test_readout_options_round_trip_and_export_parity(tmp_path):
     x = torch.randn(1, 3, 3, 224, 224).clamp(-1, 1)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    export_all(str(path), tmp_path / "export", echo=lambda line: None)
-    report = json.loads((tmp_path / "export" / "model.parity.json").read_text())
-    assert report["passed"], report
+    assert_export_parity(path, tmp_path / "export")

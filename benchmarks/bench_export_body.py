@@ -1,7 +1,9 @@
 """Measure formulations of the involution function body in ONNX Runtime (CPU) on RedNet's shapes.
 
-    python -m dfmvr.export.body_bench [--out benchmarks/results/export_involution_body.json]
-    python -m dfmvr.export.body_bench --graph tiny|paper|CHECKPOINT [--batch 1] [--repeats 5]
+    python -m benchmarks.bench_export_body [--out benchmarks/results/export_involution_body.json]
+    python -m benchmarks.bench_export_body --graph tiny|paper|CHECKPOINT [--batch 1] [--repeats 5]
+
+(Formerly ``dfmvr/export/body_bench.py``: a benchmark, so it lives here, outside the shipped package.)
 
 Compares, per RedNet-50 involution shape at batch 1:
 - ``function``      the shipped FunctionProto (gather-matmul), generic in K and stride;
@@ -25,14 +27,23 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..atomic import atomic_write_text
-from ..kernels.op import involution_output_size, involution_reference
-from .involution_onnx import OPSET, single_involution_model
+from benchmarks._common import REDNET_SHAPES
+from dfmvr.atomic import atomic_write_text
+from dfmvr.export.involution_onnx import OPSET, single_involution_model
+from dfmvr.kernels.op import involution_output_size, involution_reference
 
-# (channels, kernel, stride, H=W) of the involutions in RedNet-50 at a 224 input (stem + first of
-# each stage's blocks with its stride + a stride-1 block per stage).
-REDNET_SHAPES = [(32, 3, 1, 112), (64, 7, 1, 56), (128, 7, 2, 56), (128, 7, 1, 28),
-                 (256, 7, 2, 28), (256, 7, 1, 14), (512, 7, 2, 14), (512, 7, 1, 7)]
+
+def _involution_model(name: str, nodes, inits, channels: int, weight_channels: int, size: int,
+                      out_size: int) -> onnx.ModelProto:
+    """A static-shape graph X [1, C, size, size], W [1, G*K*K, out, out] -> Y [1, C, out, out] of ``nodes``."""
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, channels, size, size]),
+         helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, weight_channels, out_size, out_size])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, channels, out_size, out_size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    return model
 
 
 def unrolled_model(channels: int, kernel_size: int, stride: int, groups: int, size: int) -> onnx.ModelProto:
@@ -68,13 +79,7 @@ def unrolled_model(channels: int, kernel_size: int, stride: int, groups: int, si
                 nodes.append(helper.make_node("Add", [acc, f"m{t}"], [f"a{t}"]))
                 acc = f"a{t}"
     nodes.append(helper.make_node("Reshape", [acc, "y_shape"], ["Y"]))
-    graph = helper.make_graph(nodes, "involution_unrolled",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, size, size]),
-                               helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, g * k * k, ho, ho])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, c, ho, ho])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 10
-    return model
+    return _involution_model("involution_unrolled", nodes, inits, c, g * k * k, size, ho)
 
 
 def gather_reduce_model(channels: int, kernel_size: int, stride: int, groups: int, size: int) -> onnx.ModelProto:
@@ -98,13 +103,7 @@ def gather_reduce_model(channels: int, kernel_size: int, stride: int, groups: in
              n("Gather", ["xf", "idx"], ["u"], axis=2), n("Reshape", ["u", "u_shape"], ["u6"]),
              n("Reshape", ["W", "w_shape"], ["w6"]), n("Mul", ["u6", "w6"], ["m"]),
              n("ReduceSum", ["m", "ax3"], ["acc"], keepdims=0), n("Reshape", ["acc", "y_shape"], ["Y"])]
-    graph = helper.make_graph(nodes, "involution_gather_reduce",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, size, size]),
-                               helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, g * k * k, ho, ho])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, c, ho, ho])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 10
-    return model
+    return _involution_model("involution_gather_reduce", nodes, inits, c, g * k * k, size, ho)
 
 
 def _time(fn, repeats: int) -> float:
@@ -141,7 +140,7 @@ def run(repeats: int = 20, threads: int = 0) -> dict:
         try:
             import torch
 
-            from ..train.models.involution import involution
+            from dfmvr.train.models.involution import involution
             tx, tw = torch.from_numpy(x), torch.from_numpy(w)
             with torch.inference_mode():
                 row["torch_ms"] = _time(lambda: involution(tx, tw, k, s, g), repeats)
@@ -164,9 +163,10 @@ def graph_speed(spec: str, batch: int = 1, repeats: int = 5, onnx_path=None) -> 
 
     import torch
 
-    from .onnx_export import export_onnx
-    from .parity import OnnxrtRunner, TorchRunner
-    from .pipeline import load_for_export
+    from dfmvr.export.onnx_export import export_onnx
+    from dfmvr.export.parity import OnnxrtRunner, RunnerCall
+    from dfmvr.export.pipeline import load_for_export
+    from dfmvr.train.runner import TorchRunner
 
     model, card, what = load_for_export(spec)
     rng = np.random.default_rng(0)
@@ -175,7 +175,7 @@ def graph_speed(spec: str, batch: int = 1, repeats: int = 5, onnx_path=None) -> 
         path = onnx_path or export_onnx(model, Path(tmp) / "model.onnx", card).path
         ort_runner = OnnxrtRunner(path)
         ort_ms = _time(lambda: ort_runner(images), repeats)
-    torch_runner = TorchRunner(model)
+    torch_runner = RunnerCall(TorchRunner(model))
     torch_ms = _time(lambda: torch_runner(images), repeats)
     return {"benchmark": "exported graph, ORT CPU vs torch eager", "model": what, "batch": batch,
             "repeats": repeats, "torch_threads": torch.get_num_threads(), "onnxruntime_ms": round(ort_ms, 2),

@@ -15,7 +15,7 @@ from dfmvr.face.layout import COEFFS
 from dfmvr.face.meshio import write_obj, write_landmarks
 from dfmvr.face.metrics import SEVEN_POINTS_IBUG
 from dfmvr.face.model import MorphableModel
-from dfmvr.train.evaluate import evaluate_dataset, load_eval_sample
+from dfmvr.eval.dataset import evaluate_dataset, load_eval_sample
 
 
 def _gt(folder):
@@ -28,7 +28,7 @@ class OraclePredictor:
     mean face, for an unknown input)."""
 
     def __init__(self, root, folders):
-        from dfmvr.train.evaluate import load_eval_sample
+        from dfmvr.eval.dataset import load_eval_sample
         self.card = ModelCard(variant="oracle", architecture={})
         fm = MorphableModel.load(root / "face_model.npz")
         self.table = []
@@ -92,7 +92,7 @@ def test_real_layout_scan_and_landmarks(synth4, tmp_path):
     c = COEFFS.split(gt["coefficients"][None])
     shape = face_shape(fm, c.identity, c.expression)
     assert np.allclose(shape[0], gt["vertices"], atol=1e-5)
-    from dfmvr.train.evaluate import _score
+    from dfmvr.eval.dataset import _score
     assert _score(shape[0], fm, s)["mean_mm"] < 0.01
     assert _score(fm.mean_shape, fm, s)["mean_mm"] > 0.3
 

@@ -1,7 +1,8 @@
 """Evaluation over a dataset: a model (torch checkpoint or ONNX graph) against ground-truth 3D shapes.
 
-Importing this module needs no torch: the ONNX path (``OnnxPredictor``) runs with ONNX Runtime
-through ``dfmvr.runtime``; only ``TorchPredictor`` imports torch, when it is built.
+No torch here: the ONNX path (``OnnxPredictor``) runs with ONNX Runtime through ``dfmvr.runtime``; a
+torch model is scored through ``dfmvr.train.predictor.TorchPredictor`` (any callable with a ``card``
+that maps normalised images to coefficients is a predictor).
 
 Each triplet is scored with ``dfmvr.face.metrics.evaluate_reconstruction`` (NoW-style: crop by the
 eye-corner radius, 7-point similarity, ICP, scan-to-mesh distances in mm) three times in one run:
@@ -33,8 +34,7 @@ from ..face.metrics import (SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_i
                             shape_r2, slot_prior, summarize)
 from ..face.model import MorphableModel
 
-__all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "TorchPredictor", "OnnxPredictor",
-           "evaluate_dataset", "METHODS"]
+__all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "OnnxPredictor", "evaluate_dataset", "METHODS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SCAN_LANDMARK_NAMES = ("scan_landmarks.txt", "scan_landmarks.pts", "scan_landmarks.pp", "scan_landmarks.npy")
@@ -52,6 +52,12 @@ class EvalSample:
     scan_triangles: np.ndarray | None
     scan_landmarks7: np.ndarray
     true_coefficients: np.ndarray | None = None   # synthetic data: [269] in COEFFS order
+    # Weak inputs for ``--refine`` (what a detector and a parser would give; on synthetic data they
+    # are exact): 2D landmarks [3, 68, 2] crop pixels, their visibility [3, 68] bool, parse labels
+    # [3, H, W] uint8. From landmarks.npz / labels.npz, else gt.npz; None when absent.
+    landmarks: np.ndarray | None = None
+    landmark_visible: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 def _image_path(folder: Path, view: str) -> Path | None:
@@ -86,9 +92,43 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+WEAK_INPUT_FILES = ("gt.npz", "landmarks.npz", "labels.npz")   # later files win
+
+
+def _weak_inputs(folder: Path, image_size: int) -> dict:
+    """The 2D landmarks, their visibility and the parse labels of a triplet folder, where present
+    (keys of EvalSample; absent or ill-shaped arrays are left out)."""
+    found: dict = {}
+    for name in WEAK_INPUT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for key, shape in (("landmarks", (3, 68, 2)), ("landmarks_visible", (3, 68)),
+                                   ("labels", (3, image_size, image_size))):
+                    if key in z.files and z[key].shape == shape:
+                        found[key] = z[key]
+        except Exception as exc:
+            raise InputError(path, f"cannot read the .npz file ({exc})", "regenerate or replace it") from exc
+    out = {}
+    if "landmarks" in found:
+        out["landmarks"] = found["landmarks"].astype(np.float32)
+        out["landmark_visible"] = found.get("landmarks_visible", np.ones((3, 68), bool)).astype(bool)
+    if "labels" in found:
+        out["labels"] = found["labels"].astype(np.uint8)
+    return out
+
+
 def load_eval_sample(folder, face_model: MorphableModel, image_size: int = 224) -> EvalSample:
     """Read one triplet folder of either layout (see the module docstring)."""
-    folder = Path(folder)
+    sample = _load_eval_sample(Path(folder), face_model, image_size)
+    for key, value in _weak_inputs(Path(folder), image_size).items():
+        setattr(sample, key, value)
+    return sample
+
+
+def _load_eval_sample(folder: Path, face_model: MorphableModel, image_size: int) -> EvalSample:
     paths = {v: _image_path(folder, v) for v in VIEWS}
     missing = [v for v, p in paths.items() if p is None]
     if missing:
@@ -129,24 +169,6 @@ def load_eval_sample(folder, face_model: MorphableModel, image_size: int = 224) 
                       lm3d[list(SEVEN_POINTS_IBUG)] * MM_PER_MODEL_UNIT, truth)
 
 
-class TorchPredictor:
-    """A DFMVRNet (eval mode) as a predictor: images [B, 3, 3, H, W] normalised -> [B, 269] float32."""
-
-    def __init__(self, model, device: str = "cpu"):
-        import torch
-
-        self._torch = torch
-        self.model = model.eval().to(device)
-        self.device = device
-        self.card = model.card
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            coeffs, _ = self.model(torch.from_numpy(images).to(self.device))
-        return coeffs.float().cpu().numpy()
-
-
 class OnnxPredictor:
     """An exported graph through ``dfmvr.runtime``'s ONNX Runtime runner (no torch)."""
 
@@ -173,7 +195,8 @@ def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSamp
 
 
 def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
-                     batch: int = 4, baselines: bool = True, progress: bool = False, **metric) -> dict:
+                     batch: int = 4, baselines: bool = True, progress: bool = False, refiner=None,
+                     refine_from_mean_face: bool = False, **metric) -> dict:
     """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
 
     predictor: callable images [B, 3, 3, H, W] float32 (normalised per ``predictor.card``) ->
@@ -187,6 +210,16 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     ``dfmvr.face.metrics.shape_r2``} for the network's methods, and "pose": per-view head-pose errors
     (``dfmvr.face.metrics.pose_errors``) of the model and of the slot-prior baseline (each view slot's
     mean true pose: what a network that ignores the photo's pose would at best say).
+
+    refiner (``--refine``): a callable (coefficients [B, 269], images [B, 3, H, W, 3] uint8,
+    landmarks, landmark_visible, labels) -> an object with ``coefficients`` [B, 269], ``loss_before`` /
+    ``loss_after`` [B] and ``seconds`` (``dfmvr.train.refine.Refiner``; it sees only the weak inputs
+    of ``EvalSample``, never the ground truth). Each eval batch is refined as one optimisation,
+    starting from the network's prediction; the result is scored as one more method, ``refined``,
+    beside ``model`` (rows, summaries, ``coefficient_r2``, ``pose``, and ``refined_vs``: the paired
+    gain over the network and the mean face), and ``refine`` records the mean loss before/after and
+    the seconds per triplet. ``refine_from_mean_face`` adds ``refined_mean_face``: the same refinement
+    started from the mean face (identity, expression, texture zeroed; the network's pose and light).
     """
     folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
     card = predictor.card
@@ -195,6 +228,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     rows = []
     predicted: dict[str, list[np.ndarray]] = {}
     truths: list[np.ndarray | None] = []
+    refine_log: dict[str, list] = {"loss_before": [], "loss_after": [], "seconds": []}
     iterator = range(0, len(folders), batch)
     if progress:
         from tqdm import tqdm
@@ -203,6 +237,13 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
         x = card.normalise(np.stack([s.images for s in samples]))
         preds = {"model": predictor(x)}
+        if refiner is not None:
+            preds["refined"] = _refine_batch(refiner, preds["model"], samples, refine_log)
+            if refine_from_mean_face:
+                start_mean = preds["model"].copy()
+                for block in ("identity", "expression", "texture"):
+                    start_mean[:, COEFFS.shared_slices()[block]] = 0.0
+                preds["refined_mean_face"] = _refine_batch(refiner, start_mean, samples, {k: [] for k in refine_log})
         if baselines:
             front = np.zeros_like(x)
             front[:, VIEWS.index("front")] = x[:, VIEWS.index("front")]
@@ -220,6 +261,21 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
                 row["mean_face"] = _score(mean_shape, face_model, sample, **metric)
             rows.append(row)
     out = {"model": summarize([r["model"] for r in rows]), "num_triplets": len(rows), "rows": rows}
+    if refiner is not None:
+        out["refined"] = summarize([r["refined"] for r in rows])
+        if refine_from_mean_face:
+            out["refined_mean_face"] = summarize([r["refined_mean_face"] for r in rows])
+        n = max(len(rows), 1)
+        out["refine"] = {"loss_before_mean": float(np.mean(refine_log["loss_before"])),
+                         "loss_after_mean": float(np.mean(refine_log["loss_after"])),
+                         "seconds_per_triplet": float(sum(refine_log["seconds"]) / n),
+                         "loss_lower_fraction": float(np.mean(np.array(refine_log["loss_after"])
+                                                              < np.array(refine_log["loss_before"])))}
+        if len(rows) >= 2:
+            others = ("model", "mean_face") if baselines else ("model",)
+            others += ("refined_mean_face",) if refine_from_mean_face else ()
+            out["refined_vs"] = {m: paired_improvement([r["refined"] for r in rows], [r[m] for r in rows])
+                                 for m in others}
     if baselines:
         out["baselines"] = {m: summarize([r[m] for r in rows]) for m in ("mean_face", "front_only")}
         if len(rows) >= 2:
@@ -232,4 +288,26 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         truth_c = COEFFS.split(truth)
         out["pose"] = {"model": pose_errors(COEFFS.split(np.concatenate(predicted["model"])), truth_c),
                        "slot_prior": pose_errors(slot_prior(truth_c), truth_c)}
+        for m in ("refined", "refined_mean_face"):
+            if m in predicted:
+                out["pose"][m] = pose_errors(COEFFS.split(np.concatenate(predicted[m])), truth_c)
     return out
+
+
+def _refine_batch(refiner, coeffs: np.ndarray, samples: list[EvalSample], log: dict) -> np.ndarray:
+    """One eval batch through ``refiner`` with the samples' weak inputs only; returns [B, 269]."""
+    n, v = len(samples), samples[0].images.shape[0]
+    size = samples[0].images.shape[1]
+    landmarks, visible = np.zeros((n, v, 68, 2), np.float32), np.zeros((n, v, 68), bool)
+    labels = np.zeros((n, v, size, size), np.uint8)
+    for i, s in enumerate(samples):
+        if s.landmarks is not None:
+            landmarks[i], visible[i] = s.landmarks, s.landmark_visible
+        if s.labels is not None:
+            labels[i] = s.labels
+    result = refiner(coeffs, np.stack([s.images for s in samples]), landmarks, visible,
+                     labels if any(s.labels is not None for s in samples) else None)
+    log["loss_before"] += [float(x) for x in result.loss_before]
+    log["loss_after"] += [float(x) for x in result.loss_after]
+    log["seconds"].append(float(result.seconds))
+    return np.asarray(result.coefficients, np.float32)

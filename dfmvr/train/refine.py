@@ -1,0 +1,291 @@
+"""Per-triplet refinement (``--refine N``): analysis-by-synthesis with the weak losses only.
+
+After the network, each triplet's coefficients are fitted to its own three photos for N Adam steps
+with the project's ``TrainingLoss`` (no second loss): the photometric term, the 2D landmarks and the
+regularisers (optionally PRDL); never the mask term (it needs the torch parse net) and never a term
+that reads ground truth. The batch handed to the loss is built here from the weak inputs alone
+(photos, parse labels and the photometric weight map made from them, 2D landmarks): ground-truth
+keys (``gt_coefficients``, ``landmarks_3d``, vertices) are not in it at all, whatever the weights
+say (``weak_batch``), and the ground-truth weights are forced to 0 (``weak_weights``).
+
+Coarse to fine: the first ``coarse_fraction`` of the steps render at half size (same problem, about
+1.9x cheaper per step). Measured error and time: ``docs/refine.md``.
+
+Schedule: the first ``pose_fraction`` of the steps move only the per-view rotation and translation
+(the network's pose is its least accurate output), the rest move everything; each phase runs its own
+Adam with a cosine-decayed learning rate. Coefficients are moved as x = x0 + step_scale * z with z
+optimised by Adam at learning rate ``lr``: ``step_scale`` sets the size of a step per block in the
+block's own units (basis sigmas, radians, decimetres), so one ``lr`` serves every block.
+
+torch lives here (the training side); the torch-free runtime and evaluation call ``refine`` through a
+lazy import only when ``--refine`` is given (``dfmvr.runtime.refine``, ``dfmvr.cli.eval``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..face.camera import Camera
+from ..face.layout import COEFFS
+from ..face.model import MorphableModel
+from .face_torch import FaceModelTorch
+from .losses.photo import photo_weight_map
+from .losses.total import LossWeights, TrainingLoss
+
+__all__ = ["RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "weak_weights",
+           "WEAK_BATCH_KEYS", "GROUND_TRUTH_WEIGHTS"]
+
+# The only batch keys a refinement may hand to the loss (see TrainingLoss.forward).
+WEAK_BATCH_KEYS = ("photos", "labels", "landmarks", "landmark_visible", "photo_weights")
+# Loss weights that read ground truth or a torch parse net: always 0 in a refinement.
+GROUND_TRUTH_WEIGHTS = ("landmark_3d", "supervised", "supervised_shape", "supervised_shape_aligned",
+                        "keypoint_2d", "mask")
+
+
+def weak_weights(prdl: float = 0.0, **overrides) -> LossWeights:
+    """The default recipe's weak terms (photo, 2D landmarks, regularisers), PRDL at ``prdl``, and
+    every ground-truth term (and the mask term) at 0, whatever ``overrides`` asks."""
+    w = LossWeights(prdl=prdl, **overrides)
+    for name in GROUND_TRUTH_WEIGHTS:
+        setattr(w, name, 0.0)
+    return w
+
+
+def weak_batch(batch: dict) -> dict:
+    """``batch`` with only the weak keys (``WEAK_BATCH_KEYS``): ground truth is dropped, not zero-weighted."""
+    return {k: v for k, v in batch.items() if k in WEAK_BATCH_KEYS}
+
+
+@dataclass
+class RefineConfig:
+    """How to refine. steps: Adam steps in all; pose_fraction: share of them on the pose alone;
+    lr: Adam's initial learning rate on the scaled variables; final_lr: the cosine's end, as a
+    fraction of lr; step_scale: per block, the size of one unit step (identity/expression/texture in
+    basis sigmas, lighting in SH units, rotation in radians, translation in decimetres)."""
+
+    steps: int = 50
+    pose_fraction: float = 0.25
+    lr: float = 4.0
+    final_lr: float = 0.05
+    step_scale: dict = field(default_factory=lambda: {
+        "identity": 0.05, "expression": 0.05, "texture": 0.05, "lighting": 0.01,
+        "rotation": 0.005, "translation": 0.005})
+    # Coarse to fine: the first ``coarse_fraction`` of the steps render at 1/``coarse_factor`` of the
+    # image size (camera focal and size divided, photos box-averaged, labels subsampled, landmarks
+    # scaled; the landmark weight multiplied by coarse_factor² so that its pixel² loss weighs the
+    # same against the photometric term), about 3x cheaper per step.
+    coarse_fraction: float = 0.75
+    coarse_factor: int = 2
+    prdl: float = 0.0                   # PRDL weight (0: off; 3DDFA-V3 used 8e-4)
+    # Other LossWeights fields to change from the default recipe (e.g. {"landmark_2d": 0.01}); the
+    # ground-truth weights stay 0 whatever this says.
+    loss_weights: dict = field(default_factory=dict)
+    device: str = "cpu"                 # a torch device: "cpu", "cuda", "cuda:1"
+    threads: int | None = None          # torch CPU threads during the fit (None: leave torch's setting)
+    progress: bool = False              # a tqdm bar over the steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RefineResult:
+    """coefficients [B, 269] float32 (COEFFS layout), refined; initial [B, 269] the starting point;
+    loss_before / loss_after [B] float: each triplet's weighted weak loss (alone in its batch) at the
+    start and at the end; terms_before / terms_after: per triplet, {term: unweighted value};
+    seconds: wall time of the whole refinement (the B triplets together, loss evaluations included)."""
+
+    coefficients: np.ndarray
+    initial: np.ndarray
+    loss_before: np.ndarray
+    loss_after: np.ndarray
+    terms_before: list
+    terms_after: list
+    seconds: float
+    steps: int
+    device: str
+
+    @property
+    def seconds_per_triplet(self) -> float:
+        return self.seconds / max(len(self.coefficients), 1)
+
+    def record(self, index: int) -> dict:
+        """One triplet's JSON-ready record (result.json's ``refine``)."""
+        return {"steps": self.steps, "device": self.device,
+                "loss_before": float(self.loss_before[index]), "loss_after": float(self.loss_after[index]),
+                "terms_before": self.terms_before[index], "terms_after": self.terms_after[index],
+                "seconds": round(self.seconds_per_triplet, 4),
+                "coefficients": [float(v) for v in self.coefficients[index]],
+                "network_coefficients": [float(v) for v in self.initial[index]]}
+
+
+def _scale_vector(step_scale: dict, device) -> torch.Tensor:
+    s = torch.empty(COEFFS.size, dtype=torch.float32)
+    for name, sl in COEFFS.shared_slices().items():
+        s[sl] = float(step_scale[name])
+    pose = torch.tensor([float(step_scale["rotation"])] * COEFFS.rotation
+                        + [float(step_scale["translation"])] * COEFFS.translation)
+    s[COEFFS.shared:] = pose.repeat(COEFFS.views)
+    return s.to(device)
+
+
+def _cosine(step: int, total: int, lr: float, final: float) -> float:
+    if total <= 1:
+        return lr
+    t = step / (total - 1)
+    return lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+class Refiner:
+    """A face model, camera and loss set up once; ``__call__`` refines batches of triplets.
+
+    face_model: ``MorphableModel`` (the one the coefficients belong to); camera: the model card's camera.
+    """
+
+    def __init__(self, face_model: MorphableModel, camera: Camera, config: RefineConfig | None = None):
+        self.config = config or RefineConfig()
+        self.device = torch.device(self.config.device)
+        self.face = FaceModelTorch(face_model, camera).to(self.device)
+        self.weights = weak_weights(prdl=self.config.prdl, **self.config.loss_weights)
+        self.loss = TrainingLoss(self.face, self.weights).to(self.device)
+        self.camera = camera
+        self.last_batch: dict | None = None      # the batch handed to the loss (for inspection / tests)
+        self.coarse_loss = None
+        k = int(self.config.coarse_factor)
+        if self.config.coarse_fraction > 0 and k > 1:
+            small = Camera(focal=camera.focal / k, image_size=camera.image_size // k, distance=camera.distance)
+            cw = weak_weights(prdl=self.config.prdl, **{
+                **self.config.loss_weights, "landmark_2d": self.weights.landmark_2d * k * k,
+                "photo_dilation": max(1, self.weights.photo_dilation // k)})
+            self.coarse_loss = TrainingLoss(FaceModelTorch(face_model, small).to(self.device), cw).to(self.device)
+
+    def coarse_batch(self, batch: dict) -> dict:
+        """The weak batch at 1/coarse_factor of the size (see ``RefineConfig.coarse_fraction``)."""
+        k = int(self.config.coarse_factor)
+        b, v, c, h, w = batch["photos"].shape
+        photos = torch.nn.functional.avg_pool2d(batch["photos"].reshape(b * v, c, h, w), k)
+        labels = batch["labels"][..., k // 2::k, k // 2::k].contiguous()
+        return weak_batch({"photos": photos.reshape(b, v, c, h // k, w // k), "labels": labels,
+                           "landmarks": batch["landmarks"] / k, "landmark_visible": batch["landmark_visible"],
+                           "photo_weights": photo_weight_map(labels, self.coarse_loss.weights.photo_dilation)})
+
+    def make_batch(self, images, landmarks=None, landmark_visible=None, labels=None) -> dict:
+        """Weak inputs (numpy) -> the loss batch on the device. images [B, V, H, W, 3] uint8 RGB (or
+        float in [0, 1]); landmarks [B, V, 68, 2] pixels or None (the landmark term then sees no
+        point); landmark_visible [B, V, 68] bool or None (all visible where landmarks are given);
+        labels [B, V, H, W] parse classes or None (all background: a uniform photometric weight)."""
+        images = np.asarray(images)
+        photos = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        photos = photos.float() / 255.0 if images.dtype == np.uint8 else photos.float().clamp(0, 1)
+        photos = photos.permute(0, 1, 4, 2, 3).contiguous()               # [B, V, 3, H, W]
+        b, v, _, h, w = photos.shape
+        if labels is None:
+            labels_t = torch.zeros(b, v, h, w, dtype=torch.int64, device=self.device)
+        else:
+            labels_t = torch.from_numpy(np.asarray(labels).astype(np.int64)).to(self.device)
+        if landmarks is None:
+            lm = torch.zeros(b, v, 68, 2, device=self.device)
+            visible = torch.zeros(b, v, 68, dtype=torch.bool, device=self.device)
+        else:
+            lm = torch.from_numpy(np.asarray(landmarks, np.float32)).to(self.device)
+            visible = (torch.ones(b, v, 68, dtype=torch.bool, device=self.device) if landmark_visible is None
+                       else torch.from_numpy(np.asarray(landmark_visible, bool)).to(self.device))
+        # the photometric weight map depends on the labels only: computed once, not at every step
+        weights = photo_weight_map(labels_t, self.weights.photo_dilation)
+        return weak_batch({"photos": photos, "labels": labels_t, "landmarks": lm, "landmark_visible": visible,
+                           "photo_weights": weights})
+
+    def _per_triplet(self, coeffs: torch.Tensor, batch: dict) -> tuple[np.ndarray, list]:
+        totals, terms = [], []
+        with torch.no_grad():
+            for i in range(coeffs.shape[0]):
+                one = {k: t[i:i + 1] for k, t in batch.items()}
+                total, parts = self.loss(coeffs[i:i + 1], one)
+                totals.append(float(total))
+                terms.append({k: float(t) for k, t in parts.items()})
+        return np.array(totals), terms
+
+    def __call__(self, coefficients, images, landmarks=None, landmark_visible=None, labels=None) -> RefineResult:
+        """Refine ``coefficients`` [B, 269] (COEFFS layout, the network's prediction) against the
+        triplets' weak inputs (see ``make_batch``). Returns a ``RefineResult``."""
+        cfg = self.config
+        threads = torch.get_num_threads()
+        if cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(int(cfg.threads))
+        try:
+            start = time.perf_counter()
+            batch = self.make_batch(images, landmarks, landmark_visible, labels)
+            self.last_batch = batch
+            x0 = torch.as_tensor(np.asarray(coefficients, np.float32), device=self.device).reshape(-1, COEFFS.size)
+            before, terms_before = self._per_triplet(x0, batch)
+            x = self._fit(x0, batch)
+            after, terms_after = self._per_triplet(x, batch)
+            seconds = time.perf_counter() - start
+        finally:
+            torch.set_num_threads(threads)
+        return RefineResult(x.cpu().numpy().astype(np.float32), x0.cpu().numpy(), before, after,
+                            terms_before, terms_after, seconds, int(cfg.steps), str(self.device))
+
+    def _fit(self, x0: torch.Tensor, batch: dict) -> torch.Tensor:
+        cfg = self.config
+        steps = int(cfg.steps)
+        if steps <= 0:
+            return x0.clone()
+        scale = _scale_vector(cfg.step_scale, self.device)
+        z_pose = torch.zeros(x0.shape[0], COEFFS.size - COEFFS.shared, device=self.device, requires_grad=True)
+        z_shared = torch.zeros(x0.shape[0], COEFFS.shared, device=self.device, requires_grad=True)
+        n_pose = min(steps, int(round(steps * cfg.pose_fraction)))
+        n_coarse = int(round(steps * cfg.coarse_fraction)) if self.coarse_loss is not None else 0
+        small = self.coarse_batch(batch) if n_coarse else None
+        done = 0
+        phases = [(n_pose, [z_pose]), (steps - n_pose, [z_shared, z_pose])]
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=steps, desc=f"refine {x0.shape[0]} triplet(s)", unit="step", leave=False)
+        try:
+            for n, params in phases:
+                if n == 0:
+                    continue
+                opt = torch.optim.Adam(params, lr=cfg.lr)
+                for k in range(n):
+                    for g in opt.param_groups:
+                        g["lr"] = _cosine(k, n, cfg.lr, cfg.final_lr)
+                    x = x0 + scale * torch.cat([z_shared, z_pose], dim=1)
+                    if done < n_coarse:
+                        total, _ = self.coarse_loss(x, small)
+                    else:
+                        total, _ = self.loss(x, batch)
+                    done += 1
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    opt.step()
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{total.item():.4f}", phase="pose" if params is phases[0][1] else "all")
+        finally:
+            if bar is not None:
+                bar.close()
+        with torch.no_grad():
+            return x0 + scale * torch.cat([z_shared, z_pose], dim=1)
+
+
+def refine(coefficients, images, face_model: MorphableModel, camera: Camera, *, landmarks=None,
+           landmark_visible=None, labels=None, steps: int = 50, device: str = "cpu", progress: bool = False,
+           config: RefineConfig | None = None) -> RefineResult:
+    """Refine network coefficients on their triplets with the weak losses (the Python API).
+
+    coefficients [B, 269] float (COEFFS layout); images [B, 3, H, W, 3] uint8 RGB aligned crops in
+    VIEWS order (H = W = camera.image_size); landmarks [B, 3, 68, 2] pixels (crop, u right, v down) or
+    None; landmark_visible [B, 3, 68] bool or None; labels [B, 3, H, W] parse classes or None;
+    face_model / camera: those the coefficients belong to (the model card's camera). ``config``
+    overrides steps / device / progress when given. Returns a ``RefineResult``: refined
+    coefficients, each triplet's weak loss before and after, seconds.
+    """
+    cfg = config or RefineConfig(steps=steps, device=device, progress=progress)
+    return Refiner(face_model, camera, cfg)(coefficients, images, landmarks, landmark_visible, labels)

@@ -1,0 +1,53 @@
+"""The torch model as a runner of the runtime's family (``dfmvr.runtime.runners.Runner``).
+
+``TorchRunner`` has the runtime runners' lifecycle -- ``activate`` / ``infer`` / ``deactivate``, a context
+manager -- and the exported graph's signature: ``infer({"images": [B, 3, 3, S, S] float32})`` returns
+``{"coefficients": [B, 269] float32, "labels": [B, 3, S, S] uint8}`` (``dfmvr.card.GRAPH_INPUT`` /
+``GRAPH_OUTPUTS``). It is the reference of the export's parity reports: ``dfmvr.export.parity.RunnerCall``
+adapts it exactly as it adapts the runtime's ``OnnxrtRunner`` and ``TensorrtRunner``.
+
+Activation puts the model in eval mode on ``device``; deactivation gives the model back in the mode
+(train / eval) it was in before. Inference runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
+from ..errors import InputError
+from ..runtime.runners import Runner
+
+__all__ = ["TorchRunner"]
+
+
+class TorchRunner(Runner):
+    """A DFMVRNet (or any module ``images -> (coefficients, labels)``) as a runner."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str = "cpu"):
+        super().__init__()
+        self.model = model
+        self.device = device
+        self._was_training: bool | None = None
+
+    def _activate(self):
+        self._was_training = bool(self.model.training)
+        self.model.eval().to(self.device)
+
+    def _infer(self, feed):
+        import torch
+
+        if GRAPH_INPUT not in feed:
+            raise InputError(None, f"torch runner input '{GRAPH_INPUT}' was not fed")
+        images = torch.from_numpy(np.ascontiguousarray(feed[GRAPH_INPUT], np.float32)).to(self.device)
+        with torch.inference_mode():
+            coefficients, labels = self.model(images)
+        return {GRAPH_OUTPUTS[0]: coefficients.float().cpu().numpy(),
+                GRAPH_OUTPUTS[1]: labels.to(torch.uint8).cpu().numpy()}
+
+    def _deactivate(self):
+        if self._was_training:
+            self.model.train()
+        self._was_training = None

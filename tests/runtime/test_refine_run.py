@@ -1,0 +1,66 @@
+"""``dfmvr-run --refine N``: the refine record in result.json, landmarks mapped into the crop, and a
+clear exit 2 without torch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dfmvr.face.align import Similarity
+from dfmvr.face.layout import COEFFS
+from dfmvr.runtime.artifacts import DEFAULT_ONNX
+from dfmvr.runtime.detect import Detection
+from dfmvr.runtime.refine import crop_landmarks
+from dfmvr.runtime.pipeline import Prepared
+
+from tests.conftest import REPO, run_python
+
+EXAMPLE = REPO / "examples" / "triplet"
+
+
+@pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason="no bundled model in dfmvr/assets/default/")
+def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
+    from dfmvr.cli import run_entry
+
+    with pytest.raises(SystemExit) as exc:
+        run_entry([str(EXAMPLE), "--aligned", "--refine", "3", "--out", str(tmp_path / "out"),
+                   "--format", "json,npz", "--threads", "1", "--quiet"])
+    assert exc.value.code == 0, capsys.readouterr().err[-2000:]
+    doc = json.loads((tmp_path / "out" / "triplet" / "result.json").read_text())
+    r = doc["refine"]
+    assert r["steps"] == 3 and r["device"] == "cpu" and r["seconds"] > 0
+    assert r["loss_after"] < r["loss_before"]
+    assert len(r["coefficients"]) == len(r["network_coefficients"]) == COEFFS.size
+    assert r["coefficients"] != r["network_coefficients"]
+    assert r["landmarks"].startswith("none") and r["labels"].startswith("parse net")
+    # the written coefficients and poses are the refined ones
+    with np.load(tmp_path / "out" / "triplet" / "coeffs.npz") as z:
+        np.testing.assert_allclose(z["coefficients"], r["coefficients"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(doc["views"]["front"]["rotation_rad"],
+                               COEFFS.split(np.array([r["coefficients"]])).rotation[0, 1], atol=1e-6)
+
+
+def test_detector_landmarks_are_mapped_into_the_crop():
+    lm = np.random.default_rng(0).uniform(50, 400, (68, 2)).astype(np.float32)
+    sim = Similarity.from_params(0.5, 0.1, (-10.0, 5.0))
+    det = Detection(landmarks=lm, box=(0, 0, 1, 1), path="hog", detector="dlib")
+    prepared = Prepared(triplet=None, crops=np.zeros((3, 4, 4, 3), np.uint8), photos=None,
+                        similarities=[sim] * 3, detections=[det] * 3)
+    out, source = crop_landmarks(prepared)
+    assert source == "detector" and out.shape == (3, 68, 2)
+    np.testing.assert_allclose(out[0], sim.apply(lm), atol=1e-4)
+    aligned = Prepared(triplet=None, crops=prepared.crops, photos=None, similarities=[None] * 3)
+    assert crop_landmarks(aligned) == (None, "none (--aligned: no detector ran)")
+
+
+def test_run_refine_without_torch_exits_2_naming_the_extra(tmp_path):
+    code = f"""
+    from dfmvr.cli import run_entry
+    run_entry([r"{EXAMPLE}", "--aligned", "--refine", "3", "--out", r"{tmp_path / 'out'}", "--quiet"])
+    """
+    r = run_python(code, block_torch=True)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "--refine" in r.stderr and "pip install 'dfmvr[train]'" in r.stderr
+    assert not (tmp_path / "out").exists()

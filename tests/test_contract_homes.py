@@ -1,0 +1,33 @@
+"""Contracts with one home: normalisation and crop size (dfmvr.card), the engine card's path."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfmvr import card
+
+
+def test_a_new_card_and_the_training_data_use_the_one_normalisation():
+    fresh = card.ModelCard(variant="t", architecture={})
+    assert (fresh.input_mean, fresh.input_std, fresh.image_size) == (card.INPUT_MEAN, card.INPUT_STD,
+                                                                     card.IMAGE_SIZE)
+    pytest.importorskip("torch")
+    from dfmvr.export import pipeline
+    from dfmvr.train import data
+
+    assert (data.INPUT_MEAN, data.INPUT_STD, data.IMAGE_SIZE) == (card.INPUT_MEAN, card.INPUT_STD, card.IMAGE_SIZE)
+    assert data.INPUT_MEAN is card.INPUT_MEAN and data.IMAGE_SIZE is card.IMAGE_SIZE     # imported, not copied
+    assert pipeline.GRAPH_IMAGE_SIZE == card.IMAGE_SIZE
+
+
+def test_the_engine_card_path_has_one_definition(tmp_path):
+    from dfmvr.runtime import artifacts
+
+    assert artifacts.engine_card_path is card.engine_card_path
+    assert card.engine_card_path(tmp_path / "model.plan") == tmp_path / "model.plan.card.json"
+    pytest.importorskip("onnx")
+    from dfmvr.export import tensorrt_build
+
+    # the export side imports the one definition and keeps no alias of its own
+    assert tensorrt_build.engine_card_path is card.engine_card_path
+    assert not hasattr(tensorrt_build, "card_path_for")

@@ -1,0 +1,84 @@
+"""The 'lite' design (models/lite.py): DF-MVR's structure at 112 px with a spatial readout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfmvr.face.layout import COEFFS
+from dfmvr.train.checkpoint import load_checkpoint, save_checkpoint
+from dfmvr.train.models.heads import head_names
+from dfmvr.train.models.lite import LiteFusion, LiteRegressor
+from dfmvr.train.models.variants import build_model
+from tests.train.models.conftest import assert_export_parity
+
+
+def test_lite_keeps_the_contract_and_the_official_head_names():
+    model = build_model("lite").eval()
+    names = set(model.state_dict())
+    for head, _ in head_names():
+        assert f"rednet_fc.{head}.weight" in names
+    assert any(n.startswith("uuunet.att_0.") for n in names) and any(n.startswith("uuunet.enc_2.") for n in names)
+    coefficients, labels = model(torch.zeros(2, 3, 3, 224, 224))
+    assert coefficients.shape == (2, COEFFS.size) and coefficients.dtype == torch.float32
+    assert labels.shape == (2, 3, 224, 224) and labels.dtype == torch.int64
+
+
+def test_labels_enter_as_class_fractions_not_as_a_number():
+    """Label 9 must not be '9x label 1' (the official U-Net reads the index as an intensity): each class is
+    its own channel, averaged 2x2 into the fraction of the cell that class covers."""
+    fusion = LiteFusion(num_classes=10, width=8)
+    x = torch.zeros(1, 4, 4, 4)
+    x[0, 3, 0, 0], x[0, 3, 0, 1] = 9.0, 2.0          # top-left 2x2 cell: classes 9, 2, 0, 0
+    cell = fusion.view_input(x)[0, 3:, 0, 0]
+    want = torch.zeros(10)
+    want[0], want[2], want[9] = 0.5, 0.25, 0.25
+    torch.testing.assert_close(cell, want)
+
+
+def test_the_regressor_reads_where_a_feature_is():
+    """Same feature, two places: different coefficients (a global average could not tell them apart)."""
+    torch.manual_seed(0)
+    regressor = LiteRegressor(in_channels=16, channels=64).eval()
+    here, there = torch.zeros(1, 16, 14, 14), torch.zeros(1, 16, 14, 14)
+    here[:, :, 2, 3], there[:, :, 10, 9] = 1.0, 1.0
+    with torch.no_grad():
+        assert (regressor(here) - regressor(there)).abs().max() > 1e-4
+
+
+def test_the_regressor_refuses_a_map_of_another_size():
+    with pytest.raises(ValueError, match="14x14 map"):
+        LiteRegressor(in_channels=16, channels=64)(torch.zeros(1, 16, 10, 10))
+
+
+def test_side_views_reach_the_coefficients():
+    """Multi-view: changing only the left image changes the prediction (through its gated feature)."""
+    torch.manual_seed(0)
+    model = build_model("lite").eval()
+    x = torch.rand(1, 3, 3, 224, 224) * 2 - 1
+    y = x.clone()
+    y[:, 0] = torch.rand(1, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        assert (model(x)[0] - model(y)[0]).abs().max() > 1e-5
+
+
+def test_pool_and_keypoint_options_are_refused_for_lite(tmp_path, synth4):
+    from dfmvr.train.trainer import TrainConfig, Trainer
+
+    with pytest.raises(ValueError, match="'lite' variant"):
+        Trainer(TrainConfig(data=str(synth4), out=str(tmp_path / "run"), variant="lite", pool="spatial"))
+
+
+@pytest.mark.slow      # a full export (~30 s)
+def test_lite_checkpoint_round_trip_and_export_parity(tmp_path):
+    """A lite checkpoint reloads into the same network, and the real export's parity gate (ONNX Runtime
+    against PyTorch, coefficients and mesh mm, the involution custom op included) passes."""
+    torch.manual_seed(0)
+    model = build_model("lite").eval()
+    path = save_checkpoint(tmp_path / "lite.safetensors", model, model.card)
+    loaded, card, _ = load_checkpoint(path, load_train_state=False)
+    assert card.architecture["design"] == "lite"
+    x = torch.randn(1, 3, 3, 224, 224).clamp(-1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])
+    assert_export_parity(path, tmp_path / "export")

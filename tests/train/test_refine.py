@@ -1,0 +1,113 @@
+"""Per-triplet refinement (``dfmvr.train.refine``): real face model, renderer and loss on a synthetic
+triplet; the fit lowers the weak loss and the shape error, and the loss never sees ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfmvr.face.camera import Camera
+from dfmvr.face.geometry import face_shape
+from dfmvr.face.layout import COEFFS
+from dfmvr.face.meshio import MM_PER_MODEL_UNIT
+from dfmvr.train.refine import (GROUND_TRUTH_WEIGHTS, WEAK_BATCH_KEYS, RefineConfig, Refiner, refine,
+                                weak_batch, weak_weights)
+
+
+@pytest.fixture(scope="module")
+def face_model():
+    from dfmvr.face.synthetic import default_face_model
+    return default_face_model()
+
+
+@pytest.fixture(scope="module")
+def triplet(face_model):
+    from dfmvr.train.synth import TripletGenerator
+    return TripletGenerator(face_model, Camera(), seed=5).sample(0)
+
+
+def _perturbed(truth: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    c = COEFFS.split(truth[None].astype(np.float32).copy())
+    c.identity += rng.normal(0.0, 0.6, c.identity.shape).astype(np.float32)
+    c.expression += rng.normal(0.0, 0.4, c.expression.shape).astype(np.float32)
+    c.rotation += np.float32(0.03)
+    c.translation[..., :2] += np.float32(0.02)
+    return COEFFS.join(c)
+
+
+def _shape_error_mm(face_model, coeffs: np.ndarray, truth: np.ndarray) -> float:
+    """Mean vertex distance (mm) of the unposed shape to the true one."""
+    p, t = COEFFS.split(coeffs), COEFFS.split(truth[None])
+    a = face_shape(face_model, p.identity, p.expression)[0]
+    b = face_shape(face_model, t.identity, t.expression)[0]
+    return float(np.linalg.norm(a - b, axis=-1).mean() * MM_PER_MODEL_UNIT)
+
+
+def test_refinement_from_a_perturbed_truth_lowers_loss_and_shape_error(face_model, triplet):
+    torch.manual_seed(0)
+    gt = triplet.gt
+    start = _perturbed(gt["coefficients"])
+    result = refine(start, triplet.images[None], face_model, Camera(), landmarks=gt["landmarks"][None],
+                    landmark_visible=gt["landmarks_visible"][None], labels=gt["labels"][None],
+                    config=RefineConfig(steps=16, threads=1))
+    assert result.coefficients.shape == (1, COEFFS.size) and result.steps == 16
+    assert np.array_equal(result.initial, start)
+    assert result.loss_after[0] < 0.7 * result.loss_before[0], (result.loss_before, result.loss_after)
+    before = _shape_error_mm(face_model, start, gt["coefficients"])
+    after = _shape_error_mm(face_model, result.coefficients, gt["coefficients"])
+    assert after < 0.8 * before, (before, after)
+    assert result.seconds > 0 and result.seconds_per_triplet == result.seconds
+    rec = result.record(0)
+    assert rec["loss_after"] == pytest.approx(float(result.loss_after[0]))
+    assert len(rec["coefficients"]) == COEFFS.size and set(rec["terms_after"]) >= {"photo", "landmark_2d"}
+
+
+def test_the_loss_sees_no_ground_truth(face_model, triplet):
+    """The batch reaching TrainingLoss holds only the weak keys, and every ground-truth weight is 0
+    even when asked for."""
+    w = weak_weights(landmark_3d=5.0, supervised=1.0, supervised_shape=1.0, supervised_shape_aligned=1.0)
+    assert all(getattr(w, name) == 0.0 for name in GROUND_TRUTH_WEIGHTS)
+    full = {"photos": 1, "labels": 2, "landmarks": 3, "landmark_visible": 4, "photo_weights": 5,
+            "landmarks_3d": 6, "gt_coefficients": 7, "vertices": 8}
+    assert set(weak_batch(full)) == set(WEAK_BATCH_KEYS)
+
+    refiner = Refiner(face_model, Camera(), RefineConfig(steps=2, threads=1))
+    seen = []
+    refiner.loss.register_forward_pre_hook(lambda module, args: seen.append(set(args[1])))
+    gt = triplet.gt
+    refiner(gt["coefficients"][None], triplet.images[None], gt["landmarks"][None],
+            gt["landmarks_visible"][None], gt["labels"][None])
+    assert seen and all(keys <= set(WEAK_BATCH_KEYS) for keys in seen)
+    assert set(refiner.last_batch) == set(WEAK_BATCH_KEYS)
+    assert refiner.loss.weights.landmark_3d == 0.0 and refiner.loss.weights.mask == 0.0
+
+
+def test_pose_phase_moves_only_the_pose(face_model, triplet):
+    """With every step in the pose phase, identity, expression, texture and lighting stay put."""
+    gt = triplet.gt
+    start = _perturbed(gt["coefficients"])
+    result = refine(start, triplet.images[None], face_model, Camera(), labels=gt["labels"][None],
+                    config=RefineConfig(steps=2, pose_fraction=1.0, threads=1))
+    assert np.array_equal(result.coefficients[:, :COEFFS.shared], start[:, :COEFFS.shared])
+    assert not np.array_equal(result.coefficients[:, COEFFS.shared:], start[:, COEFFS.shared:])
+
+
+def test_coarse_stage_is_the_same_problem_at_half_size(face_model, triplet):
+    """The coarse batch is the triplet at half size, and the half-size camera projects the truth onto
+    the halved landmarks (so the coarse fit's minimum is where the full-size one's is)."""
+    gt = triplet.gt
+    refiner = Refiner(face_model, Camera(), RefineConfig(steps=1, coarse_fraction=1.0))
+    full = refiner.make_batch(triplet.images[None], gt["landmarks"][None], gt["landmarks_visible"][None],
+                              gt["labels"][None])
+    small = refiner.coarse_batch(full)
+    assert small["photos"].shape == (1, 3, 3, 112, 112) and small["labels"].shape == (1, 3, 112, 112)
+    assert set(small) == set(WEAK_BATCH_KEYS)
+    truth = torch.from_numpy(gt["coefficients"][None].astype(np.float32))
+    with torch.no_grad():
+        _, coarse_terms = refiner.coarse_loss(truth, small)
+        _, full_terms = refiner.loss(truth, full)
+    assert coarse_terms["landmark_2d"] < 1e-6 and full_terms["landmark_2d"] < 1e-6
+    assert coarse_terms["photo"] < 2 * full_terms["photo"] + 0.02
+    assert refiner.coarse_loss.weights.landmark_2d == pytest.approx(4 * refiner.loss.weights.landmark_2d)
