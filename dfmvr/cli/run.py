@@ -52,9 +52,13 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
                    "losses (photo, the detector's 2D landmarks, regularisers; labels from the parse net). "
                    "Needs torch (the 'train' extra); docs/refine.md. Each --batch is one optimisation.")
 @refine_device_option
+@click.option("--no-overlap", "no_overlap", is_flag=True, envvar="DFMVR_NO_OVERLAP",
+              help="Run the stages one after another. By default decode + align of the next batch and writing "
+                   "of the previous one run in threads while the network runs (same outputs, same summary "
+                   "order); this is for debugging and timing single stages. Env: DFMVR_NO_OVERLAP=1.")
 @quiet_option
 def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, threads, resume,
-            refine_steps, refine_device, quiet):
+            refine_steps, refine_device, no_overlap, quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
     With neither --onnx nor --engine, the bundled demo model runs.
@@ -114,7 +118,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
             bar.set_postfix_str(f"{'ok' if ok else 'FAILED'} {name}"[:40])
 
     with pipe:
-        summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=progress)
+        summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=progress,
+                           overlap=not no_overlap)
     if bar is not None:
         bar.close()
     if not quiet:

@@ -3,12 +3,16 @@
 Each stage is a method, so ``dfmvr bench`` can time them one by one; ``run`` chains them for many
 triplets, batching the network, and records per-stage wall times (``StageTimes``, seconds).
 Stages shared by a batch (normalise, network, assembly) are charged to each triplet as the batch
-time divided by the batch size.
+time divided by the batch size. In ``run`` decode + align of the next batch and writing of the
+previous one overlap the network of the current one (threads; ``overlap=False`` or
+``DFMVR_NO_OVERLAP=1`` to switch it off), so overlapped stage times include the time they waited for a core.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
@@ -267,30 +271,46 @@ class Pipeline:
 
     # --- many triplets ---------------------------------------------------------------------
     def run(self, triplets: Iterable[Triplet], out_root, formats, batch: int = 1,
-            problems: Iterable[TripletProblem] = (), progress: Callable | None = None) -> RunSummary:
+            problems: Iterable[TripletProblem] = (), progress: Callable | None = None,
+            overlap: bool | None = None) -> RunSummary:
         """Reconstruct every triplet; bad ones are recorded in the summary while the rest go on.
 
         progress(name, ok) is called once per triplet (for a progress bar). A batch the engine's
         optimisation profile cannot take (``check_batch``, with the largest call this run makes:
         ``min(batch, len(triplets))``) is an InputError before the first triplet is read.
+
+        overlap (default: on, unless the environment sets ``DFMVR_NO_OVERLAP=1``): a bounded pipeline of
+        three threads -- decode + align of batch i+1 and writing of batch i-1 run while the network
+        (and mesh assembly) of batch i runs in the calling thread; ONNX Runtime, OpenCV and numpy
+        release the GIL. At most one batch waits at each stage. Each triplet's folder is still
+        written whole or not at all, and the summary (``done``, ``failed``, ``progress`` calls) comes
+        in the same order as without overlap: one writer thread takes the batches in input order.
         """
         summary = RunSummary(failed=list(problems))
         start = time.perf_counter()
         triplets = list(triplets)
         if triplets:    # the largest network call of this run, refused before any detection or decoding
             self.check_batch(min(max(1, batch), len(triplets)))
-        for lo in range(0, len(triplets), max(1, batch)):
-            ready = []
-            for t in triplets[lo:lo + max(1, batch)]:
+        if overlap is None:
+            overlap = os.environ.get("DFMVR_NO_OVERLAP", "").strip().lower() in ("", "0", "false", "no")
+        size = max(1, batch)
+        groups = [triplets[lo:lo + size] for lo in range(0, len(triplets), size)]
+
+        def prepare_group(group):           # stage 1 of a batch: (prepared triplets, their failures)
+            ready, failed = [], []
+            for t in group:
                 try:
                     ready.append(self.prepare(t))
                 except InputError as exc:
-                    summary.failed.append(TripletProblem(t.name, exc))
-                    if progress:
-                        progress(t.name, False)
-            if not ready:
-                continue
-            for rec in self.reconstruct(ready):
+                    failed.append(TripletProblem(t.name, exc))
+            return ready, failed
+
+        def write_group(failed, recs):      # the only code that touches the summary: one thread, in order
+            for problem in failed:
+                summary.failed.append(problem)
+                if progress:
+                    progress(problem.name, False)
+            for rec in recs:
                 name = rec.prepared.triplet.name
                 try:
                     folder = self.write(rec, out_root, formats)
@@ -309,5 +329,34 @@ class Pipeline:
                 summary.times.add(rec.times)
                 if progress:
                     progress(name, True)
+
+        if not overlap or len(groups) < 2:
+            for group in groups:
+                ready, failed = prepare_group(group)
+                write_group(failed, self.reconstruct(ready) if ready else [])
+        else:
+            self._run_overlapped(groups, prepare_group, write_group)
         summary.wall = time.perf_counter() - start
         return summary
+
+    def _run_overlapped(self, groups, prepare_group, write_group) -> None:
+        """prepare (thread) -> network + assembly (this thread) -> write (thread), one batch in each."""
+        prep_pool = ThreadPoolExecutor(1, thread_name_prefix="dfmvr-prepare")
+        write_pool = ThreadPoolExecutor(1, thread_name_prefix="dfmvr-write")
+        writing = None
+        try:
+            preparing = prep_pool.submit(prepare_group, groups[0])
+            for i in range(len(groups)):
+                ready, failed = preparing.result()
+                if i + 1 < len(groups):
+                    preparing = prep_pool.submit(prepare_group, groups[i + 1])
+                recs = self.reconstruct(ready) if ready else []
+                if writing is not None:
+                    writing.result()            # bounded: batch i waits until batch i-1 is written
+                writing = write_pool.submit(write_group, failed, recs)
+            writing.result()
+        finally:
+            # on an error (network, an unexpected exception in a stage): no new batch starts; the
+            # batch being written finishes (its folders are whole), then the error propagates
+            prep_pool.shutdown(wait=True, cancel_futures=True)
+            write_pool.shutdown(wait=True, cancel_futures=True)

@@ -84,14 +84,15 @@ def test_every_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, st
         assert not out_dir.exists(), f"{name}: wrote {list(out_dir.rglob('*'))}"
 
 
-def test_batch_with_a_bad_triplet_finishes_the_others(tmp_path, base, capsys):
+@pytest.mark.parametrize("overlap", [[], ["--no-overlap"]], ids=["overlap", "no-overlap"])
+def test_batch_with_a_bad_triplet_finishes_the_others(tmp_path, base, capsys, overlap):
     root = tmp_path / "batch"
     for i in range(3):
         write_triplet(root / f"p{i}", make_crops(i))
     bad = write_triplet(root / "p_bad", make_crops(9))
     (bad / "front.png").write_bytes(b"")
     code, out, err = dfmvr_run([root, *base, "--aligned", "--batch", "2", "--format", "npz,json",
-                                "--out", tmp_path / "out"], capsys)
+                                "--out", tmp_path / "out", *overlap], capsys)
     assert code == 2
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0", "p1", "p2", "summary.json"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

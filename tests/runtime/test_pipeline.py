@@ -201,3 +201,119 @@ def test_normalise_is_the_card_formula_in_graph_layout(aligned_pipe):
     got = aligned_pipe.normalise(crops)
     assert got.dtype == np.float32 and got.shape == (2, 3, 3, 224, 224) and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+# --- batch mode overlap (decode + align and writing in threads around the network) ---------------
+def _six_triplets_one_bad(root):
+    for i in range(6):
+        write_triplet(root / f"t{i}", make_crops(20 + i, size=100 if i == 2 else 224))   # t2: not 224
+    return discover_triplets([root])
+
+
+def _run_recorded(pipe, triplets, problems, out, overlap):
+    seen = []
+    summary = pipe.run(triplets, out, FORMATS, batch=2, problems=problems, overlap=overlap,
+                       progress=lambda name, ok: seen.append((name, ok)))
+    return summary, seen
+
+
+def test_overlap_keeps_outputs_order_and_errors_as_sequential(aligned_pipe, tmp_path):
+    triplets, problems = _six_triplets_one_bad(tmp_path / "in")
+    seq, seq_seen = _run_recorded(aligned_pipe, triplets, problems, tmp_path / "seq", overlap=False)
+    ovl, ovl_seen = _run_recorded(aligned_pipe, triplets, problems, tmp_path / "ovl", overlap=True)
+    good = ["t0", "t1", "t3", "t4", "t5"]
+    for summary in (seq, ovl):
+        assert [n for n, _, _ in summary.done] == good                        # input order
+        assert [p.name for p in summary.failed] == ["t2"] and "100x100" in str(summary.failed[0].error)
+    assert ovl_seen == seq_seen == [("t0", True), ("t1", True), ("t2", False), ("t3", True), ("t4", True),
+                                    ("t5", True)]
+    # every folder whole, no temporary folders left, and the same bytes as without overlap
+    for out in ("seq", "ovl"):
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == good
+    for name in good:
+        a, b = tmp_path / "seq" / name, tmp_path / "ovl" / name
+        assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir())
+        for f in ("mesh.obj", "mesh.ply", "overlay.png"):
+            assert (a / f).read_bytes() == (b / f).read_bytes(), (name, f)
+        na, nb = np.load(a / "coeffs.npz"), np.load(b / "coeffs.npz")
+        assert sorted(na.files) == sorted(nb.files)
+        for k in na.files:
+            np.testing.assert_array_equal(na[k], nb[k])
+        ja, jb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+        ja.pop("timings_ms"), jb.pop("timings_ms")
+        assert ja == jb
+
+
+def test_overlap_prepares_the_next_batch_while_the_network_runs(aligned_pipe, tmp_path, monkeypatch):
+    import threading
+
+    triplets, problems = _six_triplets_one_bad(tmp_path / "in")
+    next_batch_started = threading.Event()
+    prepare, infer = aligned_pipe.prepare, aligned_pipe.infer
+    calls = []
+
+    def watched_prepare(t):
+        if t.name == "t2":          # the first triplet of the second batch
+            next_batch_started.set()
+        return prepare(t)
+
+    def waiting_infer(images):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:         # the first network call waits until batch 2's decoding began
+            calls.append(next_batch_started.wait(timeout=10))
+        return infer(images)
+
+    monkeypatch.setattr(aligned_pipe, "prepare", watched_prepare)
+    monkeypatch.setattr(aligned_pipe, "infer", waiting_infer)
+    summary = aligned_pipe.run(triplets, tmp_path / "out", ("json",), batch=2, problems=problems, overlap=True)
+    assert calls[1] is True                        # overlapped: no 10 s wait
+    assert calls[0] == threading.current_thread().name         # the network runs in the caller's thread
+    assert len(summary.done) == 5
+
+
+def test_overlap_stops_on_a_network_error_and_leaves_only_whole_folders(aligned_pipe, tmp_path, monkeypatch):
+    triplets, problems = _six_triplets_one_bad(tmp_path / "in")
+    infer, calls = aligned_pipe.infer, []
+
+    def failing_infer(images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("the network broke")
+        return infer(images)
+
+    monkeypatch.setattr(aligned_pipe, "infer", failing_infer)
+    with pytest.raises(RuntimeError, match="the network broke"):
+        aligned_pipe.run(triplets, tmp_path / "out", FORMATS, batch=2, problems=problems, overlap=True)
+    assert len(calls) == 2                                       # no batch after the error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t0", "t1"]     # batch 1, whole
+    for name in ("t0", "t1"):
+        assert len(list((tmp_path / "out" / name).iterdir())) == len(FORMATS)
+
+
+def test_overlap_can_be_switched_off_by_the_environment(aligned_pipe, tmp_path, monkeypatch):
+    import threading
+
+    triplets, problems = _six_triplets_one_bad(tmp_path / "in")
+    threads = set()
+    prepare = aligned_pipe.prepare
+    monkeypatch.setattr(aligned_pipe, "prepare", lambda t: threads.add(threading.current_thread().name) or prepare(t))
+    monkeypatch.setenv("DFMVR_NO_OVERLAP", "1")
+    aligned_pipe.run(triplets, tmp_path / "a", ("json",), batch=2, problems=problems)
+    assert threads == {threading.current_thread().name}
+    monkeypatch.delenv("DFMVR_NO_OVERLAP")
+    threads.clear()
+    aligned_pipe.run(triplets, tmp_path / "b", ("json",), batch=2, problems=problems)
+    assert threads and threading.current_thread().name not in threads
+
+
+def test_overlay_png_holds_exactly_the_painted_pixels(aligned_pipe, tmp_path):
+    from dfmvr.runtime.overlay import overlay_image, write_overlay
+
+    write_triplet(tmp_path / "in" / "t", make_crops(5))
+    (t,), _ = discover_triplets([tmp_path / "in"])
+    rec = aligned_pipe.reconstruct([aligned_pipe.prepare(t)])[0]
+    path = write_overlay(tmp_path / "overlay.png", aligned_pipe, rec)
+    # the "up" row filter changes the bytes, never the pixels (PNG is lossless)
+    np.testing.assert_array_equal(cv2.imread(str(path))[:, :, ::-1], overlay_image(aligned_pipe, rec))
+    ok, default = cv2.imencode(".png", overlay_image(aligned_pipe, rec)[:, :, ::-1])
+    np.testing.assert_array_equal(cv2.imdecode(default, cv2.IMREAD_COLOR), cv2.imread(str(path)))

@@ -69,6 +69,27 @@ def test_pool_and_keypoint_options_are_refused_for_lite(tmp_path, synth4):
         Trainer(TrainConfig(data=str(synth4), out=str(tmp_path / "run"), variant="lite", pool="spatial"))
 
 
+def test_lite_trains_with_the_pose_term_and_records_it(tmp_path, synth4):
+    """The real trainer on the lite variant (batch 2, one fixed batch): the loss with the supervised pose
+    and shape terms goes down step by step, and the card records the design and the pose weight."""
+    from dfmvr.train.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(data=str(synth4), out=str(tmp_path / "run"), variant="lite", epochs=1, batch=2,
+                      max_steps_per_epoch=1, progress=False, augment=False, view_dropout=False, lr=1e-4, seed=5)
+    cfg.weights["supervised_pose"] = 1.0
+    cfg.weights["supervised_shape"] = 1e-2
+    trainer = Trainer(cfg)
+    item = next(iter(trainer._loader(0)))
+    losses = [trainer.train_step(item, 0, 0)["loss"] for _ in range(5)]
+    # Adam's first step (no warm-up) moves every weight by ~lr at once and overshoots; from there on
+    # the loss on the fixed batch must fall (measured: 2119, 4873, 4782, 4653, 4508)
+    assert losses[4] < losses[3] < losses[2] < losses[1]
+    trainer.save()
+    _, card, _ = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors", load_train_state=False)
+    assert card.architecture["design"] == "lite" and card.provenance["supervised_pose_weight"] == 1.0
+
+
 @pytest.mark.slow      # a full export (~30 s)
 def test_lite_checkpoint_round_trip_and_export_parity(tmp_path):
     """A lite checkpoint reloads into the same network, and the real export's parity gate (ONNX Runtime
