@@ -1,8 +1,8 @@
 """The ``lite`` design: DF-MVR's structure (three view encoders, attention-gated fusion, an
 involution regressor, the official heads) built for a 2-core CPU and for learning identity.
 
-Why a second design beside the official one (docs/training.md, "Why the tiny net does not learn
-identity"): measured with ``scripts/identity_learning_probe.py``, a plain per-view CNN at 112 px
+Why a second design beside the official one (docs/training.md, "Why the tiny net learns no
+identity: the readout"): measured with ``scripts/identity_learning_probe.py``, a plain per-view CNN at 112 px
 learns identity from the photos when its regressor reads *where* features are (a spatial readout)
 and learns none when it reads a global average, which is what the official heads read. The official
 topology also spends most of its time on a full-resolution U-Net decoder whose output the regressor
@@ -10,9 +10,9 @@ then shrinks 32x again. Here:
 
     view v (left, front, right): RGB [3, 224, 224] + parse label
       -> 2x2 average (112 px), label as one channel per class (averaged: class fractions)
-      -> ``LiteEncoder`` (six 3x3 convs, three of stride 2)           [B, w, 14, 14] per view
+      -> ``LiteEncoder`` (six 3x3 convs, three of stride 2)           [B, 4w, 14, 14] per view
     fusion: the front view's feature gates each side view's (``AttentionGate``, as in MulEn-Unet),
-      concatenated [front, gated left, gated right]                       [B, 3w, 14, 14]
+      concatenated [front, gated left, gated right]                       [B, 12w, 14, 14]
     regressor: 1x1 conv -> ``Bottleneck`` (involution 7x7, the custom op) at 14 x 14
       -> 1x1 conv to ``readout_channels`` -> flattened (every position)   [B, 14*14*r, 1, 1]
       -> the official 1x1 heads (conv2_id, conv2_exp, ..., per-view pose)
