@@ -34,6 +34,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate (default 1e-4 main, 1e-3 parse); main: constant, then cosine to 1e-6.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its checkpoint ends.")
+@click.option("--init", "init", default=None, metavar="CHECKPOINT",
+              help="Fine-tune: start from this checkpoint's weights and architecture (`default`: the bundled "
+                   "model), with this run's losses, a fresh optimizer and schedule; the card records the source.")
 @face_model_option
 @click.option("--parse-net", "parse_net", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Frozen parser: parse_net.safetensors (--stage parse), face_mask.pth or 79999_iter.pth.")
@@ -56,6 +59,9 @@ _PATH = click.Path(path_type=Path)
               help="Part re-projection distance loss weight (0 = off; 3DDFA-V3 used 8e-4).")
 @click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Parse-consistency (mask) loss weight, on after 100/280 of training.")
+@click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              metavar="PX", help="Gaussian error (pixels per coordinate, fixed per triplet) added to the training "
+                                 "landmarks: weak supervision as a detector would give it.")
 @click.option("--eye-landmarks", is_flag=True, help="Weigh the eye landmarks 20 too (the official code).")
 @click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest global gradient norm; larger gradients are scaled down to it.")
@@ -90,11 +96,13 @@ _PATH = click.Path(path_type=Path)
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),
               help="Where to train (default: cuda when a GPU is visible, else cpu).")
 @quiet_option
-def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, prdl_weight, mask_weight, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, prdl_weight, mask_weight, landmark_noise, eye_landmarks, clip_grad, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
+    if stage == "parse" and init:
+        raise click.UsageError("--init fine-tunes the main stage; the parse stage starts from scratch")
     if stage == "parse":
         from ..train.parse_stage import ParseConfig, train_parse_net
 
@@ -118,7 +126,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, face_model, pa
                       workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
                       device=device, progress=not quiet, weights=weights.to_dict(),
                       bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool,
-                      keypoints=keypoints)
+                      keypoints=keypoints, init=init, landmark_noise_px=landmark_noise)
     trainer = Trainer(cfg)
     try:
         last = trainer.run()

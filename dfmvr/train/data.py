@@ -142,17 +142,23 @@ class TripletDataset(Dataset):
     Each item is a dict:
       images            [3, 3, 224, 224] float32, RGB normalised to [-1, 1], views in VIEWS order
       labels            [3, 224, 224] int64 parse classes (zeros if absent; see has_labels)
-      landmarks         [3, 68, 2] float32 pixels (zeros if absent); landmarks_visible [3, 68] bool
+      landmarks         [3, 68, 2] float32 pixels (zeros if absent; + landmark_noise_px of error if set);
+                        landmarks_visible [3, 68] bool
       has_labels, has_landmarks   bool tensors
       landmarks3d       [68, 3] float32 (dm), when present
       coefficients      [269] float32 COEFFS layout, vertices [N, 3] float32 (dm), when gt.npz exists
       index             int
     """
 
-    def __init__(self, root, augment: bool = False):
+    def __init__(self, root, augment: bool = False, landmark_noise_px: float = 0.0, noise_seed: int = 0):
         self.root = Path(root)
         self.folders = find_triplets(self.root)
         self.augment = augment
+        # Weak supervision as a user with real photos has it: their landmarks come from a detector,
+        # not from the renderer. Gaussian error of this many pixels per coordinate, drawn once per
+        # triplet (a detector errs the same way on the same photo in every epoch).
+        self.landmark_noise_px = float(landmark_noise_px)
+        self.noise_seed = int(noise_seed)
 
     def __len__(self) -> int:
         return len(self.folders)
@@ -190,6 +196,9 @@ class TripletDataset(Dataset):
         landmarks = _checked(where("landmarks"), arrays, "landmarks", (v, 68, 2))
         visible = _checked(where("landmarks_visible"), arrays, "landmarks_visible", (v, 68))
         item["has_landmarks"] = torch.tensor(landmarks is not None)
+        if landmarks is not None and self.landmark_noise_px > 0:
+            noise = np.random.default_rng([self.noise_seed, index]).normal(0.0, self.landmark_noise_px, landmarks.shape)
+            landmarks = landmarks + noise
         item["landmarks"] = (torch.from_numpy(landmarks.astype(np.float32)) if landmarks is not None
                              else torch.zeros(v, 68, 2))
         item["landmarks_visible"] = (torch.from_numpy(visible.astype(bool)) if visible is not None

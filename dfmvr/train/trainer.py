@@ -79,6 +79,9 @@ class TrainConfig:
                                          # None: the variant's own (average)
     keypoints: int = 0                   # > 0: a keypoint readout of that many landmarks per view
                                          # (models/keypoints.py), supervised with weights["keypoint_2d"]
+    landmark_noise_px: float = 0.0       # detector-like error on the training landmarks (data.TripletDataset)
+    init: str | None = None              # fine-tune: start from this checkpoint's weights (its card's
+                                         # architecture), with a fresh optimizer, schedule and loss weights
 
 
 def _dataset_camera(data_root) -> Camera:
@@ -112,7 +115,8 @@ class Trainer:
         self.ckpt_path = self.out / CHECKPOINT_NAME
         torch.manual_seed(config.seed)
 
-        self.dataset = TripletDataset(config.data, augment=config.augment)
+        self.dataset = TripletDataset(config.data, augment=config.augment,
+                                      landmark_noise_px=config.landmark_noise_px, noise_seed=config.seed)
         from ..face.selection import select_face_model      # the one rule for every command
         face_model, fm_source = select_face_model(config.face_model, data=config.data)
         camera = _dataset_camera(config.data)
@@ -125,6 +129,11 @@ class Trainer:
                                  "cannot resume exactly; start a new run (--out elsewhere)")
             card.check_face_model(face_model, source=fm_source)
             weights = LossWeights.from_dict(card.loss_weights)
+        elif config.init:
+            if config.resume and self.rank == 0:
+                print(f"no checkpoint at {self.ckpt_path}; starting a new run from {config.init}")
+            weights = LossWeights.from_dict(config.weights)
+            model, card = self._init_from(config.init, face_model, fm_source, weights)
         else:
             if config.resume and self.rank == 0:
                 print(f"no checkpoint at {self.ckpt_path}; starting a new run")
@@ -189,6 +198,31 @@ class Trainer:
         if train_state is not None:
             self._record_schedule_change()
 
+    def _init_from(self, source: str, face_model, fm_source: str, weights: LossWeights):
+        """Fine-tuning: the weights (parse net included) and architecture of checkpoint ``source``; the
+        loss weights, optimizer and schedule of this run. The card keeps where the weights came from
+        and that run's own provenance, so a fine-tuned model still says everything it was trained on."""
+        cfg = self.cfg
+        if cfg.per_sample_norm or cfg.pool or cfg.keypoints:
+            raise ValueError("--init takes the architecture from the checkpoint's card; "
+                             "drop --per-sample-norm, --pool and --keypoints")
+        model, source_card, _ = load_checkpoint(source, load_train_state=False)
+        source_card.check_face_model(face_model, source=fm_source)
+        if cfg.variant != source_card.variant and self.rank == 0:
+            print(f"--init {source}: a '{source_card.variant}' model; --variant {cfg.variant} is ignored")
+        card = source_card
+        card.loss_weights = weights.to_dict()
+        provenance = self._provenance(weights, fm_source)
+        for key in ("per_sample_norm", "pool", "keypoints"):     # the architecture is the source's
+            provenance[key] = source_card.provenance.get(key)
+        card.provenance = {**provenance, "init_from": str(source), "init_provenance": source_card.provenance}
+        if cfg.parse_net:
+            from .parse_stage import attach_parse_weights
+            attach_parse_weights(model, cfg.parse_net)
+        else:
+            card.provenance["parse_net"] = f"from {source}"
+        return model.float(), card
+
     def _record_schedule_change(self) -> None:
         """``--resume`` with another ``--epochs`` stretches the learning-rate schedule from here on
         (train longer when the curve is still falling). The card must say so, or its recipe would not
@@ -216,6 +250,8 @@ class Trainer:
                 "bn_recalibration_triplets": 0 if c.per_sample_norm else c.bn_recalibration,
                 "per_sample_norm": c.per_sample_norm, "pool": c.pool,
                 "keypoints": c.keypoints}
+        if c.landmark_noise_px > 0:
+            prov["landmark_noise_px"] = c.landmark_noise_px
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         if weights.supervised_shape > 0:

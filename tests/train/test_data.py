@@ -138,3 +138,17 @@ def test_views_are_blurred_with_probability_0_3():
         jittered = color_jitter(views, np.random.default_rng(seed))   # the same jitter draw
         blurred += int((~torch.isclose(out, jittered, atol=1e-6)).flatten(1).any(1).sum())
     assert 0.2 < blurred / 300 < 0.4          # 0.3 +- 3.8 standard deviations
+
+
+def test_landmark_noise_is_a_fixed_detector_like_error_per_triplet(synth4):
+    """--landmark-noise: Gaussian pixels per coordinate, the same on every read of a triplet (a detector
+    errs the same way on the same photo each epoch), different between triplets and seeds."""
+    clean = TripletDataset(synth4)
+    noisy = TripletDataset(synth4, landmark_noise_px=2.0, noise_seed=0)
+    errors = torch.cat([(noisy[i]["landmarks"] - clean[i]["landmarks"]).flatten() for i in range(len(clean))])
+    assert errors.std().item() == pytest.approx(2.0, rel=0.1) and abs(errors.mean().item()) < 0.2
+    assert torch.equal(noisy[1]["landmarks"], noisy[1]["landmarks"])
+    assert not torch.allclose(noisy[0]["landmarks"] - clean[0]["landmarks"], noisy[1]["landmarks"] - clean[1]["landmarks"])
+    other_seed = TripletDataset(synth4, landmark_noise_px=2.0, noise_seed=1)
+    assert not torch.allclose(other_seed[0]["landmarks"], noisy[0]["landmarks"])
+    assert torch.equal(noisy[0]["images"], clean[0]["images"])           # only the landmarks change

@@ -249,3 +249,41 @@ def test_trainer_supervises_the_keypoints_and_records_them(synth4, tmp_path):
     assert last["keypoint_2d"] < first["keypoint_2d"]
     assert trainer.card.architecture["rednet"]["keypoints"] == 68
     assert trainer.card.provenance["keypoints"] == 68 and trainer.card.loss_weights["keypoint_2d"] == 1.0
+
+
+def test_init_fine_tunes_from_a_checkpoint_with_this_runs_losses(synth4, tmp_path):
+    """--init: the source's weights and architecture, this run's loss weights, a fresh optimizer and
+    schedule, and a card that says where the weights came from (a fine-tuned model keeps its history)."""
+    from dfmvr.train.losses.total import LossWeights
+
+    source = tmp_path / "source"
+    Trainer(_config(synth4, source, epochs=1, bn_recalibration=0, per_sample_norm="layer",
+                    weights=LossWeights(supervised=1.0).to_dict())).run()
+    _, source_card, _ = load_checkpoint(source / "checkpoint.safetensors", load_train_state=False)
+    weak = LossWeights(supervised=0.0).to_dict()
+    fine = Trainer(_config(synth4, tmp_path / "fine", epochs=1, bn_recalibration=0,
+                           init=str(source / "checkpoint.safetensors"), weights=weak))
+    assert fine.step == 0 and fine.epoch == 0
+    source_model, _, _ = load_checkpoint(source / "checkpoint.safetensors", load_train_state=False)
+    want = source_model.state_dict()
+    for name, tensor in fine.model.state_dict().items():
+        assert torch.equal(tensor.cpu(), want[name]), name
+    assert fine.card.architecture == source_card.architecture
+    fine.run()
+    _, card, _ = load_checkpoint(tmp_path / "fine" / "checkpoint.safetensors")
+    assert card.loss_weights == weak != source_card.loss_weights
+    assert card.provenance["init_from"] == str(source / "checkpoint.safetensors")
+    assert card.provenance["init_provenance"]["supervised_weight"] == 1.0
+    assert card.provenance["per_sample_norm"] == "layer" and "supervised_weight" not in card.provenance
+    with pytest.raises(ValueError, match="architecture from the checkpoint"):
+        Trainer(_config(synth4, tmp_path / "bad", init=str(source / "checkpoint.safetensors"), pool="spatial"))
+
+
+def test_init_is_refused_for_the_parse_stage(tmp_path):
+    from click.testing import CliRunner
+
+    from dfmvr.cli.train import command
+
+    result = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "p"), "--stage", "parse",
+                                          "--init", "default"])
+    assert result.exit_code == 2 and "--init fine-tunes the main stage" in result.output
