@@ -23,9 +23,10 @@ _PATH = click.Path(path_type=Path)
               help="Training data: triplet folders (dfmvr data synth) or, for --stage parse, CelebAMask-HQ.")
 @click.option("--out", required=True, type=OutputPath("folder"),
               help="Run folder: checkpoint.safetensors (+ .train.pt), metrics.jsonl.")
-@click.option("--variant", default="tiny", show_default=True, type=click.Choice(["tiny", "lite", "paper"]),
+@click.option("--variant", default=None, type=click.Choice(["tiny", "lite", "paper"]),
               help="Network: 'paper' (the published DF-MVR), 'tiny' (its topology cut down, for tests) or "
-                   "'lite' (DF-MVR's structure at 112 px with a spatial readout: learns on a CPU).")
+                   "'lite' (DF-MVR's structure at 112 px with a spatial readout: learns on a CPU; the bundled "
+                   "model's). Default: tiny, or with --init the checkpoint's.")
 @click.option("--stage", default="main", show_default=True, type=click.Choice(["main", "parse"]),
               help="main: the reconstruction network; parse: the BiSeNet parser on label maps.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
@@ -106,7 +107,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     if stage == "parse":
         from ..train.parse_stage import ParseConfig, train_parse_net
 
-        path = train_parse_net(ParseConfig(data=str(data), out=str(out), variant=variant, epochs=epochs,
+        path = train_parse_net(ParseConfig(data=str(data), out=str(out), variant=variant or "tiny", epochs=epochs,
                                            batch=batch, lr=lr or 1e-3, resume=resume, seed=seed, workers=workers,
                                            max_steps_per_epoch=max_steps, progress=not quiet))
         click.echo(f"parse net: {path}")
@@ -119,7 +120,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                           landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight)
     if keypoint_weight and not keypoints:
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
-    cfg = TrainConfig(data=str(data), out=str(out), variant=variant, epochs=epochs, batch=batch, lr=lr or 1e-4,
+    cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,
                       clip_grad=clip_grad, resume=resume, face_model=str(face_model) if face_model else None,
                       parse_net=str(parse_net) if parse_net else None, val=str(val) if val else None,
                       val_limit=val_limit, seed=seed, augment=not no_augment, view_dropout=not no_view_dropout,

@@ -52,7 +52,7 @@ class TrainConfig:
 
     data: str
     out: str
-    variant: str = "tiny"
+    variant: str | None = "tiny"         # None only with init (the checkpoint's)
     epochs: int = 10
     batch: int = 4                       # per process
     lr: float = 1e-4
@@ -208,7 +208,7 @@ class Trainer:
                              "drop --per-sample-norm, --pool and --keypoints")
         model, source_card, _ = load_checkpoint(source, load_train_state=False)
         source_card.check_face_model(face_model, source=fm_source)
-        if cfg.variant != source_card.variant and self.rank == 0:
+        if cfg.variant not in (None, source_card.variant) and self.rank == 0:
             print(f"--init {source}: a '{source_card.variant}' model; --variant {cfg.variant} is ignored")
         card = source_card
         card.loss_weights = weights.to_dict()
