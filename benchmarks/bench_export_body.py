@@ -140,7 +140,7 @@ def run(repeats: int = 20, threads: int = 0) -> dict:
         try:
             import torch
 
-            from dfmvr.train.models.involution import involution
+            from dfmvr.models.involution import involution
             tx, tw = torch.from_numpy(x), torch.from_numpy(w)
             with torch.inference_mode():
                 row["torch_ms"] = _time(lambda: involution(tx, tw, k, s, g), repeats)
@@ -166,7 +166,7 @@ def graph_speed(spec: str, batch: int = 1, repeats: int = 5, onnx_path=None) -> 
     from dfmvr.export.onnx_export import export_onnx
     from dfmvr.export.parity import OnnxrtRunner, RunnerCall
     from dfmvr.export.pipeline import load_for_export
-    from dfmvr.train.runner import TorchRunner
+    from dfmvr.models.runner import TorchRunner
 
     model, card, what = load_for_export(spec)
     rng = np.random.default_rng(0)

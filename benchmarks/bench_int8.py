@@ -72,7 +72,7 @@ def accuracy(model, card, fp32_path, int8_path, batch: int) -> dict:
     """int8 vs torch fp32 and vs the fp32 graph on ``batch`` rendered triplets (parity.compare)."""
     from dfmvr.export import parity
     from dfmvr.face.synthetic import default_face_model
-    from dfmvr.train.runner import TorchRunner
+    from dfmvr.models.runner import TorchRunner
 
     images = parity.parity_inputs(card, batch=batch, seed=0)
     face = default_face_model()

@@ -28,7 +28,7 @@ from dfmvr.bench.environment import environment_stamp
 from dfmvr.bench.stats import summarize, time_calls
 from dfmvr.export.involution_onnx import single_involution_model
 from dfmvr.kernels.op import involution_output_size, involution_reference
-from dfmvr.train.models.involution import involution, involution_unfold
+from dfmvr.models.involution import involution, involution_unfold
 
 
 def main(argv=None) -> dict:

@@ -7,7 +7,7 @@ synthetic face model of BFM's size (~35.7k vertices; BFM itself cannot be downlo
 - ``numpy``  ``dfmvr.face.geometry.assemble_mesh`` (the reference);
 - ``numpy_runtime``  ``dfmvr.runtime.assembly.CpuMeshAssembler`` (what the CPU runtime runs: bases laid
              out once, sparse adjacency), when that module exists;
-- ``torch``  ``dfmvr.train.face_torch.FaceModelTorch`` on CPU, no grad (the training mirror);
+- ``torch``  ``dfmvr.synth.face_torch.FaceModelTorch`` on CPU, no grad (the training mirror);
 - ``cuda``   ``dfmvr.kernels.mesh_gpu.CudaMeshAssembler``, only where a CUDA GPU exists (not here).
 torch and CUDA outputs are checked against numpy (max abs vertex diff). Writes
 benchmarks/results/bench_mesh.json.
@@ -31,7 +31,7 @@ from dfmvr.face.camera import Camera
 from dfmvr.face.geometry import assemble_mesh
 from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG
 from dfmvr.face.synthetic import synthetic_face_model
-from dfmvr.train.face_torch import FaceModelTorch
+from dfmvr.synth.face_torch import FaceModelTorch
 
 
 def coefficients(batch: int, seed: int = 0):

@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
         from dfmvr.bench.backends import TorchEagerRunner
         from dfmvr.export.pipeline import load_for_export
 
-        inv_module = importlib.import_module("dfmvr.train.models.involution")
+        inv_module = importlib.import_module("dfmvr.models.involution")
         shipped_op = inv_module.involution
         model, card, _ = load_for_export(args.checkpoint)
         runner = TorchEagerRunner(model).activate()

@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     from dfmvr.face.selection import select_face_model
     from dfmvr.runtime.artifacts import DEFAULT_ONNX
     from dfmvr.train.refine import RefineConfig, Refiner
-    from dfmvr.train.synth import write_dataset
+    from dfmvr.synth.dataset import write_dataset
 
     torch.set_num_threads(a.threads)
     onnx = DEFAULT_ONNX if a.onnx == "default" else Path(a.onnx)

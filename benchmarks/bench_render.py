@@ -28,8 +28,8 @@ from dfmvr.face import geometry
 from dfmvr.face.camera import Camera
 from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG
 from dfmvr.face.synthetic import default_face_model, synthetic_face_model
-from dfmvr.train.render import interpolate, rasterize, render_mesh
-from dfmvr.train.face_torch import project_with_depth
+from dfmvr.synth.render import interpolate, rasterize, render_mesh
+from dfmvr.synth.face_torch import project_with_depth
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -94,7 +94,7 @@ def bench_render(batch: int, vertices: int, repeats: int) -> dict:
 
 
 def bench_synth(triplets: int) -> dict:
-    from dfmvr.train.synth import write_dataset
+    from dfmvr.synth.dataset import write_dataset
 
     model = default_face_model()
     with tempfile.TemporaryDirectory() as tmp:

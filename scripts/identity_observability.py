@@ -69,7 +69,7 @@ def network_features(checkpoint: Path, roots: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from dfmvr.train.checkpoint import load_checkpoint
+    from dfmvr.models.checkpoint import load_checkpoint
     from dfmvr.train.data import TripletDataset
 
     model, _, _ = load_checkpoint(checkpoint, load_train_state=False)

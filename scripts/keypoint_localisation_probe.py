@@ -1,6 +1,6 @@
 """Which features can the keypoint readout localise landmarks from? An ablation of the feature source.
 
-Trains only ``KeypointReadout`` (dfmvr/train/models/keypoints.py) and what feeds it, on the keypoint
+Trains only ``KeypointReadout`` (dfmvr/models/keypoints.py) and what feeds it, on the keypoint
 loss alone (squared pixel distance to gt.npz's 2D landmarks), and scores held-out triplets against the
 simplest baseline: each view slot's mean landmark positions over the training set.
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dfmvr.train.data import TripletDataset
-from dfmvr.train.models.keypoints import KeypointReadout
+from dfmvr.models.keypoints import KeypointReadout
 from dfmvr.train.losses.keypoints import keypoint_loss
 
 
@@ -44,8 +44,8 @@ class ImageSource(torch.nn.Module):
 class UnetSource(torch.nn.Module):
     def __init__(self, parse_net: str | None):
         super().__init__()
-        from dfmvr.train.models.sample_norm import use_sample_statistics
-        from dfmvr.train.models.variants import build_model
+        from dfmvr.models.sample_norm import use_sample_statistics
+        from dfmvr.models.variants import build_model
         self.net = build_model("tiny")
         use_sample_statistics(self.net, skip=self.net.mask_model, in_training=True, statistics="per_sample_layer")
         if parse_net:

@@ -27,12 +27,12 @@ import torch
 from dfmvr.face.camera import Camera
 from dfmvr.face.layout import COEFFS
 from dfmvr.face.synthetic import default_face_model
-from dfmvr.train.face_torch import FaceModelTorch
+from dfmvr.synth.face_torch import FaceModelTorch
 from dfmvr.train.losses.photo import photo_weight_map, photometric_loss
 from dfmvr.train.losses.prdl import PRDLConfig
 from dfmvr.train.losses.total import LossWeights, TrainingLoss
-from dfmvr.train.render import render_mesh
-from dfmvr.train.synth import SynthConfig, TripletGenerator
+from dfmvr.synth.render import render_mesh
+from dfmvr.synth.dataset import SynthConfig, TripletGenerator
 
 
 def batch_of(triplet) -> dict:

@@ -22,7 +22,7 @@ BLOCK_TORCH = textwrap.dedent(
     import sys, importlib.abc
     class _BlockTorch(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch.") or name.startswith("dfmvr.train"):
+            if name == "torch" or name.startswith("torch.") or name.startswith(("dfmvr.train", "dfmvr.models", "dfmvr.synth")):
                 raise ImportError("blocked by test: " + name)
             return None
     sys.meta_path.insert(0, _BlockTorch())
@@ -60,6 +60,17 @@ def synth4(tmp_path_factory):
     script tests (``dfmvr data synth`` renders them with torch; the evaluation itself needs none)."""
     root = tmp_path_factory.getbasetemp() / "dfmvr-train-synth4"
     if not (root / "000003").is_dir():
-        from dfmvr.train.synth import write_dataset
+        from dfmvr.synth.dataset import write_dataset
         write_dataset(root, 4, seed=11, progress=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (shared 2-core machine: avoid OpenMP oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -50,7 +50,7 @@ def test_onnx_graph_matches_the_checkpoint_in_torch_on_the_example():
     import onnxruntime as ort
 
     from dfmvr.export.parity import mesh_difference_mm
-    from dfmvr.train.checkpoint import load_checkpoint
+    from dfmvr.models.checkpoint import load_checkpoint
 
     model, card, _ = load_checkpoint("default", load_train_state=False)
     onnx_card = ModelCard.from_json(read_onnx_metadata(DEFAULT_ONNX)[ONNX_METADATA_KEY])
@@ -69,7 +69,7 @@ def test_the_shipped_evaluation_reproduces_on_regenerated_held_out_triplets(tmp_
     same through the shipped ONNX graph, for the model and both baselines."""
     pytest.importorskip("torch")          # the synthetic renderer is torch code
     from dfmvr.eval import OnnxPredictor, evaluate_dataset
-    from dfmvr.train.synth import write_dataset
+    from dfmvr.synth.dataset import write_dataset
 
     shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())
     assert shipped["num_triplets"] == 64 and shipped["icp_iterations"] == ICP_ITERATIONS
@@ -87,7 +87,7 @@ def test_default_names_the_bundle_for_run_eval_and_export():
 
     assert load_artifact().path == load_artifact(onnx="default").path == DEFAULT_ONNX
     pytest.importorskip("torch")
-    from dfmvr.train.checkpoint import resolve_checkpoint
+    from dfmvr.models.checkpoint import resolve_checkpoint
 
     assert resolve_checkpoint("default") == CHECKPOINT
 

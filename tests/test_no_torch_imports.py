@@ -28,6 +28,7 @@ REPO, run_python = _helpers.REPO, _helpers.run_python
 
 TORCH_FREE_PACKAGES = ("dfmvr.face", "dfmvr.runtime", "dfmvr.kernels", "dfmvr.eval")
 TORCH_FREE_MODULES = ("dfmvr.card", "dfmvr.errors", "dfmvr.atomic")
+TORCH_ROOMS = ("dfmvr.train", "dfmvr.models", "dfmvr.synth")   # must not load on the torch-free side
 
 
 def torch_free_modules() -> list[str]:
@@ -72,7 +73,7 @@ def test_torch_free_modules_import_with_torch_blocked():
             except BaseException as exc:
                 failures[name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")
-                        or m.startswith("dfmvr.train"))
+                        or m.startswith({TORCH_ROOMS!r}))
         print(json.dumps({{"failures": failures, "leaked": leaked}}))
     """
     result = run_python(code, block_torch=True, cwd=REPO, timeout=240)
@@ -87,7 +88,7 @@ def test_torch_free_modules_import_with_torch_blocked():
 
 def _cli_with_torch_blocked(args: list[str]):
     """Run ``dfmvr ARGS`` in a fresh interpreter where importing torch fails; it prints its exit code and
-    every torch or ``dfmvr.train`` module that got imported anyway."""
+    every torch or ``TORCH_ROOMS`` module that got imported anyway."""
     code = f"""
         import sys
         from dfmvr.cli import main
@@ -97,7 +98,7 @@ def _cli_with_torch_blocked(args: list[str]):
             code = exc.code
         else:
             code = 0
-        leaked = [m for m in sys.modules if m == "torch" or m.startswith("torch.") or m.startswith("dfmvr.train")]
+        leaked = [m for m in sys.modules if m == "torch" or m.startswith("torch.") or m.startswith({TORCH_ROOMS!r})]
         print("EXIT", code, "LEAKED", leaked)
     """
     return run_python(code, block_torch=True, cwd=REPO, timeout=240)
@@ -112,7 +113,7 @@ def test_run_help_works_with_torch_blocked():
 
 def test_eval_onnx_runs_with_torch_blocked(tmp_path):
     """``dfmvr eval --onnx`` (the bundled graph on the example triplet) imports neither torch nor
-    ``dfmvr.train``: the evaluation lives in ``dfmvr.eval``, below ``train`` in the layering."""
+    ``TORCH_ROOMS``: the evaluation lives in ``dfmvr.eval``, below them in the layering."""
     report = tmp_path / "report.json"
     result = _cli_with_torch_blocked(["eval", "--onnx", "default", "--data", str(REPO / "examples" / "triplet"),
                                       "--json", str(report), "--icp-iterations", "0", "--quiet"])

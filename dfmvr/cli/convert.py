@@ -32,8 +32,8 @@ def official(weights: Path, out: Path, parse_net: Path | None):
     wrong or partial file is refused with its missing/unexpected keys. The card's camera distance is
     1, the convention the official weights were trained with.
     """
-    from dfmvr.train.checkpoint import save_checkpoint
-    from dfmvr.train.convert import attach_parse_net, convert_official
+    from dfmvr.models.checkpoint import save_checkpoint
+    from dfmvr.models.convert import attach_parse_net, convert_official
 
     if out.suffix != ".safetensors":
         raise click.BadParameter("the output must end in .safetensors", param_hint="--out")
@@ -53,7 +53,7 @@ def official(weights: Path, out: Path, parse_net: Path | None):
               help="Output checkpoint (.safetensors), weights stored as float16.")
 @click.option("--sample-statistics", is_flag=True,
               help="Also record in the card that batch norm uses each sample's own statistics at inference "
-                   "(see dfmvr/train/models/sample_norm.py): stable where running statistics blow up.")
+                   "(see dfmvr/models/sample_norm.py): stable where running statistics blow up.")
 def half(checkpoint: Path, out: Path, sample_statistics: bool):
     """Store CHECKPOINT's float32 weights as float16 (half the file; for shipping a model).
 
@@ -61,14 +61,14 @@ def half(checkpoint: Path, out: Path, sample_statistics: bool):
     rounded to the nearest float16. 'dfmvr-export --compact' then writes a graph of the same size
     with bit-identical numbers. Check the rounded model with 'dfmvr eval' before shipping it.
     """
-    from dfmvr.train.checkpoint import load_checkpoint, save_checkpoint
+    from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
 
     if out.suffix != ".safetensors":
         raise click.BadParameter("the output must end in .safetensors", param_hint="--out")
     model, card, _ = load_checkpoint(checkpoint, load_train_state=False)
     card.provenance = {**(card.provenance or {}), "weights_rounded_to": "float16"}
     if sample_statistics:
-        from dfmvr.train.models.sample_norm import INFERENCE_NORM_KEY, PER_SAMPLE
+        from dfmvr.models.sample_norm import INFERENCE_NORM_KEY, PER_SAMPLE
 
         card.architecture = {**card.architecture, INFERENCE_NORM_KEY: PER_SAMPLE}
     try:

@@ -32,7 +32,7 @@ def command(out: Path, triplets: int, seed: int, face_model: Path | None, worker
 
     model = MorphableModel.load(face_model) if face_model is not None else None  # fail fast, before torch
     require("torch", "train", "Rendering the synthetic dataset")
-    from ..train.synth import write_dataset
+    from ..synth.dataset import write_dataset
 
     report = write_dataset(out, triplets, seed=seed, model=model, progress=not quiet, workers=workers)
     click.echo(f"{out}: wrote {report.written} triplets, skipped {report.skipped} finished "

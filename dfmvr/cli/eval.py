@@ -65,8 +65,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
         source = str(onnx)
     else:
         require("torch", "train", "Evaluating a torch checkpoint")
-        from ..train.checkpoint import load_checkpoint
-        from ..train.predictor import TorchPredictor
+        from ..models.checkpoint import load_checkpoint
+        from ..models.predictor import TorchPredictor
 
         model, _, _ = load_checkpoint(checkpoint, load_train_state=False)
         predictor = TorchPredictor(model)

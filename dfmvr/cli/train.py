@@ -76,16 +76,16 @@ _PATH = click.Path(path_type=Path)
               help="Batch norm with each sample's own statistics in training too (recorded in the card): "
                    "involution nets spread per-sample scales so far that batch statistics squash most "
                    "samples. 'instance' (the bare flag): per channel; 'layer': over all channels, which "
-                   "keeps what global pooling needs (see dfmvr/train/models/sample_norm.py).")
+                   "keeps what global pooling needs (see dfmvr/models/sample_norm.py).")
 @click.option("--pool", type=click.Choice(["average", "spatial"]), default=None,
               help="How the regressor reads RedNet's last map (recorded in the card): 'average' (the "
                    "official global average, the variant's default) or 'spatial' (a 1x1 reduction, then "
                    "the whole map flattened, so the heads know where features are; see "
-                   "dfmvr/train/models/heads.py).")
+                   "dfmvr/models/heads.py).")
 @click.option("--keypoints", default=0, show_default=True, type=click.IntRange(min=0),
               help="Landmarks per view of a keypoint readout (68, or 0 = none, the official layout): the "
                    "heads also read each view's soft-argmax keypoints (recorded in the card; see "
-                   "dfmvr/train/models/keypoints.py).")
+                   "dfmvr/models/keypoints.py).")
 @click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
 @click.option("--seed", default=0, show_default=True, type=int,

@@ -1,7 +1,7 @@
 """Evaluation over a dataset: a model (torch checkpoint or ONNX graph) against ground-truth 3D shapes.
 
 No torch here: the ONNX path (``OnnxPredictor``) runs with ONNX Runtime through ``dfmvr.runtime``; a
-torch model is scored through ``dfmvr.train.predictor.TorchPredictor`` (any callable with a ``card``
+torch model is scored through ``dfmvr.models.predictor.TorchPredictor`` (any callable with a ``card``
 that maps normalised images to coefficients is a predictor).
 
 Each triplet is scored with ``dfmvr.face.metrics.evaluate_reconstruction`` (NoW-style: crop by the

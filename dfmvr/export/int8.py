@@ -57,7 +57,7 @@ What is quantized, and why:
   rules 54.6 ms (best medians 54.3, 49.7, 50.7 ms): on an AVX2-only CPU int8 barely beats fp32 either
   way, so keeping the parse net and regressor float costs no measurable speed here.
 
-Calibration (MinMax ranges) runs on ``count`` rendered synthetic triplets (``dfmvr.train.synth``,
+Calibration (MinMax ranges) runs on ``count`` rendered synthetic triplets (``dfmvr.synth.dataset``,
 default face model), normalised with the card exactly as the runtime does, every second one with its
 right view missing (``parity.parity_inputs``). The default seed (2) differs from the parity inputs'
 (0) and from the README's held-out validation set (1), so the parity numbers are on unseen triplets.
@@ -263,7 +263,7 @@ def quantization_info(count: int, seed: int, rewritten: int, float_nodes: int, r
             "conv_transpose_2x2_rewritten": rewritten, "output_layer_nodes_kept_float": float_nodes,
             "nodes_kept_float": {k: len(v) for k, v in (kept_float or {}).items()},
             "calibration": {"method": "MinMax", "triplets": int(count), "seed": int(seed),
-                            "source": "dfmvr.train.synth.TripletGenerator, default synthetic face model, "
+                            "source": "dfmvr.synth.dataset.TripletGenerator, default synthetic face model, "
                                       "normalised with the card, every second triplet without its right view"}}
 
 

@@ -124,7 +124,7 @@ def check_exported_model(model: onnx.ModelProto, expect_involutions: int | None 
 
 
 def _count_torch_involutions(model) -> int:
-    from ..train.models.involution import Involution
+    from ..models.involution import Involution
 
     return sum(isinstance(m, Involution) for m in model.modules())
 

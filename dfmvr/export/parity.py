@@ -4,7 +4,7 @@ A runner is a callable ``images [B, 3, 3, 224, 224] float32 -> (coefficients [B,
 [B, 3, 224, 224] uint8)``. The exported graphs and engines are run by the RUNTIME's runners
 (``dfmvr.runtime.runners``, wrapped by ``RunnerCall``), so the parity gate certifies the same code path
 that ``dfmvr-run`` uses. The reference is the torch model run by the training side's runner of the same
-family (``RunnerCall(dfmvr.train.runner.TorchRunner(model))``). ``compare`` measures a
+family (``RunnerCall(dfmvr.models.runner.TorchRunner(model))``). ``compare`` measures a
 candidate against the reference:
 
 - max / mean absolute error of the coefficients;
@@ -113,7 +113,7 @@ def parity_inputs(card: ModelCard, batch: int = 2, seed: int = 0, face_model: Mo
     Every other batch item has its right view missing (all zeros), the graph's missing-view input.
     """
     from ..face.synthetic import default_face_model
-    from ..train.synth import TripletGenerator
+    from ..synth.dataset import TripletGenerator
 
     size = int(card.image_size)
     gen = TripletGenerator(face_model or default_face_model(), seed=seed)

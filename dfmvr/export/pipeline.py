@@ -2,7 +2,7 @@
 
 ``load_for_export(spec)`` accepts, in this order:
 - a file: ``.pth`` / ``.pt`` = official DF-MVR weights (converted on the fly with
-  ``dfmvr.train.convert.convert_official``); anything else = a dfmvr checkpoint (``load_checkpoint``);
+  ``dfmvr.models.convert.convert_official``); anything else = a dfmvr checkpoint (``load_checkpoint``);
 - ``default``: the bundled checkpoint;
 - a variant name (``tiny``, ``paper``): randomly initialised weights (seed 0), for benchmarks and tests.
 
@@ -26,7 +26,7 @@ from ..errors import InputError, UnavailableError
 from ..face.layout import COEFFS, VIEWS
 from ..face.model import MorphableModel
 from ..face.selection import select_face_model
-from ..train.runner import TorchRunner
+from ..models.runner import TorchRunner
 from . import parity
 from .onnx_export import export_onnx
 
@@ -66,16 +66,16 @@ def load_for_export(spec: str):
     """-> (model in eval mode, card, description) for a checkpoint path, ``default`` or a variant name."""
     import torch
 
-    from ..train.models.variants import VARIANTS, build_model
+    from ..models.variants import VARIANTS, build_model
 
     path = Path(spec)
     if path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
-        from ..train.convert import convert_official
+        from ..models.convert import convert_official
 
         model, card, _ = convert_official(path)
         what = f"official DF-MVR weights {path.name} (converted)"
     elif path.is_file() or spec == "default":
-        from ..train.checkpoint import load_checkpoint
+        from ..models.checkpoint import load_checkpoint
 
         model, card, _ = load_checkpoint(spec, load_train_state=False)
         what = f"checkpoint {spec}"

@@ -1,6 +1,6 @@
 """Face geometry, the numpy reference: rotation, shape, albedo, normals, SH lighting, mesh assembly.
 
-Every other implementation (the torch mirror in ``dfmvr.train``, the CUDA kernel in
+Every other implementation (the torch mirror in ``dfmvr.synth.face_torch``, the CUDA kernel in
 ``dfmvr.kernels``) is tested against these functions.
 """
 

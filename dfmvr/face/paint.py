@@ -3,7 +3,7 @@
 Painter's algorithm: triangles are sorted far to near by mean depth and filled one by one, each with
 one flat colour (the mean of its vertex colours) optionally scaled by Lambert shading of its face
 normal. Good enough for preview sheets and result overlays; the differentiable renderer lives in
-``dfmvr.train``.
+``dfmvr.synth.render``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The involution operator's one definition: its name, attributes, shapes and numpy reference.
 
 ``dfmvr::Involution(X, W; kernel_size, stride, groups)``, version 1, is shared by the torch custom op
-(dfmvr.train), the ONNX schema and function body (dfmvr.export) and the TensorRT plugin (kernels).
+(dfmvr.models), the ONNX schema and function body (dfmvr.export) and the TensorRT plugin (kernels).
 
 Semantics (d-li14's involution, as in RedNet):
     X  [B, C, H, W]                 input feature map

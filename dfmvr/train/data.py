@@ -4,7 +4,7 @@ One folder per triplet under ``root`` (synthetic datasets from ``dfmvr data synt
 the same layout):
 
   <triplet>/left.png front.png right.png   aligned 224x224 RGB (.png, .jpg or .jpeg)
-  <triplet>/gt.npz          optional, synthetic ground truth (see ``dfmvr.train.synth``)
+  <triplet>/gt.npz          optional, synthetic ground truth (see ``dfmvr.synth.dataset``)
   <triplet>/landmarks.npz   optional: landmarks [3, 68, 2] pixels, landmarks_visible [3, 68] bool,
                             landmarks3d [68, 3] (dm)
   <triplet>/labels.npz      optional: labels [3, 224, 224] uint8 parse classes

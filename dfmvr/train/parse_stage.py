@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from ..atomic import atomic_path
 from ..errors import InputError, require
 from ..face.layout import PARSE_CLASSES
-from .models.parse_net import CELEBAMASK_CLASSES, CELEBAMASK_TO_PARSE, BiSeNet
-from .models.variants import variant_architecture
+from ..models.parse_net import CELEBAMASK_CLASSES, CELEBAMASK_TO_PARSE, BiSeNet
+from ..models.variants import variant_architecture
 
 __all__ = ["PARSE_FORMAT", "ParseConfig", "CelebAMaskHQ", "TripletViews", "save_parse_weights",
            "load_parse_weights", "attach_parse_weights", "train_parse_net", "parse_dataset"]
@@ -141,7 +141,7 @@ def load_parse_weights(path) -> tuple[BiSeNet, dict]:
     if not path.is_file():
         raise InputError(path, "parse-net weights not found", "train them with 'dfmvr-train --stage parse'")
     if path.suffix != ".safetensors":
-        from .convert import load_parse_net
+        from ..models.convert import load_parse_net
         net = load_parse_net(path)
         return net, dict(net.parse_args)
     st = require("safetensors", "train", "reading parse-net weights")

@@ -32,7 +32,7 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tenso
     (0 if ``batches`` was empty: then nothing changes). ``model`` is left in its previous mode."""
     was_training = model.training
     model.train()
-    from .models.sample_norm import SampleNorm2d   # per-sample in training too: no running statistics in use
+    from ..models.sample_norm import SampleNorm2d   # per-sample in training too: no running statistics in use
 
     layers = [m for m in model.modules()
               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training

@@ -33,7 +33,7 @@ import torch
 from ..face.camera import Camera
 from ..face.layout import COEFFS
 from ..face.model import MorphableModel
-from .face_torch import FaceModelTorch
+from ..synth.face_torch import FaceModelTorch
 from .losses.photo import photo_weight_map
 from .losses.total import LossWeights, TrainingLoss
 

@@ -27,18 +27,18 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..errors import InputError
 from ..face.camera import Camera
-from .checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
-from .convert import DEAD_PREFIXES
+from ..models.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
+from ..models.convert import DEAD_PREFIXES
 from .data import TripletDataset
-from .face_torch import FaceModelTorch
+from ..synth.face_torch import FaceModelTorch
 from .losses.keypoints import keypoint_loss
 from .losses.total import LossWeights, TrainingLoss
-from .models.sample_norm import INFERENCE_NORM_KEY, NORM_CHOICES, TRAINING_NORM_KEY
-from .models.heads import POOLING
-from .models.variants import build_model, make_card
+from ..models.sample_norm import INFERENCE_NORM_KEY, NORM_CHOICES, TRAINING_NORM_KEY
+from ..models.heads import POOLING
+from ..models.variants import build_model, make_card
 from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
-from .synth import load_meta
+from ..synth.dataset import load_meta
 
 __all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "METRICS_NAME"]
 
@@ -74,11 +74,11 @@ class TrainConfig:
     weights: dict = field(default_factory=lambda: LossWeights().to_dict())
     bn_recalibration: int = 64           # triplets for the end-of-epoch batch-norm statistics (0 = off)
     per_sample_norm: str | None = None   # "instance" / "layer": batch norm with each sample's own statistics,
-                                         # also in training (models/sample_norm.py); None: batch statistics
-    pool: str | None = None              # "average" / "spatial" readout of RedNet's last map (models/heads.py);
+                                         # also in training (dfmvr/models/sample_norm.py); None: batch statistics
+    pool: str | None = None              # "average" / "spatial" readout of RedNet's last map (dfmvr/models/heads.py);
                                          # None: the variant's own (average)
     keypoints: int = 0                   # > 0: a keypoint readout of that many landmarks per view
-                                         # (models/keypoints.py), supervised with weights["keypoint_2d"]
+                                         # (dfmvr/models/keypoints.py), supervised with weights["keypoint_2d"]
     landmark_noise_px: float = 0.0       # detector-like error on the training landmarks (data.TripletDataset)
     init: str | None = None              # fine-tune: start from this checkpoint's weights (its card's
                                          # architecture), with a fresh optimizer, schedule and loss weights
@@ -140,7 +140,7 @@ class Trainer:
             weights = LossWeights.from_dict(config.weights)
             card = make_card(config.variant, camera=camera, face_model=face_model.identity(),
                              loss_weights=weights.to_dict())
-            if config.per_sample_norm:   # see models/sample_norm.py for why
+            if config.per_sample_norm:   # see dfmvr/models/sample_norm.py for why
                 if config.per_sample_norm not in NORM_CHOICES:
                     raise ValueError(f"per_sample_norm must be one of {sorted(NORM_CHOICES)} or None, "
                                      f"got {config.per_sample_norm!r}")
@@ -148,13 +148,13 @@ class Trainer:
                 card.architecture = {**card.architecture, TRAINING_NORM_KEY: value, INFERENCE_NORM_KEY: value}
             if card.architecture.get("design") == "lite" and (config.pool or config.keypoints):
                 raise ValueError("--pool and --keypoints apply to the official design's RedNet regressor; "
-                                 "the 'lite' variant always reads its map spatially (models/lite.py)")
-            if config.pool:   # see models/heads.py for why
+                                 "the 'lite' variant always reads its map spatially (dfmvr/models/lite.py)")
+            if config.pool:   # see dfmvr/models/heads.py for why
                 if config.pool not in POOLING:
                     raise ValueError(f"pool must be one of {POOLING} or None, got {config.pool!r}")
                 card.architecture = {**card.architecture,
                                      "rednet": {**card.architecture["rednet"], "pool": config.pool}}
-            if config.keypoints:   # see models/keypoints.py for why
+            if config.keypoints:   # see dfmvr/models/keypoints.py for why
                 card.architecture = {**card.architecture,
                                      "rednet": {**card.architecture["rednet"], "keypoints": int(config.keypoints)}}
             card.provenance = self._provenance(weights, fm_source)
@@ -388,7 +388,7 @@ class Trainer:
 
     def validate(self) -> dict:
         from ..eval import evaluate_dataset
-        from .predictor import TorchPredictor
+        from ..models.predictor import TorchPredictor
 
         self.model.eval()
         predictor = _LargestCoefficient(TorchPredictor(self.model, str(self.device)))

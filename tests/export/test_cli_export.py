@@ -45,8 +45,8 @@ def test_unknown_name_is_exit_2_listing_the_choices(tmp_path, capsys):
 
 
 def test_incompatible_card_is_exit_2(tmp_path, capsys):
-    from dfmvr.train.checkpoint import save_checkpoint
-    from dfmvr.train.models.variants import build_model
+    from dfmvr.models.checkpoint import save_checkpoint
+    from dfmvr.models.variants import build_model
 
     model = build_model("tiny")
     card = model.card

@@ -38,7 +38,7 @@ def test_paper_export_from_official_format_weights(tmp_path, capsys):
     `state_dict` wrapper) -> converted on the fly -> exported -> parity against torch."""
     import torch
 
-    from dfmvr.train.models.variants import build_model
+    from dfmvr.models.variants import build_model
 
     torch.manual_seed(1)
     model = build_model("paper")

@@ -13,7 +13,7 @@ from dfmvr.export.onnx_export import ExportError, check_exported_model, read_car
 from dfmvr.export.parity import FP32_TOLERANCE, OnnxrtRunner, RunnerCall, compare, parity_inputs
 from dfmvr.face.synthetic import default_face_model
 from dfmvr.kernels.op import INVOLUTION
-from dfmvr.train.runner import TorchRunner
+from dfmvr.models.runner import TorchRunner
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def onnx_model(tiny_export):
 
 
 def _torch_involutions(model):
-    from dfmvr.train.models.involution import Involution
+    from dfmvr.models.involution import Involution
 
     return sorted((m.kernel_size, m.stride, m.groups) for m in model.modules() if isinstance(m, Involution))
 

@@ -15,7 +15,7 @@ from dfmvr.export.parity import parity_inputs
 
 def test_parity_inputs_are_card_normalise_of_the_rendered_triplets():
     from dfmvr.face.synthetic import default_face_model
-    from dfmvr.train.synth import TripletGenerator
+    from dfmvr.synth.dataset import TripletGenerator
 
     card = ModelCard("tiny", {}, input_mean=0.25, input_std=2.0)
     x = parity_inputs(card, batch=2, seed=3)

@@ -30,7 +30,7 @@ def test_matches_the_pytorch_face_model_within_0_01_mm(face_model):
     import pytest
 
     torch = pytest.importorskip("torch")
-    face_torch = pytest.importorskip("dfmvr.train.face_torch")
+    face_torch = pytest.importorskip("dfmvr.synth.face_torch")
     rng = np.random.default_rng(11)
     flat = (rng.standard_normal((2, COEFFS.size)) * 0.5).astype(np.float32)
     c = COEFFS.split(flat)

@@ -128,7 +128,7 @@ def test_runtime_never_imports_torch(tmp_path, stats_onnx, face_model_path):
             run_entry(args)
         except SystemExit as e:
             assert e.code == 0, e.code
-    assert "torch" not in sys.modules and not any(k.startswith("dfmvr.train") for k in sys.modules)
+    assert "torch" not in sys.modules and not any(k.startswith(("dfmvr.train", "dfmvr.models", "dfmvr.synth")) for k in sys.modules)
     print("NO-TORCH-OK")
     """
     res = run_python(code, block_torch=True, cwd=tmp_path)

@@ -13,12 +13,12 @@ from .conftest import make_crops, write_triplet
 @pytest.mark.slow
 def test_runtime_mesh_equals_the_pytorch_pipeline_within_0_01_mm(tmp_path, face_model, face_model_path):
     torch = pytest.importorskip("torch")
-    variants = pytest.importorskip("dfmvr.train.models.variants")
+    variants = pytest.importorskip("dfmvr.models.variants")
     onnx_export = pytest.importorskip("dfmvr.export.onnx_export")
     from dfmvr.face.meshio import read_mesh
     from dfmvr.runtime.inputs import discover_triplets
     from dfmvr.runtime.pipeline import Pipeline
-    from dfmvr.train.face_torch import FaceModelTorch
+    from dfmvr.synth.face_torch import FaceModelTorch
 
     card = variants.make_card("tiny", face_model=face_model.identity())
     torch.manual_seed(0)

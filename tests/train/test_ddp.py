@@ -48,7 +48,7 @@ def test_two_process_ddp_keeps_replicas_identical(synth4, tmp_path):
     assert ranks[0]["last"]["replicas_identical"] is True
     # the replicas did train: the weights moved away from a fresh model's initialisation
     torch.manual_seed(3)
-    from dfmvr.train.models.variants import build_model
+    from dfmvr.models.variants import build_model
     fresh = build_model("tiny").state_dict()
     moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], fresh[k])]
     assert any(k.startswith("rednet_fc.") for k in moved)

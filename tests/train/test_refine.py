@@ -23,7 +23,7 @@ def face_model():
 
 @pytest.fixture(scope="module")
 def triplet(face_model):
-    from dfmvr.train.synth import TripletGenerator
+    from dfmvr.synth.dataset import TripletGenerator
     return TripletGenerator(face_model, Camera(), seed=5).sample(0)
 
 

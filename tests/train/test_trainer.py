@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfmvr.train.checkpoint import load_checkpoint
+from dfmvr.models.checkpoint import load_checkpoint
 from dfmvr.train.schedule import OFFICIAL_CONSTANT_FRACTION, VIEW_PATTERNS, lr_at, sample_view_masks
 from dfmvr.train.trainer import METRICS_NAME, Trainer, TrainConfig
 
@@ -141,7 +141,7 @@ def test_cli_bad_input(tmp_path):
 
 
 def test_parse_stage_trains_and_attaches(synth4, tmp_path):
-    from dfmvr.train.models.variants import build_model
+    from dfmvr.models.variants import build_model
     from dfmvr.train.parse_stage import ParseConfig, attach_parse_weights, load_parse_weights, train_parse_net
 
     path = train_parse_net(ParseConfig(data=str(synth4), out=str(tmp_path / "p"), epochs=1, batch=3,
@@ -188,7 +188,7 @@ def test_celebamask_layout_maps_onto_our_classes(tmp_path):
 
 
 def test_per_sample_norm_and_pool_are_recorded_and_survive_the_checkpoint(synth4, tmp_path):
-    from dfmvr.train.models.sample_norm import SampleLayerNorm2d
+    from dfmvr.models.sample_norm import SampleLayerNorm2d
 
     out = tmp_path / "per_sample"
     cfg = _config(synth4, out, epochs=1, augment=False, view_dropout=False)

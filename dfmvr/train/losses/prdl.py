@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..render import Raster, rasterize
+from ...synth.render import Raster, rasterize
 
 __all__ = ["PRDLConfig", "anchor_grid", "lattice_centres", "distance_descriptor", "PRDL"]
 

@@ -16,8 +16,8 @@ from torch import nn
 
 from ...face.layout import COEFFS
 from ...face.meshio import MM_PER_MODEL_UNIT
-from ..face_torch import FaceModelTorch
-from ..render import render_mesh
+from ...synth.face_torch import FaceModelTorch
+from ...synth.render import render_mesh
 from .landmarks import landmark_2d_loss, landmark_3d_loss, landmark_weights
 from .mask import mask_loss
 from .photo import photo_weight_map, photometric_loss

@@ -16,7 +16,7 @@ def face_model():
 @pytest.fixture(scope="session")
 def synthetic_batch(face_model):
     """Two synthetic triplets as a loss batch (photos in [0, 1]) plus their true coefficients."""
-    from dfmvr.train.synth import TripletGenerator
+    from dfmvr.synth.dataset import TripletGenerator
 
     gen = TripletGenerator(face_model, Camera(), seed=3)
     items = [gen.sample(i) for i in range(2)]

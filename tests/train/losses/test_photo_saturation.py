@@ -38,10 +38,10 @@ def test_photo_loss_at_the_truth_is_8_bit_rounding_on_clean_triplets(face_model,
     of 8-bit rounding alone (triplets 5 and 6 of this seed render channels above 1; comparing the
     unclipped render with the photo gave 1.8x the rounding level there)."""
     from dfmvr.face.camera import Camera
-    from dfmvr.train.face_torch import FaceModelTorch
+    from dfmvr.synth.face_torch import FaceModelTorch
     from dfmvr.train.losses.photo import photo_weight_map
-    from dfmvr.train.render import render_mesh
-    from dfmvr.train.synth import SynthConfig, TripletGenerator
+    from dfmvr.synth.render import render_mesh
+    from dfmvr.synth.dataset import SynthConfig, TripletGenerator
 
     face = FaceModelTorch(face_model, Camera())
     gen = TripletGenerator(face_model, Camera(), SynthConfig(blur_sigma_max=0.0, noise_sigma_max=0.0), seed=23)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dfmvr.face.camera import Camera
-from dfmvr.train.face_torch import project_with_depth
+from dfmvr.synth.face_torch import project_with_depth
 from dfmvr.train.losses.prdl import PRDL, PRDLConfig, anchor_grid, distance_descriptor, lattice_centres
-from dfmvr.train.render import rasterize, render_mesh
+from dfmvr.synth.render import rasterize, render_mesh
 
 
 def test_descriptor_statistics_by_hand():

@@ -11,7 +11,7 @@ import torch
 
 from dfmvr.face.camera import Camera
 from dfmvr.face.layout import COEFFS
-from dfmvr.train.face_torch import FaceModelTorch
+from dfmvr.synth.face_torch import FaceModelTorch
 from dfmvr.train.losses.total import LossWeights, TrainingLoss
 
 TRIPLETS = 6
@@ -22,7 +22,7 @@ PRDL_ONLY = dict(prdl=1.0, photo=0.0, landmark_2d=0.0, landmark_3d=0.0, coeffici
 @pytest.fixture(scope="module")
 def triplets(face_model, one_torch_thread):
     """(batch, {truth, id0, mean} coefficients) for TRIPLETS triplets of a seed no other test uses."""
-    from dfmvr.train.synth import TripletGenerator
+    from dfmvr.synth.dataset import TripletGenerator
 
     gen = TripletGenerator(face_model, Camera(), seed=23)
     out = []

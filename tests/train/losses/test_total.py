@@ -6,11 +6,11 @@ import torch
 
 from dfmvr.face.camera import Camera
 from dfmvr.face.layout import COEFFS
-from dfmvr.train.face_torch import FaceModelTorch
+from dfmvr.synth.face_torch import FaceModelTorch
 from dfmvr.train.losses.mask import mask_loss
 from dfmvr.train.losses.total import LossWeights, TrainingLoss
-from dfmvr.train.models.parse_net import BiSeNet
-from dfmvr.train.render import render_mesh
+from dfmvr.models.parse_net import BiSeNet
+from dfmvr.synth.render import render_mesh
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_each_view_lit_with_its_own_rotation(face, synthetic_batch):
         assert terms["photo"] < 0.08, view
     # control: lighting every view with the right view's rotation (the official defect) makes
     # the left view's photo loss clearly worse, so the check above can fail
-    from dfmvr.train.face_torch import rotation_matrix, sh_shade
+    from dfmvr.synth.face_torch import rotation_matrix, sh_shade
     from dfmvr.train.losses.photo import photo_weight_map, photometric_loss
     mesh = face(gt)
     c = COEFFS.split(gt)

@@ -157,7 +157,7 @@ def load_checkpoint(path, load_train_state: bool = True):
     Raises InputError for a missing, corrupt, truncated or foreign file, or weights that do not fit
     the architecture the card describes.
     """
-    from .models.variants import build_model
+    from .variants import build_model
 
     path = resolve_checkpoint(path)
     meta, handle = _read_header(path)

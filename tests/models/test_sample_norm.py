@@ -8,12 +8,12 @@ from torch import nn
 
 import pytest
 
-from dfmvr.train.models.rednet import Bottleneck
-from dfmvr.train.models.sample_norm import (INFERENCE_NORM_KEY, PER_SAMPLE, PER_SAMPLE_LAYER, TRAINING_NORM_KEY,
+from dfmvr.models.rednet import Bottleneck
+from dfmvr.models.sample_norm import (INFERENCE_NORM_KEY, PER_SAMPLE, PER_SAMPLE_LAYER, TRAINING_NORM_KEY,
                                             SampleLayerNorm2d, SampleNorm2d, SampleStatisticsBatchNorm2d,
                                             use_sample_statistics)
 from dfmvr.train.precise_bn import recalibrate_batch_norm
-from dfmvr.train.models.variants import build_model, make_card
+from dfmvr.models.variants import build_model, make_card
 
 
 def test_eval_uses_each_samples_statistics_and_training_is_plain_batch_norm():

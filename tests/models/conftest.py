@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def paper_model():
-    from dfmvr.train.models.variants import build_model
+    from dfmvr.models.variants import build_model
 
     torch.manual_seed(0)
     return build_model("paper")
@@ -16,7 +16,7 @@ def paper_model():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from dfmvr.train.models.variants import build_model
+    from dfmvr.models.variants import build_model
 
     torch.manual_seed(0)
     return build_model("tiny").eval()

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from dfmvr.errors import InputError
 from dfmvr.face.layout import PARSE_CLASSES
-from dfmvr.train.convert import attach_parse_net, load_parse_net
-from dfmvr.train.models.parse_net import (CELEBAMASK_CLASSES, CELEBAMASK_TO_PARSE, BiSeNet,
+from dfmvr.models.convert import attach_parse_net, load_parse_net
+from dfmvr.models.parse_net import (CELEBAMASK_CLASSES, CELEBAMASK_TO_PARSE, BiSeNet,
                                           celebamask_class_map)
-from dfmvr.train.models.variants import _tiny, build_model
+from dfmvr.models.variants import _tiny, build_model
 
 TINY_PARSE = {k: v for k, v in _tiny()["parse"].items() if k not in ("num_classes", "class_map")}
 

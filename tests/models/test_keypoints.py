@@ -7,8 +7,8 @@ import torch
 
 from dfmvr.face.layout import COEFFS
 from dfmvr.train.losses.keypoints import keypoint_loss
-from dfmvr.train.models.keypoints import KeypointReadout
-from dfmvr.train.models.variants import build_model, make_card
+from dfmvr.models.keypoints import KeypointReadout
+from dfmvr.models.variants import build_model, make_card
 
 
 def keypoint_card(pool: str | None = None):

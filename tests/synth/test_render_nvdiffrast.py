@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dfmvr.face.synthetic import default_face_model
-from dfmvr.train import render_nvdiffrast as nv
-from dfmvr.train.render import rasterize
+from dfmvr.synth import render_nvdiffrast as nv
+from dfmvr.synth.render import rasterize
 
 
 def test_clip_positions_put_pixel_centres_on_nvdiffrast_pixel_centres_and_order_depth():
@@ -41,7 +41,7 @@ def test_cpu_tensors_use_the_torch_rasterizer_and_refuse_a_forced_nvdiffrast():
 @pytest.mark.skipif(not nv.available(torch.device("cuda")), reason="needs nvdiffrast and an NVIDIA GPU")
 def test_nvdiffrast_matches_the_torch_rasterizer_on_a_face():   # pragma: no cover - no GPU here
     from dfmvr.face.camera import DEEP3D_CAMERA
-    from dfmvr.train.face_torch import project_with_depth
+    from dfmvr.synth.face_torch import project_with_depth
 
     fm = default_face_model()
     verts = torch.as_tensor(fm.mean_shape, dtype=torch.float32)[None].cuda().requires_grad_(True)

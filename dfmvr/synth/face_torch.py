@@ -40,7 +40,7 @@ def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
 def project_with_depth(points: torch.Tensor, camera: Camera) -> torch.Tensor:
     """Posed model-space points [..., 3] -> [..., 3] = (u, v, depth): pixels (u right, v down, pixel
     centres at +0.5) and camera-space depth ``distance - z`` in model units. Same maths as
-    ``dfmvr.face.camera.project``; this is the input format of ``dfmvr.train.render.rasterize``."""
+    ``dfmvr.face.camera.project``; this is the input format of ``dfmvr.synth.render.rasterize``."""
     depth = camera.distance - points[..., 2]
     u = camera.center + camera.focal * points[..., 0] / depth
     v = camera.center - camera.focal * points[..., 1] / depth

@@ -8,10 +8,10 @@ import torch
 
 from dfmvr.card import ModelCard
 from dfmvr.face.layout import COEFFS, VIEWS
-from dfmvr.train.models.dfmvr_net import pack_views
-from dfmvr.train.models.heads import head_names
-from dfmvr.train.models.rednet import REDNET_STAGE_BLOCKS
-from dfmvr.train.models.variants import VARIANTS, build_model
+from dfmvr.models.dfmvr_net import pack_views
+from dfmvr.models.heads import head_names
+from dfmvr.models.rednet import REDNET_STAGE_BLOCKS
+from dfmvr.models.variants import VARIANTS, build_model
 
 
 @pytest.mark.parametrize("batch,views,size", [

@@ -1,4 +1,4 @@
-"""dfmvr.train.runner.TorchRunner: the torch model in the runtime runners' family (issue 20).
+"""dfmvr.models.runner.TorchRunner: the torch model in the runtime runners' family (issue 20).
 
 Real: torch, the runner, ``dfmvr.export.parity.RunnerCall``. Stand-in: a two-line module with the
 network's signature (images -> (coefficients, labels)) instead of a DFMVRNet, so the lifecycle is
@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from dfmvr.card import GRAPH_INPUT, GRAPH_OUTPUTS  # noqa: E402
 from dfmvr.runtime.runners import Runner  # noqa: E402
-from dfmvr.train.runner import TorchRunner  # noqa: E402
+from dfmvr.models.runner import TorchRunner  # noqa: E402
 
 
 class StandInNet(torch.nn.Module):
@@ -68,7 +68,7 @@ def test_parity_adapts_it_like_the_runtime_runners():
     pytest.importorskip("onnx")
     from dfmvr.export import parity
 
-    assert not hasattr(parity, "TorchRunner")      # one home: dfmvr.train.runner
+    assert not hasattr(parity, "TorchRunner")      # one home: dfmvr.models.runner
     call = parity.RunnerCall(TorchRunner(StandInNet()))
     coefficients, labels = call(np.ones((1, 3, 3, 4, 4), np.float64))   # cast to float32 on the way in
     assert coefficients.shape == (1, 2) and labels.dtype == np.uint8

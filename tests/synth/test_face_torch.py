@@ -12,7 +12,7 @@ from dfmvr.face import geometry
 from dfmvr.face.camera import Camera, project
 from dfmvr.face.layout import COEFFS
 from dfmvr.face.synthetic import default_face_model
-from dfmvr.train import face_torch as ft
+from dfmvr.synth import face_torch as ft
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,8 +16,8 @@ from dfmvr.face.camera import Camera
 from dfmvr.face.layout import COEFFS, VIEW_YAW_DEG
 from dfmvr.face.model import MorphableModel
 from dfmvr.face.synthetic import default_face_model
-from dfmvr.train import synth
-from dfmvr.train.synth import TripletGenerator, write_dataset
+from dfmvr.synth import dataset as synth
+from dfmvr.synth.dataset import TripletGenerator, write_dataset
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfmvr.train.models.rednet import REDNET_STAGE_BLOCKS, RedNet
+from dfmvr.models.rednet import REDNET_STAGE_BLOCKS, RedNet
 
 
 def _count(module) -> int:

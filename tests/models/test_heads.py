@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dfmvr.face.layout import COEFFS
-from dfmvr.train.checkpoint import load_checkpoint, save_checkpoint
-from dfmvr.train.models.heads import RedNetRegressor
-from dfmvr.train.models.variants import build_model, make_card
-from tests.train.models.conftest import assert_export_parity
+from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
+from dfmvr.models.heads import RedNetRegressor
+from dfmvr.models.variants import build_model, make_card
+from tests.models.conftest import assert_export_parity
 
 SMALL_REDNET = {"depth": 26, "in_channels": 4, "stem_channels": 32, "base_channels": 16, "group_channels": 16}
 

@@ -13,8 +13,8 @@ from dfmvr.face import geometry
 from dfmvr.face.camera import Camera, project
 from dfmvr.face.layout import COEFFS
 from dfmvr.face.synthetic import default_face_model
-from dfmvr.train.face_torch import project_with_depth, rotation_matrix
-from dfmvr.train.render import interpolate, rasterize, render_mesh
+from dfmvr.synth.face_torch import project_with_depth, rotation_matrix
+from dfmvr.synth.render import interpolate, rasterize, render_mesh
 
 
 def _centres(h, w):

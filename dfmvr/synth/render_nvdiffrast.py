@@ -1,9 +1,9 @@
-"""The nvdiffrast backend of ``dfmvr.train.render.rasterize`` (CUDA tensors, when nvdiffrast imports).
+"""The nvdiffrast backend of ``dfmvr.synth.render.rasterize`` (CUDA tensors, when nvdiffrast imports).
 
 Same inputs and the same ``Raster`` as the pure-torch rasterizer, so ``interpolate`` and
 ``render_mesh`` work unchanged. NOT RUN HERE: nvdiffrast needs CUDA and this machine has no GPU;
 the clip-space conversion below is tested on the CPU, the rasterization itself only where
-``tests/train/test_render_nvdiffrast.py`` finds nvdiffrast and a GPU.
+``tests/synth/test_render_nvdiffrast.py`` finds nvdiffrast and a GPU.
 
 Conventions bridged:
 - our screen space is (u, v) pixels with pixel centres at +0.5 and v pointing down, plus a positive

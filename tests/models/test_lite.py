@@ -1,4 +1,4 @@
-"""The 'lite' design (models/lite.py): DF-MVR's structure at 112 px with a spatial readout."""
+"""The 'lite' design (dfmvr/models/lite.py): DF-MVR's structure at 112 px with a spatial readout."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from dfmvr.face.layout import COEFFS
-from dfmvr.train.checkpoint import load_checkpoint, save_checkpoint
-from dfmvr.train.models.heads import head_names
-from dfmvr.train.models.lite import LiteFusion, LiteRegressor
-from dfmvr.train.models.variants import build_model
-from tests.train.models.conftest import assert_export_parity
+from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
+from dfmvr.models.heads import head_names
+from dfmvr.models.lite import LiteFusion, LiteRegressor
+from dfmvr.models.variants import build_model
+from tests.models.conftest import assert_export_parity
 
 
 def test_lite_keeps_the_contract_and_the_official_head_names():

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from dfmvr.errors import InputError
 from dfmvr.face.camera import OFFICIAL_CAMERA
-from dfmvr.train.convert import convert_official, read_state_dict
+from dfmvr.models.convert import convert_official, read_state_dict
 from tests.conftest import run_python
 
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_cli_converts_a_full_official_checkpoint(tmp_path, official_keys):
     """~110 M random numbers with the official keys, DDP prefix and a wrapper dict -> our checkpoint."""
     from dfmvr.cli.convert import command
-    from dfmvr.train.checkpoint import load_checkpoint
+    from dfmvr.models.checkpoint import load_checkpoint
 
     keys = official_keys
     state = _random_official_state(keys)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from dfmvr.errors import InputError
-from dfmvr.train import checkpoint as ckpt
-from dfmvr.train.checkpoint import (capture_rng_state, load_checkpoint, read_card, restore_rng_state,
+from dfmvr.models import checkpoint as ckpt
+from dfmvr.models.checkpoint import (capture_rng_state, load_checkpoint, read_card, restore_rng_state,
                                     save_checkpoint, sidecar_path)
-from dfmvr.train.models.variants import build_model
+from dfmvr.models.variants import build_model
 from tests.tolerances import SAME_COMPUTATION_FP32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -164,8 +164,8 @@ def test_default_name_resolves_to_bundled_model():
 
 
 def test_loaded_model_keeps_frozen_parse_net_and_class_merge(tmp_path):
-    from dfmvr.train.models.parse_net import celebamask_class_map
-    from dfmvr.train.models.variants import make_card
+    from dfmvr.models.parse_net import celebamask_class_map
+    from dfmvr.models.variants import make_card
 
     card = make_card("tiny")
     card.architecture["parse"].update(num_classes=19, class_map=celebamask_class_map())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dfmvr.kernels.op import INVOLUTION, involution_output_size, involution_reference
-from dfmvr.train.models.involution import Involution, involution, involution_unfold
+from dfmvr.models.involution import Involution, involution, involution_unfold
 
 
 def _inputs(b, c, h, w, k, s, g, dtype, seed=0):

@@ -26,9 +26,9 @@ from dfmvr.errors import InputError
 from dfmvr.face.camera import OFFICIAL_CAMERA
 from dfmvr.face.layout import NUM_PARSE_CLASSES
 
-from .models.dfmvr_net import DFMVRNet
-from .models.parse_net import CELEBAMASK_CLASSES, PAPER_PARSE_ARGS, BiSeNet, celebamask_class_map
-from .models.variants import build_model, make_card
+from .dfmvr_net import DFMVRNet
+from .parse_net import CELEBAMASK_CLASSES, PAPER_PARSE_ARGS, BiSeNet, celebamask_class_map
+from .variants import build_model, make_card
 
 __all__ = ["read_state_dict", "convert_official", "ConversionReport", "load_parse_net",
            "attach_parse_net", "DEAD_PREFIXES"]
