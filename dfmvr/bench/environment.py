@@ -8,7 +8,8 @@ import platform
 
 __all__ = ["environment_stamp"]
 
-_PACKAGES = ("numpy", "onnxruntime", "onnx", "torch", "tensorrt", "cuda-python", "opencv-python-headless", "dfmvr")
+_PACKAGES = ("numpy", "onnxruntime", "onnx", "torch", "openvino", "tensorrt", "cuda-python", "opencv-python-headless",
+             "dfmvr")
 
 
 def _cpu_model() -> str:

@@ -19,8 +19,10 @@ def markdown_report(report: dict, title: str = "dfmvr bench") -> str:
                  f"{report['settings']['iters']} timed iteration(s) after {report['settings']['warmup']} warm-up; "
                  f"outputs: {','.join(report['settings']['formats'])}; inputs: {report['settings']['inputs']}.")
     lines.append("")
+    ref = (report.get("parity_reference") or {}).get("backend")
     head = (["backend", "batch", "min ms", "median ms", "p90 ms", "p99 ms", "triplets/s", "x torch (e2e)",
-             "x torch (net)"] + [f"{s} ms" for s in STAGES] + ["net GFLOP/s", "% of GEMM"])
+             "x torch (net)", f"mesh max mm vs {ref or '-'}", "mesh mean mm", "labels agree"]
+            + [f"{s} ms" for s in STAGES] + ["net GFLOP/s", "% of GEMM"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in report["backends"].items():
         for row in entry["batches"]:
@@ -28,12 +30,38 @@ def markdown_report(report: dict, title: str = "dfmvr bench") -> str:
             cells = [name, str(row["batch"]), _f(e2e["min_ms"]), _f(e2e["median_ms"]), _f(e2e["p90_ms"]),
                      _f(e2e["p99_ms"]), _f(e2e["throughput_per_s"], 2),
                      _f(sp.get("end_to_end"), 2), _f(sp.get("network"), 2)]
+            par = row.get("parity") or {}
+            if par.get("error"):
+                cells += [f"error: {par['error'][:60]}", "", ""]
+            else:
+                cells += [_f(par.get("mesh_max_mm"), 4), _f(par.get("mesh_mean_mm"), 4),
+                          _f(par.get("labels_agreement"), 4)]
             cells += [_f(row["stages"][s]["median_ms"]) for s in STAGES]
             frac = row.get("fraction_of_gemm")
             cells += [_f(row.get("network_gflops")), _f(None if frac is None else 100 * frac)]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Stage columns are medians per batch; latency columns are per batch, end to end.")
+    pref = report.get("parity_reference")
+    if pref and pref.get("backend"):
+        lines.append(f"- Parity: each backend's coefficients on this run's inputs (the batch's triplets), assembled "
+                     f"into posed meshes with the face model, against **{pref['backend']}** ({pref['description']}): "
+                     "max and mean vertex distance in mm; 'labels agree' is the fraction of equal label pixels.")
+    elif pref:
+        lines.append(f"- Parity: not measured ({pref.get('reason')})")
+    for name, entry in report["backends"].items():
+        if entry.get("description"):
+            extra = ""
+            if entry.get("compile_total_s") is not None:
+                per = ", ".join(f"batch {b} {t:,.1f} s" for b, t in entry.get("compile_s", {}).items())
+                extra = f"; compiled in {entry['compile_total_s']:,.1f} s before timing ({per})"
+            elif entry.get("activate_s") is not None:
+                extra = f"; loaded in {entry['activate_s']:,.2f} s"
+            if entry.get("version"):
+                extra += f"; version {entry['version']}"
+            if name == "onnxruntime-int8" and entry.get("model"):
+                extra += f"; graph {entry['model']}"
+            lines.append(f"- {name}: {entry['description']}{extra}")
     for name, reason in report["unavailable"].items():
         lines.append(f"- **{name}**: not measured: {reason}")
     flops, gemm = report.get("flops") or {}, report.get("gemm") or {}

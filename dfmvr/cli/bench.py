@@ -7,9 +7,11 @@ bad input; 1 anything else.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+from ..bench.backends import BACKENDS
 from .options import (OutputPath, engine_option, exit_codes, face_model_option, json_option, onnx_option, quiet_option,
                       threads_option)
 from .settings import HELP_SETTINGS
@@ -28,8 +30,6 @@ def _int_list(ctx, param, value):
 
 
 def _backends(ctx, param, value):
-    from ..bench.backends import BACKENDS
-
     names = tuple(dict.fromkeys(v.strip().lower() for v in str(value).split(",") if v.strip()))
     bad = [n for n in names if n not in BACKENDS]
     if bad or not names:
@@ -43,8 +43,13 @@ def _backends(ctx, param, value):
               "('tiny', 'paper': random weights, seed 0). Exported on the fly for ONNX Runtime unless --onnx is given.")
 @onnx_option
 @engine_option
-@click.option("--backends", "backends", default="torch,onnxruntime,tensorrt", show_default=True,
-              callback=_backends, help="Comma-separated: torch, onnxruntime, tensorrt.")
+@click.option("--int8-onnx", "int8_onnx", type=click.Path(path_type=Path), default=None,
+              help="The int8 graph for the onnxruntime-int8 backend (dfmvr-export --int8's model.int8.onnx). "
+                   "Default: model.int8.onnx beside --onnx when there is one; with --checkpoint and no --onnx, "
+                   "the graph exported on the fly is also quantized on the fly.")
+@click.option("--backends", "backends", default=",".join(BACKENDS), show_default=True,
+              callback=_backends, help=f"Comma-separated: {', '.join(BACKENDS)}. Unavailable ones are listed "
+                                       "with their reason.")
 @click.option("--batch-sizes", "--batch", "batches", default="1,4,16", show_default=True, callback=_int_list,
               help="Comma-separated batch sizes to measure (triplets per network call). --batch is the old "
                    "spelling.")
@@ -60,11 +65,14 @@ def _backends(ctx, param, value):
 @json_option
 @click.option("--markdown", "md_path", type=OutputPath("file"), help="Also write the report as a Markdown table.")
 @quiet_option
-def command(checkpoint, onnx, engine, backends, batches, iters, warmup, threads, face_model, formats, no_gemm, gemm_size,
-            json_out, md_path, quiet):
+def command(checkpoint, onnx, engine, int8_onnx, backends, batches, iters, warmup, threads, face_model, formats,
+            no_gemm, gemm_size, json_out, md_path, quiet):
     """Benchmark the reconstruction pipeline end to end and per stage (decode + align, normalise,
     network, mesh assembly, write) on every available backend, side by side, with each backend's
-    speed-up over PyTorch eager, FLOPs per triplet, achieved GFLOP/s and this machine's GEMM rate.
+    speed-up over PyTorch eager, FLOPs per triplet, achieved GFLOP/s, this machine's GEMM rate, and
+    each backend's parity (posed-mesh distance in mm, label agreement) against PyTorch eager (ONNX
+    Runtime fp32 without torch weights) on the same inputs. torch-compile is compiled before any timed
+    iteration and its compile time is reported on its own.
 
     With no model option, the bundled default model is used.
     """
@@ -75,7 +83,8 @@ def command(checkpoint, onnx, engine, backends, batches, iters, warmup, threads,
 
     fmts = parse_formats(formats)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    sources = resolve_sources(checkpoint=checkpoint, onnx=onnx, engine=engine, backends=backends, echo=echo)
+    sources = resolve_sources(checkpoint=checkpoint, onnx=onnx, engine=engine, backends=backends, echo=echo,
+                              int8_onnx=int8_onnx)
     report = run_bench(sources, backends=backends, batches=batches, iters=iters, warmup=warmup, threads=threads,
                        formats=fmts, face_model=face_model, gemm=not no_gemm, gemm_size=gemm_size, echo=echo)
     text = markdown_report(report)

@@ -44,6 +44,10 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
 @batch_size_option(1)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: CUDA provider / TensorRT and the CUDA mesh kernel.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="What runs the ONNX graph: ONNX Runtime, or OpenVINO's CPU plugin (the 'openvino' extra: "
+                   "pip install 'dfmvr[openvino]'; the graph's dfmvr::Involution functions are inlined for it). "
+                   "Not with --engine or --device cuda.")
 @threads_option
 @click.option("--resume", is_flag=True,
               help="Skip triplets whose output folder exists (folders are only ever complete).")
@@ -57,7 +61,7 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
                    "of the previous one run in threads while the network runs (same outputs, same summary "
                    "order); this is for debugging and timing single stages. Env: DFMVR_NO_OVERLAP=1.")
 @quiet_option
-def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, threads, resume,
+def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, backend, threads, resume,
             refine_steps, refine_device, no_overlap, quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
@@ -80,6 +84,14 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
 
     _quiet_opencv()
     fmts = parse_formats(formats)
+    if backend == "openvino":
+        from ..errors import InputError, require
+
+        if engine is not None or device == "cuda":
+            raise InputError(None, "--backend openvino runs an ONNX graph on the CPU",
+                             "drop --engine / --device cuda, or use --backend onnxruntime")
+        for module in ("openvino", "onnx"):            # a clear exit 2 before any model loads
+            require(module, "openvino", "--backend openvino")
     triplets, problems = discover_triplets(inputs)
     single = len(triplets) + len(problems) == 1
     if resume:
@@ -100,7 +112,7 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         pipeline_cls = RefiningPipeline            # the plain pipeline plus a refinement stage
     pipe = pipeline_cls.from_options(onnx=onnx, engine=engine, face_model=face_model, aligned=aligned,
                                      detector=detector, device=device, threads=threads,
-                                     keep_photos="png" in fmts)
+                                     keep_photos="png" in fmts, backend=backend)
     if refine_steps > 0:
         from ..train.refine import RefineConfig, Refiner
 

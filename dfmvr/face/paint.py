@@ -73,10 +73,16 @@ def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangl
     safe = np.where(keep[:, None, None], tri_px, 0.0)
     fixed = np.round((safe - 0.5) * (1 << _SHIFT)).astype(np.int32)
     colour_255 = np.clip(tri_colour * 255.0 + 0.5, 0, 255).astype(np.int32)
-    for t in order:
-        cv2.fillConvexPoly(canvas, fixed[t], colour_255[t].tolist(), lineType=cv2.LINE_8, shift=_SHIFT)
-        if covered is not None:
-            cv2.fillConvexPoly(covered, fixed[t], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    # The loop is the painter's whole cost (~1 us of it per triangle is Python): gather polygons and
+    # colours in draw order first, as a list of arrays and plain tuples, so each call only draws.
+    polygons = list(fixed[order])
+    colours = list(map(tuple, colour_255[order].tolist()))
+    fill = cv2.fillConvexPoly
+    for polygon, colour in zip(polygons, colours):
+        fill(canvas, polygon, colour, cv2.LINE_8, _SHIFT)
+    if covered is not None:
+        for polygon in polygons:
+            fill(covered, polygon, 1, cv2.LINE_8, _SHIFT)
     if covered is None:
         return canvas
     mix = (alpha * covered)[..., None]

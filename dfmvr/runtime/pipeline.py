@@ -142,8 +142,9 @@ class Pipeline:
 
     @classmethod
     def from_options(cls, onnx=None, engine=None, face_model=None, aligned=False, detector="dlib",
-                     device="cpu", threads=None, keep_photos=True) -> "Pipeline":
-        """Load artefact, card and face model and build the runner and detector (CLI options)."""
+                     device="cpu", threads=None, keep_photos=True, backend="onnxruntime") -> "Pipeline":
+        """Load artefact, card and face model and build the runner and detector (CLI options).
+        backend: the runner of an ONNX graph, "onnxruntime" or "openvino" (``runner_for``)."""
         artifact = load_artifact(onnx=onnx, engine=engine)
         model = load_face_model(face_model, artifact.card)
         det = None
@@ -151,7 +152,7 @@ class Pipeline:
             from .detect import make_detector
 
             det = make_detector(detector, device=device)
-        runner = runner_for(artifact, threads=threads, device="cuda" if device == "cuda" else "cpu")
+        runner = runner_for(artifact, threads=threads, device="cuda" if device == "cuda" else "cpu", backend=backend)
         return cls(artifact, model, runner, aligned=aligned, detector=det, device=device,
                    keep_photos=keep_photos)
 

@@ -12,6 +12,9 @@ profile comes from the engine itself, or before activation from its card (``card
 ``infer(feed)`` takes ``{name: np.ndarray}`` and returns ``{name: np.ndarray}`` for every graph output;
 ``last_inference_time()`` is the wall time of the last ``infer`` in seconds (host to host, copies
 included).
+
+``OpenvinoRunner`` (``dfmvr.runtime.openvino_runner``, imported lazily: OpenVINO is an optional extra)
+runs the same ONNX graph with OpenVINO's CPU plugin; ``runner_for(..., backend="openvino")`` picks it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import numpy as np
 
 from ..errors import InputError, UnavailableError
 
-__all__ = ["Runner", "OnnxrtRunner", "TensorrtRunner", "runner_for", "check_profile_shape", "engine_profile",
-           "card_engine_record"]
+__all__ = ["Runner", "OnnxrtRunner", "TensorrtRunner", "runner_for", "ONNX_BACKENDS", "check_profile_shape",
+           "engine_profile", "card_engine_record"]
 
 ENGINE_RECORD_KEY = "tensorrt_engine"     # the same key as dfmvr.export.tensorrt_build.ENGINE_RECORD_KEY
 
@@ -295,8 +298,24 @@ class TensorrtRunner(Runner):
             self._cuda = None
 
 
-def runner_for(artifact, threads: int | None = None, device: str = "cpu") -> Runner:
-    """The runner an artifact needs: ONNX -> OnnxrtRunner, engine -> TensorrtRunner."""
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+
+
+def runner_for(artifact, threads: int | None = None, device: str = "cpu", backend: str = "onnxruntime") -> Runner:
+    """The runner an artifact needs: engine -> TensorrtRunner; ONNX -> OnnxrtRunner, or with
+    ``backend="openvino"`` ``OpenvinoRunner`` (dfmvr.runtime.openvino_runner, the ``openvino`` extra;
+    CPU only)."""
+    if backend not in ONNX_BACKENDS:
+        raise InputError(None, f"unknown backend '{backend}'", f"choose one of {', '.join(ONNX_BACKENDS)}")
     if artifact.kind == "engine":
+        if backend != "onnxruntime":
+            raise InputError(artifact.path, f"--backend {backend} runs ONNX graphs, not TensorRT engines",
+                             "pass the graph with --onnx")
         return TensorrtRunner(artifact.path, card=artifact.card)
+    if backend == "openvino":
+        if device != "cpu":
+            raise InputError(None, "--backend openvino runs on the CPU only", "use --device cpu")
+        from .openvino_runner import OpenvinoRunner
+
+        return OpenvinoRunner(artifact.path, threads=threads)
     return OnnxrtRunner(artifact.path, threads=threads, device=device)

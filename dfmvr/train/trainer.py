@@ -38,6 +38,7 @@ from ..models.heads import POOLING
 from ..models.variants import build_model, make_card
 from .precise_bn import recalibrate_batch_norm
 from .schedule import lr_at, sample_view_masks
+from .speed import autocast_dtype, prepare_model, resolve_speed_mode, wrap_forward
 from ..synth.dataset import load_meta
 
 __all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "METRICS_NAME"]
@@ -82,6 +83,8 @@ class TrainConfig:
     landmark_noise_px: float = 0.0       # detector-like error on the training landmarks (data.TripletDataset)
     init: str | None = None              # fine-tune: start from this checkpoint's weights (its card's
                                          # architecture), with a fresh optimizer, schedule and loss weights
+    speed: str = "auto"                  # how forward/backward run (dfmvr/train/speed.py); "auto": the
+                                         # mode measured fastest on this device
 
 
 def _dataset_camera(data_root) -> Camera:
@@ -185,10 +188,15 @@ class Trainer:
             self.epoch, self.step = int(train_state["epoch"]), int(train_state["step"])
             if train_state.get("scaler"):
                 self.scaler.load_state_dict(train_state["scaler"])
+        self.speed_mode = resolve_speed_mode(config.speed, self.device)
+        self._record_speed_mode()
+        self.autocast = autocast_dtype(self.speed_mode, self.device)
+        prepare_model(self.model, self.speed_mode)           # before DDP: it views the parameters as they are
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = wrap_forward(self.net, self.speed_mode)
         per_epoch = len(self.dataset) // (config.batch * self.world)
         if per_epoch == 0:
             raise InputError(config.data, f"{len(self.dataset)} triplets are fewer than one batch "
@@ -240,6 +248,16 @@ class Trainer:
         if self.rank == 0:
             print(f"resuming at epoch {self.epoch} with --epochs {self.cfg.epochs} (was {before}): the learning-rate "
                   f"schedule is stretched from step {self.step} on; recorded in the card")
+
+    def _record_speed_mode(self) -> None:
+        """The card says how the run computed its steps; a resume in another mode is listed, since bf16
+        changes the arithmetic (the other modes change only the speed)."""
+        before = self.card.provenance.get("speed_mode")
+        prov = {**self.card.provenance, "speed_mode": self.speed_mode}
+        if before is not None and before != self.speed_mode:
+            prov["speed_mode_changes"] = [*prov.get("speed_mode_changes", []),
+                                          {"at_step": self.step, "before": before, "after": self.speed_mode}]
+        self.card.provenance = prov
 
     def _provenance(self, weights: LossWeights, fm_source: str) -> dict:
         c = self.cfg
@@ -313,7 +331,7 @@ class Trainer:
         else:
             view_mask = torch.ones(b, 3, dtype=torch.bool, device=self.device)
         net_in = images * view_mask[:, :, None, None, None].to(images.dtype)   # missing view = zeros
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             coeffs, labels_pred = self.net(net_in)
         batch = self._loss_batch(item, labels_pred)
         progress = self.step / max(self.total_steps, 1)

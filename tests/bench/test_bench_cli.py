@@ -90,9 +90,15 @@ def test_bench_torch_and_onnxruntime_side_by_side(tiny_stats_onnx, tmp_path):
     artifact = load_onnx_artifact(tiny_stats_onnx)
     sources = Sources(card=artifact.card, artifact=artifact, torch_model=_StatsTorch.build(),
                       onnx_path=tiny_stats_onnx, description={"variant": "tiny", "onnx": str(tiny_stats_onnx)})
-    report = run_bench(sources, batches=(1, 2), iters=1, warmup=0, formats=("obj", "json"), gemm_size=128)
+    report = run_bench(sources, backends=("torch", "onnxruntime", "tensorrt"), batches=(1, 2), iters=1, warmup=0,
+                       formats=("obj", "json"), gemm_size=128)
     report = json.loads(json.dumps(report))          # JSON-serialisable as it is
     _check_report(report, ("torch", "onnxruntime"), (1, 2))
+    # parity against torch eager on the bench's own inputs: the same maths, so ~0 mm
+    assert report["parity_reference"]["backend"] == "torch"
+    for name in ("torch", "onnxruntime"):
+        for r in report["backends"][name]["batches"]:
+            assert r["parity"]["mesh_max_mm"] < 1e-3 and r["parity"]["labels_agreement"] == 1.0, (name, r["parity"])
     # FLOPs counted from the graph: the statistics model's only counted op is a [1, 9] x [9, 269] MatMul
     assert report["flops"]["by_op"] == {"MatMul": 2 * 9 * 269}
     ort_row = report["backends"]["onnxruntime"]["batches"][1]
@@ -114,7 +120,7 @@ def test_bench_torch_and_onnxruntime_side_by_side(tiny_stats_onnx, tmp_path):
     assert got["labels"].dtype == np.uint8 and np.array_equal(got["labels"], want["labels"])
     md = markdown_report(report)
     assert "| torch | 1 |" in md and "| onnxruntime | 2 |" in md and "**tensorrt**: not measured" in md
-    assert "x torch (net)" in md and "GEMM rate" in md
+    assert "x torch (net)" in md and "GEMM rate" in md and "mesh max mm vs torch" in md
 
 
 @pytest.mark.slow
@@ -123,8 +129,9 @@ def test_bench_cli_on_the_real_tiny_export(tmp_path):
     from dfmvr.cli.bench import command
 
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-    command.main(["--checkpoint", "tiny", "--batch", "1", "--iters", "1", "--warmup", "0", "--format", "obj,json",
-                  "--json", str(out_json), "--markdown", str(out_md), "--quiet"], standalone_mode=False)
+    command.main(["--checkpoint", "tiny", "--backends", "torch,onnxruntime,tensorrt", "--batch", "1", "--iters", "1",
+                  "--warmup", "0", "--format", "obj,json", "--json", str(out_json), "--markdown", str(out_md),
+                  "--quiet"], standalone_mode=False)
     report = json.loads(out_json.read_text())
     _check_report(report, ("torch", "onnxruntime"), (1,))
     assert report["flops"]["by_op"]["Involution"] > 0 and report["flops"]["by_op"]["Conv"] > 1e9
@@ -193,3 +200,149 @@ def test_markdown_report_lists_every_backend_row():
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[7:9] == ["3.00", "4.00"] and cells[-2:] == ["200.0", "50.0"]
     assert np.isclose(float(cells[3]), 15.0)
+
+
+# --- engine peers: torch-compile, onnxruntime-int8, openvino, and parity in mesh mm ---------------------
+
+
+def test_bench_peers_with_parity(tiny_stats_onnx, tmp_path):
+    """openvino and onnxruntime-int8 next to torch and onnxruntime, each row with its parity against torch
+    eager in mesh mm. The int8 backend picks up the ``.int8.onnx`` folder-mate of --onnx (here a copy of
+    the fp32 statistics graph: this checks the wiring, not quantization -- the slow test below runs a
+    real int8 graph)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    import shutil
+
+    from dfmvr.bench.e2e import resolve_sources, run_bench
+    from dfmvr.bench.report import markdown_report
+
+    onnx = tmp_path / "model.onnx"
+    shutil.copy(tiny_stats_onnx, onnx)
+    shutil.copy(tiny_stats_onnx, tmp_path / "model.int8.onnx")
+    sources = resolve_sources(onnx=onnx, backends=("onnxruntime", "onnxruntime-int8", "openvino"))
+    assert sources.int8_path == tmp_path / "model.int8.onnx"
+    sources.torch_model = _StatsTorch.build()
+    backends = ("torch", "onnxruntime", "onnxruntime-int8", "openvino", "tensorrt")
+    report = json.loads(json.dumps(run_bench(sources, backends=backends, batches=(1, 2), iters=1, warmup=0,
+                                             threads=1, formats=("json",), gemm=False)))
+    assert list(report["backends"]) == ["torch", "onnxruntime", "onnxruntime-int8", "openvino"]
+    assert report["parity_reference"]["backend"] == "torch" and report["parity_reference"]["measured_in_this_run"]
+    for name, entry in report["backends"].items():
+        assert entry["description"] and entry["activate_s"] >= 0
+        for r, b in zip(entry["batches"], (1, 2)):
+            _check_row(r, b)
+            par = r["parity"]
+            assert par["mesh_max_mm"] < 1e-3 and par["mesh_mean_mm"] <= par["mesh_max_mm"], (name, par)
+            assert par["labels_agreement"] == 1.0 and par["coefficients_max_abs"] < 1e-4, (name, par)
+    assert report["backends"]["openvino"]["inlined_local_functions"] is False     # no functions in this graph
+    assert report["backends"]["onnxruntime-int8"]["model"] == str(tmp_path / "model.int8.onnx")
+    md = markdown_report(report)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| openvino | 2 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert float(cells[9]) < 1e-3 and float(cells[11]) == 1.0            # mesh max mm, labels agree
+    assert "- openvino: OpenVINO CPU plugin" in md and "inlined" in md
+
+
+def test_unavailable_peers_are_reported_with_their_reason(tiny_stats_onnx, tmp_path):
+    """With torch blocked and no int8 graph: torch-compile and onnxruntime-int8 are listed with their
+    reasons; openvino runs torch-free; parity falls back to ONNX Runtime fp32 and says so."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    out_json = tmp_path / "r.json"
+    res = run_python(f"""
+        import sys
+        from dfmvr.cli.bench import command
+        command.main(["--onnx", r"{tiny_stats_onnx}",
+                      "--backends", "torch-compile,onnxruntime,onnxruntime-int8,openvino",
+                      "--batch", "1", "--iters", "1", "--warmup", "0", "--no-gemm", "--format", "json",
+                      "--threads", "1",
+                      "--json", r"{out_json}", "-q"], standalone_mode=False)
+        assert "torch" not in sys.modules
+        print("OK")
+    """, block_torch=True, cwd=REPO)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    assert list(report["backends"]) == ["onnxruntime", "openvino"]
+    un = report["unavailable"]
+    assert set(un) == {"torch-compile", "onnxruntime-int8"}
+    assert "torch is not installed" in un["torch-compile"]
+    assert "no int8 graph" in un["onnxruntime-int8"] and "--int8-onnx" in un["onnxruntime-int8"]
+    assert report["parity_reference"]["backend"] == "onnxruntime"
+    assert report["backends"]["openvino"]["batches"][0]["parity"]["mesh_max_mm"] < 1e-3
+
+
+def test_a_failed_torch_compile_is_reported_not_raised(tiny_stats_onnx, one_torch_thread):
+    """A model torch.compile cannot run: the backend is unavailable with the reason, the others run."""
+    import torch
+
+    from dfmvr.bench.e2e import Sources, run_bench
+    from dfmvr.runtime.artifacts import load_onnx_artifact
+
+    class Broken(torch.nn.Module):
+        def forward(self, images):
+            raise RuntimeError("this model cannot be compiled")
+
+    artifact = load_onnx_artifact(tiny_stats_onnx)
+    sources = Sources(card=artifact.card, artifact=artifact, torch_model=Broken(), onnx_path=tiny_stats_onnx,
+                      description={"variant": "tiny"})
+    report = run_bench(sources, backends=("torch-compile", "onnxruntime"), batches=(1,), iters=1, warmup=0,
+                       threads=1, formats=("json",), gemm=False)
+    assert list(report["backends"]) == ["onnxruntime"]
+    reason = report["unavailable"]["torch-compile"]
+    assert reason.startswith("torch.compile failed") and "cannot be compiled" in reason
+    # torch eager, the first choice of reference, fails the same way: parity falls back to ONNX Runtime fp32
+    assert report["parity_reference"]["backend"] == "onnxruntime"
+
+
+@pytest.mark.slow
+def test_bench_cli_engine_peers_on_the_real_tiny_export(tmp_path):
+    """The issue's command on the real tiny variant (random weights, exported and int8-quantized on the
+    fly): every peer runs and has parity numbers against torch eager. Slow: Inductor compiles the net
+    (minutes on a busy 2-core machine with a cold cache)."""
+    pytest.importorskip("openvino")
+    from dfmvr.cli.bench import command
+
+    out_json = tmp_path / "r.json"
+    command.main(["--checkpoint", "tiny", "--backends", "onnxruntime,openvino,torch-compile,onnxruntime-int8",
+                  "--batch", "1", "--iters", "1", "--warmup", "0", "--no-gemm", "--threads", "1", "--format", "json",
+                  "--json", str(out_json), "--quiet"], standalone_mode=False)
+    report = json.loads(out_json.read_text())
+    assert report["unavailable"] == {}, report["unavailable"]
+    assert list(report["backends"]) == ["onnxruntime", "openvino", "torch-compile", "onnxruntime-int8"]
+    assert report["parity_reference"] == {"backend": "torch", "description": report["parity_reference"]["description"],
+                                          "measured_in_this_run": False}
+    tc = report["backends"]["torch-compile"]
+    assert tc["compile_total_s"] > 0 and set(tc["compile_s"]) == {"1"}
+    assert report["backends"]["openvino"]["inlined_local_functions"] is True
+    for name, entry in report["backends"].items():
+        par = entry["batches"][0]["parity"]
+        assert "error" not in par, (name, par)
+        limit = 1.0 if name == "onnxruntime-int8" else 0.05            # mm: int8 gate / fp32 runtimes
+        assert par["mesh_max_mm"] < limit, (name, par)
+        assert par["labels_agreement"] >= (0.95 if name == "onnxruntime-int8" else 0.99), (name, par)
+
+
+def test_torch_compile_compiles_before_timing_with_parity(tiny_stats_onnx, one_torch_thread):
+    """torch-compile on the statistics module: compiled on activation for every batch size (times
+    reported apart), then timed like the others, with ~0 mm parity against torch eager."""
+    from dfmvr.bench.e2e import Sources, run_bench
+    from dfmvr.runtime.artifacts import load_onnx_artifact
+
+    artifact = load_onnx_artifact(tiny_stats_onnx)
+    sources = Sources(card=artifact.card, artifact=artifact, torch_model=_StatsTorch.build(),
+                      onnx_path=tiny_stats_onnx, description={"variant": "tiny"})
+    report = run_bench(sources, backends=("torch", "torch-compile"), batches=(1, 2), iters=1, warmup=0, threads=1,
+                       formats=("json",), gemm=False)
+    assert report["unavailable"] == {}, report["unavailable"]
+    entry = report["backends"]["torch-compile"]
+    assert entry["runner"] == "TorchCompileRunner" and set(entry["compile_s"]) == {"1", "2"}
+    assert entry["compile_total_s"] == pytest.approx(sum(entry["compile_s"].values()), abs=0.02)
+    assert entry["activate_s"] >= entry["compile_total_s"] - 0.02
+    for r, b in zip(entry["batches"], (1, 2)):
+        _check_row(r, b)
+        assert r["parity"]["mesh_max_mm"] < 1e-3 and r["parity"]["labels_agreement"] == 1.0
+    from dfmvr.bench.report import markdown_report
+
+    assert "- torch-compile: torch.compile" in markdown_report(report)
+    assert "compiled in" in markdown_report(report)
