@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
                 row["refined_from_mean_face"] = summarise(report, "refined_mean_face")
             runs.append(row)
             print(json.dumps({k: row[k] for k in ("steps", "seconds_per_triplet", "refined")}), flush=True)
-    out = {"command": "python -m benchmarks.bench_refine " + " ".join(argv or os.sys.argv[1:]),
+    out = {"command": "python -m benchmarks.bench_refine " + " ".join(argv or sys.argv[1:]),
            "model": str(onnx), "triplets": a.triplets, "seed": a.seed, "threads": a.threads, "machine": _cpu(),
            "load_before": load_before, "load_after": _load(), "targets": TARGETS, "runs": runs}
     a.out.parent.mkdir(parents=True, exist_ok=True)

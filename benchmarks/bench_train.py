@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def main(argv=None) -> None:
     for m in args.modes.split(","):
         reason = unsupported_reason(m, cpu)
         (skipped.__setitem__(m, reason) if reason else modes.append(m))
-    report = {"benchmark": "bench_train", "command": "python -m benchmarks.bench_train " + " ".join(argv or os.sys.argv[1:]),
+    report = {"benchmark": "bench_train", "command": "python -m benchmarks.bench_train " + " ".join(argv or sys.argv[1:]),
               "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "python": platform.python_version()},
               "load_before": _load(), "skipped_modes": skipped, "runs": []}

@@ -7,12 +7,17 @@ the vertex-space R² of ``dfmvr eval`` (``dfmvr.face.metrics.shape_r2``):
 - ceiling: from the true 2D landmarks of the three views (and of the front view alone). The landmarks
   are what the images show of the geometry after alignment; a linear read of them bounds from below what
   a network could recover.
+- labels (with --labels): from the true parse-label maps of the three views, each sampled to 32 x 32
+  (every 7th pixel) and one-hot per class: the simple baseline on what the network itself reads
+  (its parse net's labels), so a network that does not beat it has not learned what it can. With
+  --labels-from GRAPH the maps are the ones that exported graph's parse net gives (its `labels`
+  output on the triplet's images): exactly what that network reads, parse errors included.
 - features (with --checkpoint): from the trained network's own features: the global average of RedNet's
   last map (what the heads see with ``pool: average``) and the MulEn-Unet output pooled to 14 x 14.
 
 Usage (about 10 s for the ceiling, 6 min on 2 cores with --checkpoint):
   python scripts/identity_observability.py --train DATA/train --select DATA/select --val DATA/val \
-      [--checkpoint model.safetensors] --json benchmarks/results/identity_observability.json
+      [--labels [--labels-from model.onnx]] [--checkpoint model.safetensors] --json benchmarks/results/identity_observability.json
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dfmvr.face.layout import COEFFS
+from dfmvr.face.layout import COEFFS, NUM_PARSE_CLASSES
 from dfmvr.face.metrics import shape_r2
 from dfmvr.face.model import MorphableModel
 
-RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4)
+RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 
 def read_truth(root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +41,46 @@ def read_truth(root: Path) -> tuple[np.ndarray, np.ndarray]:
     arrays = [np.load(p / "gt.npz") for p in folders]
     return (np.stack([a["landmarks"] for a in arrays]).astype(np.float64),
             np.stack([a["coefficients"] for a in arrays]).astype(np.float32))
+
+
+LABEL_GRID = 32        # label maps sampled to LABEL_GRID x LABEL_GRID per view for the --labels probe
+
+
+def true_labels(folder: Path) -> np.ndarray:
+    """The renderer's label maps of one triplet folder: [3, S, S] uint8."""
+    return np.load(folder / "gt.npz")["labels"]
+
+
+def graph_labels(onnx_path: Path):
+    """-> a function folder -> [3, S, S] uint8: the `labels` output of an exported graph (ONNX Runtime,
+    no torch) on the folder's three images, read and normalised as ``dfmvr eval`` does."""
+    from dfmvr.card import GRAPH_INPUT, GRAPH_OUTPUTS
+    from dfmvr.eval.dataset import _read_rgb
+    from dfmvr.face.layout import VIEWS
+    from dfmvr.runtime.artifacts import load_onnx_artifact
+    from dfmvr.runtime.runners import OnnxrtRunner
+
+    card = load_onnx_artifact(onnx_path).card
+    runner = OnnxrtRunner(onnx_path).activate()
+
+    def labels(folder: Path) -> np.ndarray:
+        crops = np.stack([_read_rgb(folder / f"{view}.png", card.image_size) for view in VIEWS])
+        return np.asarray(runner.infer({GRAPH_INPUT: card.normalise(crops[None])})[GRAPH_OUTPUTS[1]][0])
+    return labels
+
+
+def label_features(root: Path, grid: int = LABEL_GRID, read=true_labels) -> np.ndarray:
+    """-> [N, 3 * grid * grid * NUM_PARSE_CLASSES] float32: the label maps (``read(folder)``, default
+    the true ones) of every triplet under ``root``, sampled at the centres of a grid x grid tiling and
+    one-hot per class."""
+    folders = sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())
+    rows = []
+    for folder in folders:
+        labels = read(folder)                                                # [3, S, S] uint8
+        step = labels.shape[-1] // grid
+        sampled = labels[:, step // 2::step, step // 2::step][:, :grid, :grid]
+        rows.append((sampled[..., None] == np.arange(NUM_PARSE_CLASSES)).reshape(-1))
+    return np.stack(rows).astype(np.float32)
 
 
 def ridge_scores(face_model, features: dict, truth: dict) -> dict:
@@ -94,6 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for split in ("train", "select", "val"):
         parser.add_argument(f"--{split}", type=Path, required=True)
+    parser.add_argument("--labels", action="store_true", help="also the ridge probe on the true parse labels")
+    parser.add_argument("--labels-from", type=Path, help="with --labels: an exported graph whose parse labels to read")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -105,6 +152,13 @@ def main() -> None:
     report = {"triplets": {k: len(v) for k, v in truth.items()}, "metric": "vertex-space R² on --val",
               "landmarks_three_views": ridge_scores(face_model, {k: v.reshape(len(v), -1) for k, v in landmarks.items()}, truth),
               "landmarks_front_view": ridge_scores(face_model, {k: v[:, 1].reshape(len(v), -1) for k, v in landmarks.items()}, truth)}
+    if args.labels:
+        read = graph_labels(args.labels_from) if args.labels_from else true_labels
+        report["labels_source"] = str(args.labels_from) if args.labels_from else "true (gt.npz)"
+        features = {split: label_features(root, read=read) for split, root in roots.items()}
+        report["labels_32x32_three_views"] = ridge_scores(face_model, features, truth)
+        report["labels_32x32_front_view"] = ridge_scores(
+            face_model, {k: v.reshape(len(v), 3, -1)[:, 1] for k, v in features.items()}, truth)
     if args.checkpoint:
         report["checkpoint"] = str(args.checkpoint)
         for name, features in network_features(args.checkpoint, roots).items():

@@ -124,9 +124,9 @@ def test_the_shipped_model_reads_identity_pose_and_the_side_views():
     the head pose read from the photo rather than the slot, and margins whose intervals exclude zero."""
     shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())
     r2 = shipped["coefficient_r2"]
-    assert r2["model"]["identity"] >= 0.35 and r2["model"]["expression"] >= 0.65
+    assert r2["model"]["identity"] >= 0.44 and r2["model"]["expression"] >= 0.7   # the 16-epoch demo: 0.42, 0.72
     assert r2["model"]["identity"] - r2["front_only"]["identity"] >= 0.15
     pose = shipped["pose"]
-    assert pose["model"]["rotation_deg"]["median"] * 2 < pose["slot_prior"]["rotation_deg"]["median"]
+    assert pose["model"]["rotation_deg"]["median"] * 2.5 < pose["slot_prior"]["rotation_deg"]["median"]
     for baseline in ("mean_face", "front_only"):
         assert shipped["model_vs"][baseline]["ci95_mm"][0] > 0, baseline

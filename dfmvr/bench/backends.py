@@ -64,12 +64,13 @@ class TorchEagerRunner(Runner):
         if self.threads:
             torch.set_num_threads(int(self.threads))
         self.model.eval()
+        self.forward = self.model        # what _infer calls; TorchCompileRunner puts the compiled model here
 
     def _infer(self, feed):
         torch = self._torch
         (images,) = feed.values()
         with torch.inference_mode():
-            coefficients, labels = self.model(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
+            coefficients, labels = self.forward(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
         return {GRAPH_OUTPUTS[0]: coefficients.float().numpy(), GRAPH_OUTPUTS[1]: labels.to(torch.uint8).numpy()}
 
     def _deactivate(self):
@@ -112,17 +113,10 @@ class TorchCompileRunner(TorchEagerRunner):
                 compiled(torch.zeros(b, 3, 3, size, size))
                 self.compile_s[b] = round(time.perf_counter() - start, 2)
         self.compile_total_s = round(sum(self.compile_s.values()), 2)
-        self.compiled = compiled
-
-    def _infer(self, feed):
-        torch = self._torch
-        (images,) = feed.values()
-        with torch.inference_mode():
-            coefficients, labels = self.compiled(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
-        return {GRAPH_OUTPUTS[0]: coefficients.float().numpy(), GRAPH_OUTPUTS[1]: labels.to(torch.uint8).numpy()}
+        self.forward = compiled
 
     def _deactivate(self):
-        self.compiled = None
+        self.forward = None
 
 
 def describe(name: str, runner) -> dict:

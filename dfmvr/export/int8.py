@@ -46,12 +46,40 @@ What is quantized, and why:
     views' Concat: reduce, the involution block, spatial_reduce) quantized alone moved the mesh 4.6 mm
     (the view encoders alone: 0.52 mm, the attention gates alone: 0.23 mm, so those stay int8).
     ``tiny`` and ``paper`` heads read a pooled [C, 1, 1] feature: nothing is added.
-  Measured on a trained ``lite`` checkpoint (float16-stored, 2 parity triplets, 8 calibration triplets,
-  AVX2-only CPU, ONNX Runtime 1.32.0; the fused kernels agreed with the float simulation, so this is
-  the quantization, not the kernels): heads-only float gave coefficients max diff 1.68 and mesh 188 mm
+  - ``one_hot``: the nodes that carry a comparison's result on as data (Cast, Concat, AveragePool, ...;
+    not a Mul that applies it as a mask) up to and including the first node that computes with it, and
+    that node's Relu: the mirror of ``output`` at a categorical input. ``lite``'s view encoders' first
+    Convs read the images concatenated with the one-hot labels; quantized, that input is one uint8
+    tensor on the images' grid (step 2/255, zero point 128), where the one-hot 1 is 127.5 steps, so a
+    whole category channel is biased (1.0039 or 0.9961), not merely noisy. 3 Convs, 6 % of the conv MACs.
+  - ``concat``: a Concat whose every consumer the rules above keep float (``lite``: the fusion of the
+    three views, read by the float regressor). It feeds no int8 arithmetic, and quantized it requantized
+    the two attention-gated views from their own step (0.0165) onto the widest input's (0.0273).
+    ``tiny`` and ``paper`` have neither (0 nodes added).
+  Why the last two: a second trained ``lite`` checkpoint (v24) failed the gate with the first three
+  rules, mesh max 1.10 mm (mean 0.47; 32 calibration triplets: 1.16 mm). Sensitivity (each group in
+  turn quantized alone, the rest float; 2 parity triplets, mesh max / mean mm): encoder of view 0 0.57 /
+  0.27, view 1 0.49 / 0.20, view 2 0.37 / 0.09, attention gates 0.21 / 0.11, the fusion Concat 0.59 /
+  0.27, the one-hot Concats 0.16 / 0.09: the error is spread over every int8 group (their means add in
+  quadrature to the 0.47), no single small group dominates, and keeping any one encoder or the
+  attention gates float is neither principled nor robust (on 24 held-out triplets, seed 5, against the
+  fp32 graph, mean of the per-triplet mesh max: none 0.62 mm, attention float 0.62, encoder 0 float
+  0.55). The two rules remove the two roundings that buy no int8 arithmetic or bias a category: gate
+  0.436 / 0.223 mm (held-out mean of max 0.49 mm, max 0.83; 32 calibration triplets 0.479 mm), each
+  alone not enough on the gate (fusion Concat 1.22 mm, first Convs 0.48 mm but held-out 0.60). On the
+  bundled default checkpoint: gate 0.773 -> 0.863 mm max (the 2-triplet max is noisy) but mean 0.426 -> 0.267
+  and held-out mean of max 0.63 -> 0.48 mm (max 1.03 -> 0.75). Percentile calibration (ORT, 99.999)
+  instead: gate 0.58 mm but held-out 0.70 mean of max, 1.23 max (worse than MinMax); Entropy gave the
+  same activation scales as MinMax here. Speed (v24, 1 thread, batch 1, 100 interleaved runs each,
+  medians): fp32 33.3 ms, int8 with the first three rules 31.3 ms, with all five 29.8 ms (fewer
+  requantizations); 61 % of the conv MACs stay int8 (15 encoder and 6 attention Convs).
+  The first three rules, measured on an earlier trained ``lite`` checkpoint (float16-stored, 2 parity
+  triplets, 8 calibration triplets, AVX2-only CPU, ONNX Runtime 1.32.0; the fused kernels agreed with
+  the float simulation, so this is the quantization, not the kernels): heads-only float gave
+  coefficients max diff 1.68 and mesh 188 mm
   (label agreement 0.9987); all three rules give 0.0138 and 0.587 mm (labels 1.0). Kept float: 41 output,
   95 categorical, 14 readout nodes; the int8 arithmetic left is the view encoders and attention gates,
-  ~67 % of the graph's conv MACs (the parse net is ~31 %, the regressor ~2 %).
+  ~67 % of the graph's conv MACs (the parse net is ~31 %, the regressor ~2 %; 61 % with all five rules).
   ONNX Runtime CPU, 1 thread, batch 1, 5 x 20 runs, on a 2-core machine busy with training (noisy):
   medians of the five medians fp32 58.2 ms, int8 with heads-only float 57.4 ms, int8 with these
   rules 54.6 ms (best medians 54.3, 49.7, 50.7 ms): on an AVX2-only CPU int8 barely beats fp32 either
@@ -79,8 +107,8 @@ from ..kernels.op import INVOLUTION
 from .involution_onnx import attach_involution_function, involution_nodes, register_involution_schema
 
 __all__ = ["QUANTIZED_OPS", "CALIBRATION_SEED", "rewrite_conv_transpose_2x2", "output_layers",
-           "categorical_layers", "readout_layers", "float_layers", "calibration_inputs", "quantize_int8",
-           "quantization_info"]
+           "categorical_layers", "readout_layers", "one_hot_layers", "float_fed_concats", "float_layers",
+           "calibration_inputs", "quantize_int8", "quantization_info"]
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "Add", "Concat")
 _ARITHMETIC = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -234,13 +262,95 @@ def readout_layers(model: onnx.ModelProto) -> list[str]:
     return sorted(names - heads)
 
 
+# ops that resample values without mixing channels: a one-hot input stays a (local average of) one-hot
+_RESAMPLING = ("AveragePool", "MaxPool", "Resize", "DepthToSpace", "SpaceToDepth")
+_ACTIVATIONS = ("Relu", "Clip")
+# what carries a comparison's result forward as data (its first input, or any input of Concat / Cast)
+_CARRIERS = ("Cast", "Concat", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Slice",
+             "Split", "Gather", "Expand", "Tile") + _RESAMPLING
+
+
+def one_hot_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that stay float because they read a comparison's result (a one-hot input).
+
+    Forward from every comparison (Equal, Greater, ...): the nodes that carry its result on as data
+    (Cast, Concat, Reshape, Slice, AveragePool, ...; not a Mul that applies it as a mask), up to and
+    including the first node that computes with it, and, when that is an arithmetic node, its activation
+    (Relu / Clip) if it is its only consumer: the mirror of ``output_layers`` at a categorical input.
+    ``lite`` one-hot encodes the parse labels and concatenates them with the images before each view
+    encoder's first Conv; quantized, that Conv's input is one
+    uint8 tensor on the images' grid (step 2/255 for [-1, 1], zero point 128), where the one-hot 1 is
+    127.5 steps: every class input is rounded to 1.0039 or 0.9961, a bias of the whole category
+    channel, not noise. ``tiny`` and ``paper`` have no one-hot input (their one comparison, the
+    missing-view mask, is already under ``output``): nothing is added.
+    """
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    names: set[str] = set()
+    stack = [out for node in model.graph.node if node.op_type in _COMPARISONS for out in node.output]
+    seen: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        for node in consumers.get(tensor, []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            names.add(node.name)
+            if node.op_type in _ARITHMETIC:
+                after = consumers.get(node.output[0], [])
+                if len(after) == 1 and after[0].op_type in _ACTIVATIONS:
+                    names.add(after[0].name)
+            elif node.op_type in _CARRIERS and (node.op_type in ("Concat", "Cast") or node.input[0] == tensor):
+                stack.extend(node.output)       # the compared values themselves move on (not a mask's Mul)
+    return sorted(names)
+
+
+def float_fed_concats(model: onnx.ModelProto, kept: set[str]) -> list[str]:
+    """Names of the Concats that stay float because every consumer of theirs is kept float.
+
+    ``kept``: the nodes the other rules keep float. A Concat whose every consumer is one of them (or
+    that is a graph output) feeds no int8 arithmetic, and its int8 output would be dequantized at once;
+    quantized, it still requantizes every input onto its own (the widest input's) uint8 grid, a second
+    rounding: ``lite``'s fusion of the three views (into the float regressor) rounded the two
+    attention-gated views from their own step (0.0165) onto the third view's (0.0273). Repeated until
+    no Concat is added (a Concat feeding a float Concat).
+    """
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    # shape arithmetic (int64 sizes for Resize, Reshape): never quantized, not a feature Concat
+    shape_like = {out for node in model.graph.node if node.op_type in ("Shape", "Size") for out in node.output}
+    shape_like |= {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT64}
+    float_names, names = set(kept), set()
+    changed = True
+    while changed:
+        changed = False
+        for node in model.graph.node:
+            if node.op_type != "Concat" or node.name in float_names or any(i in shape_like for i in node.input):
+                continue
+            after = [c for out in node.output for c in consumers.get(out, [])]
+            if (all(c.name in float_names for c in after) if after
+                    else any(o in outputs for o in node.output)):
+                float_names.add(node.name)
+                names.add(node.name)
+                changed = True
+    return sorted(names)
+
+
 def float_layers(model: onnx.ModelProto) -> dict[str, list[str]]:
     """The nodes kept float, by reason: ``output`` (``output_layers``), ``categorical``
-    (``categorical_layers``), ``readout`` (``readout_layers``); a node is listed under its first reason."""
+    (``categorical_layers``), ``readout`` (``readout_layers``), ``one_hot`` (``one_hot_layers``),
+    ``concat`` (``float_fed_concats`` given all the others); a node is listed under its first reason."""
     out = output_layers(model)
     categorical = sorted(set(categorical_layers(model)) - set(out))
     readout = sorted(set(readout_layers(model)) - set(out) - set(categorical))
-    return {"output": out, "categorical": categorical, "readout": readout}
+    one_hot = sorted(set(one_hot_layers(model)) - set(out) - set(categorical) - set(readout))
+    concat = float_fed_concats(model, set(out) | set(categorical) | set(readout) | set(one_hot))
+    return {"output": out, "categorical": categorical, "readout": readout, "one_hot": one_hot, "concat": concat}
 
 
 def calibration_inputs(card: ModelCard, count: int, seed: int = CALIBRATION_SEED) -> np.ndarray:

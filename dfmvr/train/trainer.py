@@ -205,6 +205,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         if train_state is not None:
             self._record_schedule_change()
+            self._record_data_change()
 
     def _init_from(self, source: str, face_model, fm_source: str, weights: LossWeights):
         """Fine-tuning: the weights (parse net included) and architecture of checkpoint ``source``; the
@@ -248,6 +249,23 @@ class Trainer:
         if self.rank == 0:
             print(f"resuming at epoch {self.epoch} with --epochs {self.cfg.epochs} (was {before}): the learning-rate "
                   f"schedule is stretched from step {self.step} on; recorded in the card")
+
+    def _record_data_change(self) -> None:
+        """``--resume`` on other data (typically the same dataset grown with ``dfmvr data synth
+        --triplets N``: triplets are deterministic per (seed, index), so growing keeps the first ones)
+        trains the rest of the run on it. The card lists each change with the step it took effect at,
+        so the recipe that made the weights stays readable from the card."""
+        prov = self.card.provenance
+        data, triplets = str(self.cfg.data), len(self.dataset)
+        if prov.get("data") == data and prov.get("triplets") == triplets:
+            return
+        change = {"at_step": self.step, "at_epoch": self.epoch, "data_before": prov.get("data"),
+                  "triplets_before": prov.get("triplets"), "data": data, "triplets": triplets}
+        self.card.provenance = {**prov, "data": data, "triplets": triplets,
+                                "data_changes": [*prov.get("data_changes", []), change]}
+        if self.rank == 0:
+            print(f"resuming at step {self.step} on {data} ({triplets} triplets; was {prov.get('triplets')} in "
+                  f"{prov.get('data')}): recorded in the card")
 
     def _record_speed_mode(self) -> None:
         """The card says how the run computed its steps; a resume in another mode is listed, since bf16

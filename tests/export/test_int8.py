@@ -45,9 +45,11 @@ def test_graph_is_qdq_with_the_custom_nodes_function_and_card(tiny_int8_export, 
     assert card.variant == "tiny" and card.provenance["quantization"]["precision"] == "int8"
     assert card.provenance["quantization"]["calibration"]["triplets"] == tiny_int8_export["int8_calibration"]
     assert card.provenance["quantization"]["reduce_range"] is True
-    # tiny: only the output layers stay float (no categorical comparison path, no spatial readout)
+    # tiny: only the output layers stay float (no categorical comparison path, no spatial readout, no
+    # one-hot input, no Concat that feeds only float nodes)
     kept = card.provenance["quantization"]["nodes_kept_float"]
-    assert kept == {"output": len(int8.output_layers(fp32)), "categorical": 0, "readout": 0} and kept["output"] > 0
+    assert kept == {"output": len(int8.output_layers(fp32)), "categorical": 0, "readout": 0, "one_hot": 0,
+                    "concat": 0} and kept["output"] > 0
 
 
 def test_fused_int8_kernels_agree_with_the_float_simulation_of_the_same_graph(tiny_int8_export):

@@ -41,3 +41,37 @@ def test_ridge_finds_nothing_in_features_unrelated_to_the_face():
     got = script.ridge_scores(default_face_model(), features, truth)
     assert got["identity"] < 0.05 and got["expression"] < 0.05, got
     assert got["identity"] == pytest.approx(0.0, abs=0.2)        # near the mean face, not far worse
+
+
+def test_label_features_sample_the_label_maps_one_hot(tmp_path):
+    """One row per triplet folder (sorted), the three views' label maps at the grid's cell centres, one
+    class set per position; a folder without gt.npz is not a triplet."""
+    from dfmvr.face.layout import NUM_PARSE_CLASSES
+
+    script, rng = _script(), np.random.default_rng(2)
+    maps = {}
+    for name in ("000001", "000000"):
+        maps[name] = rng.integers(0, NUM_PARSE_CLASSES, size=(3, 224, 224), dtype=np.uint8)
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "gt.npz", labels=maps[name])
+    (tmp_path / "not-a-triplet").mkdir()
+    got = script.label_features(tmp_path, grid=32)
+    assert got.shape == (2, 3 * 32 * 32 * NUM_PARSE_CLASSES)
+    per_position = got.reshape(2, 3, 32, 32, NUM_PARSE_CLASSES)
+    assert np.all(per_position.sum(-1) == 1)
+    want = maps["000000"][2, 3 + 7 * 5, 3 + 7 * 11]          # the right view's cell (5, 11), row 0 = folder 000000
+    assert per_position[0, 2, 5, 11].argmax() == want
+
+
+def test_graph_labels_are_the_shipped_graphs_parse_of_the_photos():
+    """--labels-from: the bundled graph's `labels` output on the example triplet, a real ONNX Runtime
+    session; a parser that works agrees with the renderer's labels on most pixels."""
+    from dfmvr.runtime.artifacts import DEFAULT_ONNX
+
+    if not DEFAULT_ONNX.is_file():
+        pytest.skip("no bundled model")
+    folder = REPO / "examples" / "triplet"
+    got = _script().graph_labels(DEFAULT_ONNX)(folder)
+    want = _script().true_labels(folder)
+    assert got.shape == want.shape == (3, 224, 224) and got.dtype == np.uint8
+    assert (got == want).mean() > 0.9          # all background would score 0.59 here

@@ -287,3 +287,28 @@ def test_init_is_refused_for_the_parse_stage(tmp_path):
     result = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "p"), "--stage", "parse",
                                           "--init", "default"])
     assert result.exit_code == 2 and "--init fine-tunes the main stage" in result.output
+
+
+def test_resume_on_grown_data_trains_on_it_and_the_card_says_so(synth4, tmp_path):
+    """Growing the dataset mid-run (``dfmvr data synth --triplets N`` on the same folder) is part of the
+    bundled demo's recipe; the card must list the change, or it would say the weights saw less data."""
+    import shutil
+
+    small = tmp_path / "two"
+    small.mkdir()
+    for name in ("000000", "000001"):
+        shutil.copytree(synth4 / name, small / name)
+    for extra in synth4.iterdir():
+        if extra.is_file():
+            shutil.copy(extra, small / extra.name)
+    out = tmp_path / "grown"
+    Trainer(_config(small, out, epochs=2, stop_after_epoch=1, bn_recalibration=0)).run()
+    grown = Trainer(_config(synth4, out, epochs=2, resume=True, bn_recalibration=0))
+    assert len(grown.dataset) == 4
+    grown.run()
+    _, card, _ = load_checkpoint(out / "checkpoint.safetensors")
+    assert card.provenance["data"] == str(synth4) and card.provenance["triplets"] == 4
+    assert card.provenance["data_changes"] == [{"at_step": 1, "at_epoch": 1, "data_before": str(small),
+                                                "triplets_before": 2, "data": str(synth4), "triplets": 4}]
+    again = Trainer(_config(synth4, out, epochs=2, resume=True, bn_recalibration=0))
+    assert again.card.provenance["data_changes"] == card.provenance["data_changes"]   # same data: no new entry
