@@ -53,18 +53,21 @@ def true_labels(folder: Path) -> np.ndarray:
 
 def graph_labels(onnx_path: Path):
     """-> a function folder -> [3, S, S] uint8: the `labels` output of an exported graph (ONNX Runtime,
-    no torch) on the folder's three images, read and normalised as ``dfmvr eval`` does."""
+    no torch) on the folder's three aligned crops, decoded by the runtime and normalised per the card."""
     from dfmvr.card import GRAPH_INPUT, GRAPH_OUTPUTS
-    from dfmvr.eval.dataset import _read_rgb
     from dfmvr.face.layout import VIEWS
     from dfmvr.runtime.artifacts import load_onnx_artifact
+    from dfmvr.runtime.inputs import decode_image
     from dfmvr.runtime.runners import OnnxrtRunner
 
     card = load_onnx_artifact(onnx_path).card
     runner = OnnxrtRunner(onnx_path).activate()
 
     def labels(folder: Path) -> np.ndarray:
-        crops = np.stack([_read_rgb(folder / f"{view}.png", card.image_size) for view in VIEWS])
+        crops = np.stack([decode_image(folder / f"{view}.png") for view in VIEWS])
+        if crops.shape[1:3] != (card.image_size, card.image_size):
+            raise ValueError(f"{folder}: crops are {crops.shape[2]}x{crops.shape[1]}, the graph reads aligned "
+                             f"{card.image_size}x{card.image_size} crops")
         return np.asarray(runner.infer({GRAPH_INPUT: card.normalise(crops[None])})[GRAPH_OUTPUTS[1]][0])
     return labels
 

@@ -56,7 +56,7 @@ What is quantized, and why:
     three views, read by the float regressor). It feeds no int8 arithmetic, and quantized it requantized
     the two attention-gated views from their own step (0.0165) onto the widest input's (0.0273).
     ``tiny`` and ``paper`` have neither (0 nodes added).
-  Why the last two: a second trained ``lite`` checkpoint (v24) failed the gate with the first three
+  Why the last two: the bundled demo as retrained to 24 epochs (2026-12-04) failed the gate with the first three
   rules, mesh max 1.10 mm (mean 0.47; 32 calibration triplets: 1.16 mm). Sensitivity (each group in
   turn quantized alone, the rest float; 2 parity triplets, mesh max / mean mm): encoder of view 0 0.57 /
   0.27, view 1 0.49 / 0.20, view 2 0.37 / 0.09, attention gates 0.21 / 0.11, the fusion Concat 0.59 /
@@ -67,10 +67,10 @@ What is quantized, and why:
   0.55). The two rules remove the two roundings that buy no int8 arithmetic or bias a category: gate
   0.436 / 0.223 mm (held-out mean of max 0.49 mm, max 0.83; 32 calibration triplets 0.479 mm), each
   alone not enough on the gate (fusion Concat 1.22 mm, first Convs 0.48 mm but held-out 0.60). On the
-  bundled default checkpoint: gate 0.773 -> 0.863 mm max (the 2-triplet max is noisy) but mean 0.426 -> 0.267
+  previous bundled checkpoint (16 epochs): gate 0.773 -> 0.863 mm max (the 2-triplet max is noisy) but mean 0.426 -> 0.267
   and held-out mean of max 0.63 -> 0.48 mm (max 1.03 -> 0.75). Percentile calibration (ORT, 99.999)
   instead: gate 0.58 mm but held-out 0.70 mean of max, 1.23 max (worse than MinMax); Entropy gave the
-  same activation scales as MinMax here. Speed (v24, 1 thread, batch 1, 100 interleaved runs each,
+  same activation scales as MinMax here. Speed (that model, 1 thread, batch 1, 100 interleaved runs each,
   medians): fp32 33.3 ms, int8 with the first three rules 31.3 ms, with all five 29.8 ms (fewer
   requantizations); 61 % of the conv MACs stay int8 (15 encoder and 6 attention Convs).
   The first three rules, measured on an earlier trained ``lite`` checkpoint (float16-stored, 2 parity

@@ -257,7 +257,8 @@ class Trainer:
         so the recipe that made the weights stays readable from the card."""
         prov = self.card.provenance
         data, triplets = str(self.cfg.data), len(self.dataset)
-        if prov.get("data") == data and prov.get("triplets") == triplets:
+        same_folder = prov.get("data") is not None and Path(prov["data"]).resolve() == Path(data).resolve()
+        if same_folder and prov.get("triplets") == triplets:      # the same folder, spelt another way or not
             return
         change = {"at_step": self.step, "at_epoch": self.epoch, "data_before": prov.get("data"),
                   "triplets_before": prov.get("triplets"), "data": data, "triplets": triplets}

@@ -289,7 +289,7 @@ def test_init_is_refused_for_the_parse_stage(tmp_path):
     assert result.exit_code == 2 and "--init fine-tunes the main stage" in result.output
 
 
-def test_resume_on_grown_data_trains_on_it_and_the_card_says_so(synth4, tmp_path):
+def test_resume_on_grown_data_trains_on_it_and_the_card_says_so(synth4, tmp_path, monkeypatch):
     """Growing the dataset mid-run (``dfmvr data synth --triplets N`` on the same folder) is part of the
     bundled demo's recipe; the card must list the change, or it would say the weights saw less data."""
     import shutil
@@ -312,3 +312,6 @@ def test_resume_on_grown_data_trains_on_it_and_the_card_says_so(synth4, tmp_path
                                                 "triplets_before": 2, "data": str(synth4), "triplets": 4}]
     again = Trainer(_config(synth4, out, epochs=2, resume=True, bn_recalibration=0))
     assert again.card.provenance["data_changes"] == card.provenance["data_changes"]   # same data: no new entry
+    monkeypatch.chdir(synth4.parent)                     # the same folder, given as a relative path
+    relative = Trainer(_config(synth4.name, out, epochs=2, resume=True, bn_recalibration=0))
+    assert relative.card.provenance["data_changes"] == card.provenance["data_changes"]
