@@ -89,6 +89,8 @@ def writer_breakdown(pipe, rec, repeats: int) -> dict:
     image = overlay.overlay_image(pipe, rec)
     bgr = np.ascontiguousarray(image[:, :, ::-1])
     png = lambda *p: cv2.imencode(".png", bgr, list(p))  # noqa: E731
+    defaults = ("obj", "ply", "npz", "json", "png")          # dfmvr-run's default --format
+    with_jpg = ("obj", "ply", "npz", "json", "jpg")
     parts = {
         "obj": lambda: meshio.write_obj(tmp / "m.obj", verts, tris, colors=colors),
         "ply": lambda: meshio.write_ply(tmp / "m.ply", verts, tris, colors=colors),
@@ -102,9 +104,12 @@ def writer_breakdown(pipe, rec, repeats: int) -> dict:
         "png_encode": lambda: png(*overlay.PNG_PARAMS),          # as write_overlay encodes
         "png_encode_opencv_default": lambda: png(),
         "png_total": lambda: overlay.write_overlay(tmp / "o.png", pipe, rec),
-        "write_all": lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", outputs.FORMATS),
+        "write_all": lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", defaults),
         "write_all_before(opencv_default_png)": lambda: _with_png_params(
-            overlay, [], lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", outputs.FORMATS)),
+            overlay, [], lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", defaults)),
+        # --format obj,ply,npz,json,jpg: the overlay as JPEG (overlay.JPEG_PARAMS)
+        "jpg_encode": lambda: overlay.encode_overlay(image, "jpg"),
+        "write_all_jpg_overlay": lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", with_jpg),
         # encoder alternatives (same pixels), for the record
         "png_encode_level0": lambda: png(cv2.IMWRITE_PNG_COMPRESSION, 0),
         "png_encode_level1": lambda: png(cv2.IMWRITE_PNG_COMPRESSION, 1),
@@ -120,7 +125,8 @@ def writer_breakdown(pipe, rec, repeats: int) -> dict:
                 times[k].append((time.perf_counter() - t0) * 1e3)
         sizes = {"png_bytes": len(png(*overlay.PNG_PARAMS)[1]), "png_opencv_default_bytes": len(png()[1]),
                  "png_level0_bytes": len(png(cv2.IMWRITE_PNG_COMPRESSION, 0)[1]),
-                 "png_level1_bytes": len(png(cv2.IMWRITE_PNG_COMPRESSION, 1)[1])}
+                 "png_level1_bytes": len(png(cv2.IMWRITE_PNG_COMPRESSION, 1)[1]),
+                 "jpg_bytes": len(overlay.encode_overlay(image, "jpg"))}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: round(_median(v), 2) for k, v in times.items()}
@@ -145,7 +151,7 @@ def main(argv=None) -> int:
 
     from dfmvr.bench.environment import environment_stamp
     from dfmvr.runtime.inputs import discover_triplets
-    from dfmvr.runtime.outputs import parse_formats
+    from dfmvr.runtime.outputs import needs_photos, parse_formats
     from dfmvr.runtime.pipeline import Pipeline
 
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
@@ -167,7 +173,7 @@ def main(argv=None) -> int:
         triplets, problems = discover_triplets([work / "in"])
         assert len(triplets) == args.copies and not problems, problems
         with Pipeline.from_options(onnx=args.onnx, aligned=True, threads=args.threads,
-                                   keep_photos="png" in formats) as pipe:
+                                   keep_photos=needs_photos(formats)) as pipe:
             report["model"] = pipe.artifact.model_id
             prepared = [pipe.prepare(t) for t in triplets]
             if args.writer_repeats > 0:

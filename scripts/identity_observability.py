@@ -8,7 +8,7 @@ the vertex-space R² of ``dfmvr eval`` (``dfmvr.face.metrics.shape_r2``):
   are what the images show of the geometry after alignment; a linear read of them bounds from below what
   a network could recover.
 - labels (with --labels): from the true parse-label maps of the three views, each sampled to 32 x 32
-  (every 7th pixel) and one-hot per class: the simple baseline on what the network itself reads
+  (every 7th pixel; --label-grid changes it) and one-hot per class: the simple baseline on what the network itself reads
   (its parse net's labels), so a network that does not beat it has not learned what it can. With
   --labels-from GRAPH the maps are the ones that exported graph's parse net gives (its `labels`
   output on the triplet's images): exactly what that network reads, parse errors included.
@@ -144,6 +144,8 @@ def main() -> None:
         parser.add_argument(f"--{split}", type=Path, required=True)
     parser.add_argument("--labels", action="store_true", help="also the ridge probe on the true parse labels")
     parser.add_argument("--labels-from", type=Path, help="with --labels: an exported graph whose parse labels to read")
+    parser.add_argument("--label-grid", type=int, default=LABEL_GRID,
+                        help="with --labels: sample each label map on this grid (default 32, every 7th pixel of 224)")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -158,9 +160,10 @@ def main() -> None:
     if args.labels:
         read = graph_labels(args.labels_from) if args.labels_from else true_labels
         report["labels_source"] = str(args.labels_from) if args.labels_from else "true (gt.npz)"
-        features = {split: label_features(root, read=read) for split, root in roots.items()}
-        report["labels_32x32_three_views"] = ridge_scores(face_model, features, truth)
-        report["labels_32x32_front_view"] = ridge_scores(
+        grid = args.label_grid
+        features = {split: label_features(root, grid, read=read) for split, root in roots.items()}
+        report[f"labels_{grid}x{grid}_three_views"] = ridge_scores(face_model, features, truth)
+        report[f"labels_{grid}x{grid}_front_view"] = ridge_scores(
             face_model, {k: v.reshape(len(v), 3, -1)[:, 1] for k, v in features.items()}, truth)
     if args.checkpoint:
         report["checkpoint"] = str(args.checkpoint)

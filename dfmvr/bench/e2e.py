@@ -197,6 +197,7 @@ def run_bench(sources: Sources, backends=BACKENDS, batches=(1, 4, 16), iters: in
               gemm: bool = True, gemm_size: int = 2048, echo: Callable[[str], None] = lambda s: None) -> dict:
     """Run the benchmark; returns the report (JSON-serialisable dict, see ``report.py`` for the table)."""
     from ..runtime.artifacts import load_face_model
+    from ..runtime.outputs import needs_photos
     from ..runtime.pipeline import Pipeline
     from .environment import _gpu
     from .inputs import write_triplets
@@ -237,7 +238,7 @@ def run_bench(sources: Sources, backends=BACKENDS, batches=(1, 4, 16), iters: in
                                      engine_path=sources.engine_path, int8_path=sources.int8_path, threads=threads,
                                      batches=batches, image_size=int(sources.card.image_size))
                 pipe = Pipeline(sources.artifact, model, runner, aligned=True, device="cpu",
-                                keep_photos="png" in formats)
+                                keep_photos=needs_photos(formats))
                 if name == "torch-compile":
                     echo(f"{name}: compiling for batch size(s) {', '.join(map(str, batches))} ...")
                 try:

@@ -40,7 +40,8 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
                    "predictor, offline; the 'detect' extra) or 'face-alignment' (2D-FAN; needs torch and "
                    "downloads its weights on first use; the 'face-alignment' extra).")
 @click.option("--format", "formats", default=DEFAULT_FORMATS, show_default=True,
-              help="Comma-separated outputs: obj, ply, npz, json, png.")
+              help="Comma-separated outputs: obj, ply, npz, json, png, jpg (the overlay as JPEG: ~4x faster "
+                   "to encode than png; docs/runtime.md).")
 @batch_size_option(1)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: CUDA provider / TensorRT and the CUDA mesh kernel.")
@@ -79,7 +80,7 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
     link to '.' or to a folder already searched adds nothing.
     """
     from ..runtime.inputs import discover_triplets
-    from ..runtime.outputs import parse_formats
+    from ..runtime.outputs import needs_photos, parse_formats
     from ..runtime.pipeline import Pipeline
 
     _quiet_opencv()
@@ -112,7 +113,7 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         pipeline_cls = RefiningPipeline            # the plain pipeline plus a refinement stage
     pipe = pipeline_cls.from_options(onnx=onnx, engine=engine, face_model=face_model, aligned=aligned,
                                      detector=detector, device=device, threads=threads,
-                                     keep_photos="png" in fmts, backend=backend)
+                                     keep_photos=needs_photos(fmts), backend=backend)
     if refine_steps > 0:
         from ..train.refine import RefineConfig, Refiner
 

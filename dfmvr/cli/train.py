@@ -53,6 +53,9 @@ _PATH = click.Path(path_type=Path)
 @click.option("--supervised-pose-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: weight of each view's head-pose error (degrees² + cm²); the "
                    "coefficient MSE gives the pose almost no weight.")
+@click.option("--supervised-expression-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Synthetic data only: weight of the expression part of the vertex error alone (mm^2), "
+                   "added to --supervised-shape-weight's to weigh expression up (identity is ~78 % of it).")
 @click.option("--supervised-shape-aligned-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Synthetic data only: the same after the best per-sample scale and translation (face size "
                    "and camera distance trade off in the image; the metric ignores scale).")
@@ -103,7 +106,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, prdl_weight, mask_weight, landmark_noise, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, eye_landmarks, clip_grad, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -121,7 +124,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     from ..train.trainer import Trainer, TrainConfig
 
     weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
-                          supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight, prdl=prdl_weight, mask=mask_weight,
+                          supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight,
+                          supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight)
     if keypoint_weight and not keypoints:
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")

@@ -17,12 +17,16 @@ from ..atomic import atomic_write_bytes
 from ..face.camera import project
 from ..face.paint import paint_mesh
 
-__all__ = ["OVERLAY_HEIGHT", "overlay_image", "write_overlay"]
+__all__ = ["OVERLAY_HEIGHT", "overlay_image", "encode_overlay", "write_overlay"]
 
 OVERLAY_HEIGHT = 512      # pixels; every photo is scaled to this height
 MESH_OPACITY = 0.6
 LANDMARK_RGB = (40, 255, 80)
 PNG_PARAMS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+# overlay.jpg (--format jpg): the same picture, lossy. libpng costs ~29-34 ms for the 512 x 1536 overlay
+# whatever its settings (uncompressed included: the per-row work, not zlib); JPEG at quality 92 ~8 ms and
+# a seventh of the bytes (benchmarks/results/e2e_overlap_jpg_overlay.json, writers).
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 92]
 
 
 # The painter costs ~3 us per triangle, most of it the call itself, so the painted mesh is simplified:
@@ -85,14 +89,27 @@ def overlay_image(pipe, rec, height: int = OVERLAY_HEIGHT) -> np.ndarray:
     return np.concatenate(panels, axis=1)
 
 
-def write_overlay(path: Path, pipe, rec) -> Path:
-    image = overlay_image(pipe, rec)
+def encode_overlay(image: np.ndarray, kind: str) -> bytes:
+    """An ``overlay_image`` (RGB) as the bytes of a ``png`` or ``jpg`` file."""
     # OpenCV's default compression (1.7x faster to encode than level 1, 13% larger:
     # benchmarks/results/bench_stage_proposals.json) with the "up" row filter only instead of libpng's
     # adaptive choice: the same pixels, a ~9% smaller file on the example triplet, and encoding about
     # as fast (-25% to +6% over five runs on a busy machine; benchmarks/results/e2e_overlap.json:
     # writers.png_encode vs png_encode_opencv_default). Painting, not encoding, is the bigger cost.
-    ok, png = cv2.imencode(".png", image[:, :, ::-1], PNG_PARAMS)
+    if kind not in ("png", "jpg"):
+        raise ValueError(f"overlay kind must be 'png' or 'jpg', got {kind!r}")
+    params = PNG_PARAMS if kind == "png" else JPEG_PARAMS
+    ok, data = cv2.imencode(f".{kind}", image[:, :, ::-1], params)
     if not ok:  # pragma: no cover - cv2 cannot fail on a uint8 RGB array
-        raise OSError(f"could not encode {path}")
-    return atomic_write_bytes(path, png.tobytes())
+        raise OSError(f"could not encode the overlay as {kind}")
+    return data.tobytes()
+
+
+def write_overlay(path: Path, pipe, rec, image: np.ndarray | None = None) -> Path:
+    """Paint (or take the already painted ``image``) and write it; the file type follows the suffix."""
+    if image is None:
+        image = overlay_image(pipe, rec)
+    kind = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg"}.get(Path(path).suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path}: an overlay is written as .png or .jpg")
+    return atomic_write_bytes(path, encode_overlay(image, kind))

@@ -112,7 +112,7 @@ class Pipeline:
     runner     a Runner for the artifact (activated by ``__enter__`` / ``activate``)
     aligned    True: inputs are already S x S crops; False: detect + align with ``detector``
     device     "cpu" (numpy assembly) or "cuda" (CUDA mesh kernel)
-    keep_photos keep decoded photos for overlays (needed by the "png" format)
+    keep_photos keep decoded photos for overlays (needed by the "png" and "jpg" formats)
     """
 
     def __init__(self, artifact: Artifact, face_model, runner: Runner, *, aligned: bool = False,

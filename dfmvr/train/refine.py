@@ -44,7 +44,7 @@ __all__ = ["RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "w
 WEAK_BATCH_KEYS = ("photos", "labels", "landmarks", "landmark_visible", "photo_weights")
 # Loss weights that read ground truth or a torch parse net: always 0 in a refinement.
 GROUND_TRUTH_WEIGHTS = ("landmark_3d", "supervised", "supervised_shape", "supervised_shape_aligned",
-                        "keypoint_2d", "mask")
+                        "supervised_expression", "keypoint_2d", "mask")
 
 
 def weak_weights(prdl: float = 0.0, **overrides) -> LossWeights:

@@ -297,6 +297,8 @@ class Trainer:
             prov["supervised_shape_aligned_weight"] = weights.supervised_shape_aligned
         if weights.supervised_pose > 0:
             prov["supervised_pose_weight"] = weights.supervised_pose
+        if weights.supervised_expression > 0:
+            prov["supervised_expression_weight"] = weights.supervised_expression
         return prov
 
     # --- data ------------------------------------------------------------------------------

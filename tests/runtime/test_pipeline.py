@@ -35,7 +35,7 @@ def test_aligned_triplet_gives_the_graph_numbers_and_every_output(aligned_pipe, 
     assert not summary.failed and len(summary.done) == 1
     folder = tmp_path / "out" / "t1"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["mesh.obj", "mesh.ply", "coeffs.npz", "result.json", "overlay.png"])
+        ["mesh.obj", "mesh.ply", "coeffs.npz", "result.json", "overlay.png", "overlay.jpg"])
 
     want = expected_coefficients(crops[None])                 # card mean/std, VIEWS order, layout
     npz = np.load(folder / "coeffs.npz")
@@ -317,3 +317,29 @@ def test_overlay_png_holds_exactly_the_painted_pixels(aligned_pipe, tmp_path):
     np.testing.assert_array_equal(cv2.imread(str(path))[:, :, ::-1], overlay_image(aligned_pipe, rec))
     ok, default = cv2.imencode(".png", overlay_image(aligned_pipe, rec)[:, :, ::-1])
     np.testing.assert_array_equal(cv2.imdecode(default, cv2.IMREAD_COLOR), cv2.imread(str(path)))
+
+
+def test_overlay_jpg_is_the_same_picture_lossy_and_written_beside_png(aligned_pipe, tmp_path):
+    """--format png,jpg paints once and encodes twice: the JPEG decodes close to the PNG's pixels
+    (quality 92: a small mean error, not the same bytes) and is much smaller."""
+    write_triplet(tmp_path / "in" / "t", make_crops(6))
+    (t,), _ = discover_triplets([tmp_path / "in"])
+    aligned_pipe.run([t], tmp_path / "out", ("png", "jpg"))
+    folder = tmp_path / "out" / "t"
+    assert sorted(p.name for p in folder.iterdir()) == ["overlay.jpg", "overlay.png"]
+    png, jpg = (cv2.imread(str(folder / name)).astype(np.float64) for name in ("overlay.png", "overlay.jpg"))
+    assert png.shape == jpg.shape
+    error = np.abs(png - jpg)
+    assert 0 < error.mean() < 3.0 and np.percentile(error, 99) < 40
+    assert (folder / "overlay.jpg").stat().st_size < 0.5 * (folder / "overlay.png").stat().st_size
+
+
+def test_overlay_refuses_a_file_type_it_cannot_write(aligned_pipe, tmp_path):
+    from dfmvr.runtime.overlay import write_overlay
+
+    write_triplet(tmp_path / "in" / "t", make_crops(7))
+    (t,), _ = discover_triplets([tmp_path / "in"])
+    rec = aligned_pipe.reconstruct([aligned_pipe.prepare(t)])[0]
+    with pytest.raises(ValueError, match="png or .jpg"):
+        write_overlay(tmp_path / "overlay.bmp", aligned_pipe, rec)
+    assert not (tmp_path / "overlay.bmp").exists()

@@ -48,7 +48,7 @@ def test_default_weights_take_no_ground_truth(face, synthetic_batch):
     """The batch carries the true 3D landmarks and coefficients; the default recipe reads neither."""
     _, terms = TrainingLoss(face)(synthetic_batch["gt_coefficients"], synthetic_batch)
     assert not {"landmark_3d", "supervised", "supervised_shape", "supervised_shape_aligned",
-                "supervised_pose"} & set(terms)
+                "supervised_pose", "supervised_expression"} & set(terms)
 
 
 def test_each_view_lit_with_its_own_rotation(face, synthetic_batch):
@@ -136,6 +136,29 @@ def test_supervised_shape_reads_the_vertex_error_in_square_mm(face, synthetic_ba
     basis0 = face.id_basis[:, 0].reshape(-1, 3)
     expected = 0.25 * (basis0 ** 2).sum(-1).mean() * 100.0 ** 2
     assert float(off["supervised_shape"]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_supervised_expression_reads_only_the_expression_part_of_the_vertex_error(face, synthetic_batch):
+    """Zero at the truth and for identity, texture or pose errors; an expression error alone reads the
+    same as supervised_shape, and an identity error added beside it does not change it."""
+    loss = TrainingLoss(face, LossWeights(supervised_shape=1.0, supervised_expression=1.0))
+    gt = synthetic_batch["gt_coefficients"]
+    _, at_gt = loss(gt, synthetic_batch)
+    assert at_gt["supervised_expression"] == 0
+    c = COEFFS.split(gt.clone())
+    c.identity[:, 3] += 0.7
+    c.rotation += 0.05
+    _, id_only = loss(_join(c), synthetic_batch)
+    assert float(id_only["supervised_expression"]) == 0 and float(id_only["supervised_shape"]) > 1e-2
+    c = COEFFS.split(gt.clone())
+    c.expression[:, 2] -= 0.6
+    _, exp_only = loss(_join(c), synthetic_batch)
+    assert float(exp_only["supervised_expression"]) > 1e-2
+    assert float(exp_only["supervised_expression"]) == pytest.approx(float(exp_only["supervised_shape"]), rel=1e-4)
+    c.identity[:, 3] += 0.7
+    _, both = loss(_join(c), synthetic_batch)
+    assert float(both["supervised_expression"]) == pytest.approx(float(exp_only["supervised_expression"]), rel=1e-5)
+    assert float(both["supervised_shape"]) > float(exp_only["supervised_shape"])
 
 
 def test_supervised_pose_reads_degrees_and_centimetres_of_present_views_only(face, synthetic_batch):
