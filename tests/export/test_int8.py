@@ -21,6 +21,12 @@ from dfmvr.face.synthetic import default_face_model
 from dfmvr.kernels.op import INVOLUTION
 
 
+# The tests on the exported int8 graph share one tiny export + quantization (~35 s on 2 cores): slow,
+# to keep the README test command under six minutes; CI runs them with -m slow. The gate, the rewrite
+# and the CLI stay fast, and tests/export/test_int8_lite.py checks the shipped model's int8 rules.
+SLOW = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def int8_model(tiny_int8_export):
     return onnx.load(str(tiny_int8_export["summary"].int8_path))
@@ -33,6 +39,7 @@ def _scales(model: onnx.ModelProto) -> dict[str, float]:
             if n.op_type == "QuantizeLinear" and n.input[1] in inits}
 
 
+@SLOW
 def test_graph_is_qdq_with_the_custom_nodes_function_and_card(tiny_int8_export, int8_model):
     fp32 = onnx.load(str(tiny_int8_export["summary"].onnx_path))
     ops = {n.op_type for n in int8_model.graph.node}
@@ -52,6 +59,7 @@ def test_graph_is_qdq_with_the_custom_nodes_function_and_card(tiny_int8_export, 
                     "concat": 0} and kept["output"] > 0
 
 
+@SLOW
 def test_fused_int8_kernels_agree_with_the_float_simulation_of_the_same_graph(tiny_int8_export):
     """On this CPU, ORT's fused int8 kernels compute what the QDQ graph says (its float simulation,
     fusion disabled). With full-range weights, MLAS's u8s8 kernel saturates on CPUs without VNNI and the
@@ -73,6 +81,7 @@ def test_fused_int8_kernels_agree_with_the_float_simulation_of_the_same_graph(ti
     assert np.abs(fused_c - sim_c).max() < 1e-3
 
 
+@SLOW
 def test_onnxruntime_fuses_qlinear_kernels_and_runs_it(tiny_int8_export, tmp_path):
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -85,6 +94,7 @@ def test_onnxruntime_fuses_qlinear_kernels_and_runs_it(tiny_int8_export, tmp_pat
     assert labels.shape == (2, 3, 224, 224) and labels.dtype == np.uint8
 
 
+@SLOW
 def test_parity_report_within_the_int8_tolerance(tiny_int8_export):
     doc = tiny_int8_export["parity"]
     (report,) = [r for r in doc["reports"] if r["precision"] == "int8"]
@@ -110,6 +120,7 @@ def test_int8_gate_is_the_documented_mesh_tolerance(shift_mm, passes):
     assert report.mesh_max_mm == pytest.approx(shift_mm, rel=1e-4)
 
 
+@SLOW
 def test_calibration_data_sets_the_activation_scales(tiny_int8_export, int8_model, monkeypatch):
     fp32 = onnx.load(str(tiny_int8_export["summary"].onnx_path))
     card = read_card(fp32)
@@ -147,6 +158,7 @@ def test_conv_transpose_rewrite_is_exact():
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
 
 
+@SLOW
 def test_dfmvr_run_takes_the_int8_graph_unchanged(tiny_int8_export, tmp_path, capsys):
     from dfmvr.cli import invoke
     from dfmvr.cli.run import command
