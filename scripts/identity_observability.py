@@ -8,9 +8,9 @@ the vertex-space R² of ``dfmvr eval`` (``dfmvr.face.metrics.shape_r2``):
   are what the images show of the geometry after alignment; a linear read of them bounds from below what
   a network could recover.
 - labels (with --labels): from the true parse-label maps of the three views, each sampled to 32 x 32
-  (every 7th pixel; --label-grid changes it) and one-hot per class: the simple baseline on what the network itself reads
-  (its parse net's labels), so a network that does not beat it has not learned what it can. With
-  --labels-from GRAPH the maps are the ones that exported graph's parse net gives (its `labels`
+  (every 7th pixel; --label-grid changes it) and one-hot per class: the simple baseline on what the
+  network itself reads (its parse net's labels), so a network that does not beat it has not learned
+  what it can. With --labels-from GRAPH the maps are the ones that exported graph's parse net gives (its `labels`
   output on the triplet's images): exactly what that network reads, parse errors included.
 - features (with --checkpoint): from the trained network's own features: the global average of RedNet's
   last map (what the heads see with ``pool: average``) and the MulEn-Unet output pooled to 14 x 14.
@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if not 1 <= args.label_grid <= 224:
+        parser.error(f"--label-grid must be 1 to 224 (the crops' size), got {args.label_grid}")
     roots = {"train": args.train, "select": args.select, "val": args.val}
     face_model = MorphableModel.load(args.train / "face_model.npz")
     landmarks, truth = {}, {}

@@ -166,10 +166,10 @@ class TrainingLoss(nn.Module):
             terms["supervised"] = self.supervised_term(coefficients, batch["gt_coefficients"], view_mask)
         if w.supervised_pose > 0 and batch.get("gt_coefficients") is not None:
             terms["supervised_pose"] = self.supervised_pose_term(coefficients, batch["gt_coefficients"], view_mask)
-        shape_terms = w.supervised_shape > 0 or w.supervised_shape_aligned > 0
         if w.supervised_expression > 0 and batch.get("gt_coefficients") is not None:
             terms["supervised_expression"] = self.expression_vertex_error(
                 c.expression, COEFFS.split(batch["gt_coefficients"]).expression)
+        shape_terms = w.supervised_shape > 0 or w.supervised_shape_aligned > 0
         if shape_terms and batch.get("gt_coefficients") is not None:
             g = COEFFS.split(batch["gt_coefficients"])
             true_shape = self.face.shape(g.identity, g.expression)
