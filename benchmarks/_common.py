@@ -4,7 +4,9 @@
 - ``REDNET_SHAPES``      the involution shapes of RedNet-50 (bench_involution, bench_export_body);
 - ``ort_session``        ONNX Runtime sessions under named configurations (bench_network, bench_int8);
 - ``op_shares``          per-op-type time shares from an ORT profile;
-- ``interleaved_times``  round-robin timing of several candidates (bench_network, bench_int8).
+- ``interleaved_times``  round-robin timing of several candidates (bench_network, bench_int8);
+- ``painter_coverage``   run the overlay painter with another coverage method (bench_painter,
+                         bench_e2e_overlap).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 from dfmvr.card import GRAPH_INPUT
@@ -87,3 +90,20 @@ def interleaved_times(runs: dict, inputs: dict, batches, iters: int, warmup: int
                 times[(name, b)].append((time.perf_counter() - t0) * 1e3)
             print(f"batch {b} round {it}:", {n: round(times[(n, b)][-1], 1) for n in runs}, flush=True)
     return times
+
+
+@contextmanager
+def painter_coverage(method: str):
+    """Within the block, ``paint_mesh`` finds covered pixels with ``method``: ``vectorised`` (what ships,
+    ``dfmvr.face.raster.nearest_triangle_image``) or ``opencv_fill`` (one ``cv2.fillConvexPoly`` per
+    triangle, the method before); everything else in the painter stays the same."""
+    from dfmvr.face import paint, raster
+
+    chosen = {"vectorised": raster.nearest_triangle_image,
+              "opencv_fill": raster.nearest_triangle_image_opencv}[method]
+    saved = paint.nearest_triangle_image
+    paint.nearest_triangle_image = chosen
+    try:
+        yield
+    finally:
+        paint.nearest_triangle_image = saved

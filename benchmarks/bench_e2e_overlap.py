@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import REPO, RESULTS
+from benchmarks._common import REPO, RESULTS, painter_coverage
 
 
 def _uptime() -> str:
@@ -76,6 +76,12 @@ def _with_overlay_triangles(pipe, triangles, fn):
         pipe._overlay_tris = saved
 
 
+def _with_opencv_fill(fn):
+    """``fn()`` with the painter's old per-triangle OpenCV fill, for comparison in the same run."""
+    with painter_coverage("opencv_fill"):
+        return fn()
+
+
 def writer_breakdown(pipe, rec, repeats: int) -> dict:
     """Median ms of each writer on one reconstruction (write_reconstruction's parts, and PNG settings)."""
     import cv2
@@ -98,6 +104,7 @@ def writer_breakdown(pipe, rec, repeats: int) -> dict:
         "json": lambda: outputs.atomic_write_text(tmp / "r.json", json.dumps(outputs._result_json(pipe, rec),
                                                                             indent=2)),
         "png_paint": lambda: overlay.overlay_image(pipe, rec),
+        "png_paint_opencv_fill": lambda: _with_opencv_fill(lambda: overlay.overlay_image(pipe, rec)),
         # the same painter on every triangle of the face model (what painted before OVERLAY_TRIANGLES
         # went from 8,000 to 4,000 for the 5,995-triangle bundled model)
         "png_paint_all_triangles": lambda: _with_overlay_triangles(pipe, tris, lambda: overlay.overlay_image(pipe, rec)),
@@ -105,11 +112,15 @@ def writer_breakdown(pipe, rec, repeats: int) -> dict:
         "png_encode_opencv_default": lambda: png(),
         "png_total": lambda: overlay.write_overlay(tmp / "o.png", pipe, rec),
         "write_all": lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", defaults),
+        "write_all_opencv_fill": lambda: _with_opencv_fill(
+            lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", defaults)),
         "write_all_before(opencv_default_png)": lambda: _with_png_params(
             overlay, [], lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", defaults)),
         # --format obj,ply,npz,json,jpg: the overlay as JPEG (overlay.JPEG_PARAMS)
         "jpg_encode": lambda: overlay.encode_overlay(image, "jpg"),
         "write_all_jpg_overlay": lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", with_jpg),
+        "write_all_jpg_overlay_opencv_fill": lambda: _with_opencv_fill(
+            lambda: outputs.write_reconstruction(pipe, rec, tmp / "all", with_jpg)),
         # encoder alternatives (same pixels), for the record
         "png_encode_level0": lambda: png(cv2.IMWRITE_PNG_COMPRESSION, 0),
         "png_encode_level1": lambda: png(cv2.IMWRITE_PNG_COMPRESSION, 1),

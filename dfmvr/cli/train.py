@@ -66,6 +66,10 @@ _PATH = click.Path(path_type=Path)
 @click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
               metavar="PX", help="Gaussian error (pixels per coordinate, fixed per triplet) added to the training "
                                  "landmarks: weak supervision as a detector would give it.")
+@click.option("--parser-labels", is_flag=True,
+              help="Ignore the data's label maps (synthetic data has exact ones): the frozen parser's labels "
+                   "drive the photometric weight map and the mask loss, as on unlabelled photos. For weak "
+                   "supervision that uses nothing a real photo lacks.")
 @click.option("--eye-landmarks", is_flag=True, help="Weigh the eye landmarks 20 too (the official code).")
 @click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest global gradient norm; larger gradients are scaled down to it.")
@@ -106,7 +110,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -136,7 +140,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                       workers=workers, stop_after_epoch=stop_after, max_steps_per_epoch=max_steps,
                       device=device, progress=not quiet, weights=weights.to_dict(),
                       bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool,
-                      keypoints=keypoints, init=init, landmark_noise_px=landmark_noise, speed=speed)
+                      keypoints=keypoints, init=init, landmark_noise_px=landmark_noise,
+                      parser_labels=parser_labels, speed=speed)
     try:
         trainer = Trainer(cfg)
     except ValueError as exc:

@@ -1,9 +1,9 @@
 """A small numpy/OpenCV mesh painter for previews and overlays (no torch, no GPU).
 
-Painter's algorithm: triangles are sorted far to near by mean depth and filled one by one, each with
-one flat colour (the mean of its vertex colours) optionally scaled by Lambert shading of its face
-normal. Good enough for preview sheets and result overlays; the differentiable renderer lives in
-``dfmvr.synth.render``.
+Painter's algorithm, vectorised: triangles are sorted far to near by mean depth and each pixel shows
+the last one covering its centre (``dfmvr.face.raster``), in one flat colour (the mean of its vertex
+colours) optionally scaled by Lambert shading of its face normal. Good enough for preview sheets and
+result overlays; the differentiable renderer lives in ``dfmvr.synth.render``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from .camera import Camera, project
 from .geometry import assemble_mesh, triangle_normals
 from .layout import COEFFS, VIEW_YAW_DEG
 from .model import MorphableModel
+from .raster import nearest_triangle_image
 
 __all__ = ["paint_mesh", "preview_sheet"]
 
-_SHIFT = 4                       # cv2 fixed-point bits: 1/16 pixel precision for vertex positions
 _DEFAULT_LIGHT = (0.35, 0.45, 1.0)
 
 
@@ -38,7 +38,6 @@ def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangl
     cull_backfaces  skip triangles that appear clockwise in the image (facing away)
     alpha     opacity of the painted mesh over the image
     """
-    cv2 = _cv2()
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
@@ -46,8 +45,8 @@ def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangl
     depth = np.asarray(depth, np.float64)
     triangles = np.asarray(triangles, np.int64)
     tri_px = pixels[triangles]                                            # [T, 3, 2]
-    # Vertices far outside the image (beyond OpenCV's fixed-point range) are dropped with their
-    # triangles, like those behind the camera.
+    # Vertices far outside the image are dropped with their triangles, like those behind the camera
+    # (a face that close is no preview; it would only cost rows of spans).
     limit = 64.0 * max(image.shape[:2])
     with np.errstate(invalid="ignore"):
         keep = (np.abs(tri_px) < limit).all(axis=(1, 2)) & (depth[triangles] > 0).all(axis=1)
@@ -58,32 +57,27 @@ def paint_mesh(image: np.ndarray, pixels: np.ndarray, depth: np.ndarray, triangl
     if colors is None:
         tri_colour = np.tile(np.asarray(base_color, np.float64), (len(triangles), 1))
     else:
-        tri_colour = np.clip(np.asarray(colors, np.float64), 0, 1)[triangles].mean(axis=1)
+        # the mean of the three vertex colours (summed by hand: ~3x faster than .mean(axis=1))
+        c = np.clip(np.asarray(colors, np.float64), 0, 1)
+        tri_colour = (c[triangles[:, 0]] + c[triangles[:, 1]] + c[triangles[:, 2]]) / 3.0
     if vertices is not None:
         normals = triangle_normals(np.asarray(vertices, np.float32), triangles.astype(np.int32))
         light_dir = np.asarray(light, np.float64) / np.linalg.norm(light)
         lambert = ambient + (1.0 - ambient) * np.clip(normals @ light_dir, 0, None)
         tri_colour = tri_colour * lambert[:, None]
-    order = np.argsort(-depth[triangles].mean(axis=1), kind="stable")
+    depth_sum = depth[triangles[:, 0]] + depth[triangles[:, 1]] + depth[triangles[:, 2]]   # 3x the mean
+    order = np.argsort(-depth_sum, kind="stable")
     order = order[keep[order]]
+    # Far to near: where triangles overlap, the nearer (later) one shows, as in the painter's algorithm.
+    winner = nearest_triangle_image(tri_px[order], image.shape[0], image.shape[1])
+    covered = (winner >= 0).view(np.uint8)
+    # Colours by draw rank, one spare row for the -1 of uncovered pixels (masked out below). np.take
+    # and cv2.copyTo: ~4x faster than boolean-mask assignment on a 512 px panel.
+    palette = np.zeros((len(order) + 1, 3), np.uint8)
+    palette[:-1] = np.clip(tri_colour[order] * 255.0 + 0.5, 0, 255)
     canvas = image.copy()
-    covered = np.zeros(image.shape[:2], np.uint8) if alpha < 1.0 else None
-    # cv2 puts pixel centres at integer coordinates; ours are at +0.5.
-    # Skipped triangles may hold NaN: zero them so that the integer cast is clean.
-    safe = np.where(keep[:, None, None], tri_px, 0.0)
-    fixed = np.round((safe - 0.5) * (1 << _SHIFT)).astype(np.int32)
-    colour_255 = np.clip(tri_colour * 255.0 + 0.5, 0, 255).astype(np.int32)
-    # The loop is the painter's whole cost (~1 us of it per triangle is Python): gather polygons and
-    # colours in draw order first, as a list of arrays and plain tuples, so each call only draws.
-    polygons = list(fixed[order])
-    colours = list(map(tuple, colour_255[order].tolist()))
-    fill = cv2.fillConvexPoly
-    for polygon, colour in zip(polygons, colours):
-        fill(canvas, polygon, colour, cv2.LINE_8, _SHIFT)
-    if covered is not None:
-        for polygon in polygons:
-            fill(covered, polygon, 1, cv2.LINE_8, _SHIFT)
-    if covered is None:
+    _cv2().copyTo(np.take(palette, winner, axis=0), covered, canvas)
+    if alpha >= 1.0:
         return canvas
     mix = (alpha * covered)[..., None]
     return np.clip(image * (1 - mix) + canvas * mix + 0.5, 0, 255).astype(np.uint8)

@@ -29,9 +29,11 @@ PNG_PARAMS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 92]
 
 
-# The painter costs ~3 us per triangle, most of it the call itself, so the painted mesh is simplified:
-# BFM's 70k triangles to about this many, the bundled synthetic model's 5,995 to ~4,500. Side by side on
-# the example triplet at 512 px, 4,000 looks like 8,000 under the 60 % blend; 2,500 shows facets.
+# The painted mesh is simplified: BFM's 70k triangles to about this many, the bundled synthetic model's
+# 5,995 to ~4,500. Side by side on the example triplet at 512 px, 4,000 looks like 8,000 under the 60 %
+# blend; 2,500 shows facets. The vectorised painter's cost is mostly per pixel now, but its per-triangle
+# work still adds up: one 512 px panel of a BFM-sized mesh (73.7k triangles) takes 35 ms, simplified
+# 7 ms; the bundled model's 6.0 ms, simplified 5.2 ms (benchmarks/results/painter.json).
 OVERLAY_TRIANGLES = 4000
 
 

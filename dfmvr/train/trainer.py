@@ -81,6 +81,8 @@ class TrainConfig:
     keypoints: int = 0                   # > 0: a keypoint readout of that many landmarks per view
                                          # (dfmvr/models/keypoints.py), supervised with weights["keypoint_2d"]
     landmark_noise_px: float = 0.0       # detector-like error on the training landmarks (data.TripletDataset)
+    parser_labels: bool = False          # ignore the data's label maps: the frozen parser's labels drive the
+                                         # photo weight map and the mask loss, as on unlabelled photos
     init: str | None = None              # fine-tune: start from this checkpoint's weights (its card's
                                          # architecture), with a fresh optimizer, schedule and loss weights
     speed: str = "auto"                  # how forward/backward run (dfmvr/train/speed.py); "auto": the
@@ -167,6 +169,9 @@ class Trainer:
                 attach_parse_weights(model, config.parse_net)
         self.card = model.card = card
         if "parse_net" not in card.provenance or str(card.provenance["parse_net"]).startswith("untrained"):
+            if config.parser_labels:
+                raise InputError(self.dataset.folders[0], "--parser-labels asks for the parse net's labels, but it is untrained",
+                                 "pass --parse-net WEIGHTS (train one with --stage parse) or fine-tune with --init")
             if not bool(self.dataset[0]["has_labels"]):
                 raise InputError(self.dataset.folders[0], "the data has no label maps and the parse net is untrained",
                                  "pass --parse-net WEIGHTS (train one with --stage parse) or add labels.npz")
@@ -289,6 +294,8 @@ class Trainer:
                 "keypoints": c.keypoints}
         if c.landmark_noise_px > 0:
             prov["landmark_noise_px"] = c.landmark_noise_px
+        if c.parser_labels:
+            prov["labels"] = "the parse net's (the data's label maps ignored)"
         if weights.supervised > 0:
             prov["supervised_weight"] = weights.supervised   # not weak supervision alone: say so
         if weights.supervised_shape > 0:
@@ -316,6 +323,8 @@ class Trainer:
         """Dataset items -> the loss batch (see ``TrainingLoss.forward``)."""
         d = self.device
         has_lab = item["has_labels"].to(d)[:, None, None, None]
+        if self.cfg.parser_labels:      # weak supervision on labelled (synthetic) data: use none of the labels
+            has_lab = torch.zeros_like(has_lab)
         batch = {
             "photos": (item["images"].to(d) * self.card.input_std + self.card.input_mean).clamp(0, 1),
             # without annotated labels the frozen parser's own labels drive the weight map

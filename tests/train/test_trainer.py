@@ -315,3 +315,24 @@ def test_resume_on_grown_data_trains_on_it_and_the_card_says_so(synth4, tmp_path
     monkeypatch.chdir(synth4.parent)                     # the same folder, given as a relative path
     relative = Trainer(_config(synth4.name, out, epochs=2, resume=True, bn_recalibration=0))
     assert relative.card.provenance["data_changes"] == card.provenance["data_changes"]
+
+
+def test_parser_labels_ignore_the_data_label_maps(synth4, tmp_path):
+    """--parser-labels: the loss sees the parser's labels, not the exact ones synthetic data carries
+    (weak runs on synthetic data then use nothing a real photo lacks); an untrained parser is refused."""
+    from dfmvr.errors import InputError
+    from dfmvr.train.data import TripletDataset
+    from dfmvr.train.parse_stage import ParseConfig, train_parse_net
+
+    with pytest.raises(InputError, match="--parser-labels"):
+        Trainer(_config(synth4, tmp_path / "untrained", parser_labels=True))
+    parser = train_parse_net(ParseConfig(data=str(synth4), out=str(tmp_path / "p"), epochs=1, batch=3,
+                                         max_steps_per_epoch=1, progress=False))
+    item = {k: v[None] if torch.is_tensor(v) else v for k, v in TripletDataset(synth4)[0].items()}
+    assert bool(item["has_labels"]) and item["labels"].any()
+    predicted = torch.full_like(item["labels"], 3)               # stands for the parser's output
+    for ignore in (False, True):
+        trainer = Trainer(_config(synth4, tmp_path / f"run{ignore}", parse_net=str(parser), parser_labels=ignore))
+        labels = trainer._loss_batch(item, predicted)["labels"]
+        assert torch.equal(labels, predicted if ignore else item["labels"])
+        assert ("labels" in trainer.card.provenance) == ignore
