@@ -123,5 +123,11 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
             views = "  ".join(f"{v} {rot['per_view_median'][v]:.2f}" for v in rot["per_view_median"])
             click.echo(f"head pose, {label:<10} rotation median {rot['median']:.2f} deg ({views})  "
                        f"translation median {trans['median']:.1f} mm")
+            parts = pose[method].get("translation_breakdown")
+            if parts:
+                axis = parts["per_axis_median_mm"]
+                click.echo(f"  translation by axis: x {axis['x']:.1f}  y {axis['y']:.1f}  depth {axis['z']:.1f} mm; "
+                           f"depth with the face's size error divided out {parts['depth_size_corrected_median_mm']:.1f} mm "
+                           f"(a face drawn too big is placed too far)")
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(report, indent=2))

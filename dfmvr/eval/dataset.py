@@ -31,7 +31,7 @@ from ..face.geometry import face_shape
 from ..face.layout import COEFFS, VIEWS
 from ..face.meshio import MM_PER_MODEL_UNIT, read_landmarks, read_mesh
 from ..face.metrics import (SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_improvement, pose_errors,
-                            shape_r2, slot_prior, summarize)
+                            shape_r2, slot_prior, summarize, translation_breakdown)
 from ..face.model import MorphableModel
 
 __all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "OnnxPredictor", "evaluate_dataset", "METHODS"]
@@ -286,11 +286,15 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         out["coefficient_r2"] = {m: shape_r2(face_model, COEFFS.split(np.concatenate(c)), COEFFS.split(truth))
                                  for m, c in predicted.items()}
         truth_c = COEFFS.split(truth)
-        out["pose"] = {"model": pose_errors(COEFFS.split(np.concatenate(predicted["model"])), truth_c),
-                       "slot_prior": pose_errors(slot_prior(truth_c), truth_c)}
-        for m in ("refined", "refined_mean_face"):
+        pose = {}
+        for m in ("model", "refined", "refined_mean_face"):
             if m in predicted:
-                out["pose"][m] = pose_errors(COEFFS.split(np.concatenate(predicted[m])), truth_c)
+                pred_c = COEFFS.split(np.concatenate(predicted[m]))
+                pose[m] = pose_errors(pred_c, truth_c)
+                # the translation error is mostly depth, and depth mostly the face's size: say so
+                pose[m]["translation_breakdown"] = translation_breakdown(face_model, pred_c, truth_c,
+                                                                         float(card.camera["distance"]))
+        out["pose"] = {"model": pose.pop("model"), "slot_prior": pose_errors(slot_prior(truth_c), truth_c), **pose}
     return out
 
 

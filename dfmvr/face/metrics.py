@@ -35,7 +35,7 @@ from .model import MorphableModel
 __all__ = [
     "SEVEN_POINTS_IBUG", "NOSE_TIP_OF_SEVEN", "OUTER_EYE_CORNERS_OF_SEVEN", "closest_points_on_triangles",
     "MeshDistance", "crop_scan", "evaluate_reconstruction", "summarize", "paired_improvement", "shape_r2",
-    "rotation_error_deg", "slot_prior", "pose_errors",
+    "rotation_error_deg", "slot_prior", "pose_errors", "face_size", "translation_breakdown",
 ]
 
 SEVEN_POINTS_IBUG = (36, 39, 42, 45, 30, 48, 54)   # 0-based iBUG-68 ids, in this order
@@ -396,3 +396,35 @@ def pose_errors(predicted: Coefficients, truth: Coefficients) -> dict:
     return {name: {"median": float(np.median(e)), "mean": float(e.mean()),
                    "per_view_median": {v: float(np.median(e[:, i])) for i, v in enumerate(VIEWS)}}
             for name, e in errors.items()}
+
+
+def face_size(shapes: np.ndarray) -> np.ndarray:
+    """[N, V, 3] unposed shapes -> [N]: root mean square distance of the vertices from their centroid."""
+    centred = np.asarray(shapes, np.float64) - np.asarray(shapes, np.float64).mean(axis=1, keepdims=True)
+    return np.sqrt((centred ** 2).sum(-1).mean(-1))
+
+
+def translation_breakdown(face_model: MorphableModel, predicted: Coefficients, truth: Coefficients,
+                          distance: float) -> dict:
+    """Where the per-view translation error of [N, ...] coefficients lies, N >= 2 samples.
+
+    A photo shows a face's size over its distance: a face predicted (1 + s) times too big and put
+    (1 + s) times too far draws the same picture, up to the slight perspective at a metre. So beside
+    the median |error| per axis (mm; x right, y up, z towards the camera, which sits ``distance``
+    model units from the origin) this reports the spread of the predicted face's size error, its
+    correlation with the relative depth error, and the depth error left once the size error is
+    divided out (the depth the prediction implies for a face of the true size).
+    """
+    error_mm = (predicted.translation - truth.translation).astype(np.float64) * MM_PER_MODEL_UNIT   # [N, V, 3]
+    size_error = (face_size(face_shape(face_model, predicted.identity, predicted.expression))
+                  / face_size(face_shape(face_model, truth.identity, truth.expression)) - 1.0)      # [N]
+    depth_true = distance - truth.translation[..., 2].astype(np.float64)
+    depth_pred = distance - predicted.translation[..., 2].astype(np.float64)
+    relative = (depth_pred / depth_true - 1.0).mean(axis=1)
+    corrected_mm = (depth_pred / (1.0 + size_error[:, None]) - depth_true) * MM_PER_MODEL_UNIT
+    constant = np.std(size_error) == 0 or np.std(relative) == 0
+    return {"per_axis_median_mm": {axis: float(np.median(np.abs(error_mm[..., k]))) for k, axis in enumerate("xyz")},
+            "depth_mean_error_mm": float(-error_mm[..., 2].mean()),      # > 0: placed too far
+            "face_size_error_std": float(np.std(size_error)),
+            "size_error_vs_relative_depth_error_corr": None if constant else float(np.corrcoef(size_error, relative)[0, 1]),
+            "depth_size_corrected_median_mm": float(np.median(np.abs(corrected_mm)))}

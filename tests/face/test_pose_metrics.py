@@ -54,3 +54,43 @@ def test_translation_error_is_in_millimetres():
     moved = COEFFS.split(COEFFS.join(truth))
     moved.translation[:, :, 0] += 0.02                      # 0.02 dm = 2 mm
     assert pose_errors(moved, truth)["translation_mm"]["median"] == pytest.approx(2.0, rel=1e-4)
+
+
+def _scaling_face_model():
+    """A small synthetic model whose first identity component scales the whole face: identity
+    coefficient a makes it (1 + a) times the mean face's size, exactly."""
+    from dfmvr.face.synthetic import synthetic_face_model
+    model = synthetic_face_model(0, num_vertices=400)
+    model.id_basis[:, :, 0] = model.mean_shape
+    return model
+
+
+def _posed_truth(rng, n=12, distance=10.0):
+    truth = COEFFS.zeros(n)
+    truth.translation[...] = np.concatenate([rng.normal(0, 0.05, (n, 3, 2)), rng.normal(0, 0.5, (n, 3, 1))], -1)
+    return truth, distance
+
+
+def test_a_size_error_is_told_apart_from_a_depth_error():
+    from dfmvr.face.metrics import translation_breakdown
+    rng = np.random.default_rng(0)
+    model = _scaling_face_model()
+    truth, distance = _posed_truth(rng)
+    s = rng.normal(0, 0.03, truth.batch)                     # each face predicted (1 + s) times too big ...
+    big = COEFFS.split(COEFFS.join(truth).copy())
+    big.identity[:, 0] = s
+    big.translation[..., 2] = distance - (distance - truth.translation[..., 2]) * (1 + s)[:, None]   # ... and as far
+    out = translation_breakdown(model, big, truth, distance)
+    assert out["per_axis_median_mm"]["x"] == 0 and out["per_axis_median_mm"]["y"] == 0
+    assert out["per_axis_median_mm"]["z"] > 10                       # ~3 % of ~1 m
+    assert out["depth_size_corrected_median_mm"] < 1e-3
+    assert out["size_error_vs_relative_depth_error_corr"] == pytest.approx(1.0, abs=1e-6)
+    assert out["face_size_error_std"] == pytest.approx(s.std(), rel=1e-3)
+
+    near = COEFFS.split(COEFFS.join(truth).copy())                   # the right size, 20 mm nearer: a depth error
+    near.translation[..., 2] += 0.2
+    out = translation_breakdown(model, near, truth, distance)
+    assert out["per_axis_median_mm"]["z"] == pytest.approx(20.0, rel=1e-4)
+    assert out["depth_size_corrected_median_mm"] == pytest.approx(20.0, rel=1e-4)
+    assert out["depth_mean_error_mm"] == pytest.approx(-20.0, rel=1e-4)
+    assert out["size_error_vs_relative_depth_error_corr"] is None     # no size error to correlate
