@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
 
     candidates = {name: _painter(name) for name in ("vectorised", "opencv_fill")}
     report = {"benchmark": "overlay painter, one 512 px panel: vectorised coverage vs per-triangle OpenCV fill",
-              "command": "OMP_NUM_THREADS=1 python -m benchmarks.bench_painter " + " ".join(argv or []),
+              "command": "OMP_NUM_THREADS=1 python -m benchmarks.bench_painter "
+                         + " ".join(argv if argv is not None else sys.argv[1:]),
               "load_average_1min_before": round(os.getloadavg()[0], 2), "repeats": args.repeats,
               "environment": environment_stamp(1), "cases": {}}
     camera = Camera(image_size=PANEL, focal=Camera().focal * PANEL / 224)

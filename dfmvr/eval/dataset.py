@@ -293,7 +293,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
                 pose[m] = pose_errors(pred_c, truth_c)
                 # the translation error is mostly depth, and depth mostly the face's size: say so
                 pose[m]["translation_breakdown"] = translation_breakdown(face_model, pred_c, truth_c,
-                                                                         float(card.camera["distance"]))
+                                                                         card.camera_obj())
         out["pose"] = {"model": pose.pop("model"), "slot_prior": pose_errors(slot_prior(truth_c), truth_c), **pose}
     return out
 

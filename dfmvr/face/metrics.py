@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import InputError
 from .align import umeyama
+from .camera import Camera
 from .geometry import euler_from_matrix, face_shape, rotation_matrix
 from .layout import COEFFS, VIEWS, Coefficients
 from .meshio import MM_PER_MODEL_UNIT
@@ -405,21 +406,21 @@ def face_size(shapes: np.ndarray) -> np.ndarray:
 
 
 def translation_breakdown(face_model: MorphableModel, predicted: Coefficients, truth: Coefficients,
-                          distance: float) -> dict:
+                          camera: Camera) -> dict:
     """Where the per-view translation error of [N, ...] coefficients lies, N >= 2 samples.
 
     A photo shows a face's size over its distance: a face predicted (1 + s) times too big and put
     (1 + s) times too far draws the same picture, up to the slight perspective at a metre. So beside
-    the median |error| per axis (mm; x right, y up, z towards the camera, which sits ``distance``
-    model units from the origin) this reports the spread of the predicted face's size error, its
+    the median |error| per axis (mm; x right, y up, z towards the camera; depth is ``camera.distance``
+    - z, ``dfmvr.face.camera``) this reports the spread of the predicted face's size error, its
     correlation with the relative depth error, and the depth error left once the size error is
     divided out (the depth the prediction implies for a face of the true size).
     """
     error_mm = (predicted.translation - truth.translation).astype(np.float64) * MM_PER_MODEL_UNIT   # [N, V, 3]
     size_error = (face_size(face_shape(face_model, predicted.identity, predicted.expression))
                   / face_size(face_shape(face_model, truth.identity, truth.expression)) - 1.0)      # [N]
-    depth_true = distance - truth.translation[..., 2].astype(np.float64)
-    depth_pred = distance - predicted.translation[..., 2].astype(np.float64)
+    depth_true = camera.distance - truth.translation[..., 2].astype(np.float64)
+    depth_pred = camera.distance - predicted.translation[..., 2].astype(np.float64)
     relative = (depth_pred / depth_true - 1.0).mean(axis=1)
     corrected_mm = (depth_pred / (1.0 + size_error[:, None]) - depth_true) * MM_PER_MODEL_UNIT
     constant = np.std(size_error) == 0 or np.std(relative) == 0

@@ -65,22 +65,24 @@ def _scaling_face_model():
     return model
 
 
-def _posed_truth(rng, n=12, distance=10.0):
+def _posed_truth(rng, n=12):
+    from dfmvr.face.camera import Camera
     truth = COEFFS.zeros(n)
     truth.translation[...] = np.concatenate([rng.normal(0, 0.05, (n, 3, 2)), rng.normal(0, 0.5, (n, 3, 1))], -1)
-    return truth, distance
+    return truth, Camera()
 
 
 def test_a_size_error_is_told_apart_from_a_depth_error():
     from dfmvr.face.metrics import translation_breakdown
     rng = np.random.default_rng(0)
     model = _scaling_face_model()
-    truth, distance = _posed_truth(rng)
+    truth, camera = _posed_truth(rng)
+    distance = camera.distance
     s = rng.normal(0, 0.03, truth.batch)                     # each face predicted (1 + s) times too big ...
     big = COEFFS.split(COEFFS.join(truth).copy())
     big.identity[:, 0] = s
     big.translation[..., 2] = distance - (distance - truth.translation[..., 2]) * (1 + s)[:, None]   # ... and as far
-    out = translation_breakdown(model, big, truth, distance)
+    out = translation_breakdown(model, big, truth, camera)
     assert out["per_axis_median_mm"]["x"] == 0 and out["per_axis_median_mm"]["y"] == 0
     assert out["per_axis_median_mm"]["z"] > 10                       # ~3 % of ~1 m
     assert out["depth_size_corrected_median_mm"] < 1e-3
@@ -89,7 +91,7 @@ def test_a_size_error_is_told_apart_from_a_depth_error():
 
     near = COEFFS.split(COEFFS.join(truth).copy())                   # the right size, 20 mm nearer: a depth error
     near.translation[..., 2] += 0.2
-    out = translation_breakdown(model, near, truth, distance)
+    out = translation_breakdown(model, near, truth, camera)
     assert out["per_axis_median_mm"]["z"] == pytest.approx(20.0, rel=1e-4)
     assert out["depth_size_corrected_median_mm"] == pytest.approx(20.0, rel=1e-4)
     assert out["depth_mean_error_mm"] == pytest.approx(-20.0, rel=1e-4)
