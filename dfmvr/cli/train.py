@@ -106,7 +106,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--speed", default="auto", show_default=True,
               type=click.Choice(["auto", "eager", "channels_last", "compile", "bf16"]),
               help="How steps run on CPU (docs/training.md, 'Training speed'): auto picks the mode measured fastest "
-                   "that keeps the loss curve (eager on AVX2 CPUs); compile pays minutes of compilation first; "
+                   "that keeps the training result (eager, on AVX2 and AVX512-BF16 CPUs alike); compile pays minutes of compilation first; "
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,

@@ -11,9 +11,12 @@
 
 On CUDA the trainer always uses fp16 autocast (mixed precision), whatever the mode says about CPUs.
 
-``auto`` is the mode measured fastest on CPU without changing the loss curve
-(``benchmarks/bench_train.py``, ``benchmarks/results/train_throughput.json``); the card records the mode
-a run used (``provenance.speed_mode``).
+``auto`` is the mode measured fastest on CPU without changing the training result; the card records the
+mode a run used (``provenance.speed_mode``). It is eager on both CPUs measured (docs/training.md,
+"Training speed"): on an AVX2 CPU no mode wins clearly (``benchmarks/results/train_throughput.json``);
+on an AVX512-BF16 CPU bf16 is 1.2x faster per step but trains measurably worse at equal steps on two
+seeds (``train_throughput_avx512_bf16_*.json``, ``scratch_bf16_vs_eager.json``), and channels_last's
+1.1x there has not been checked against a training result yet.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ __all__ = ["SPEED_MODES", "AUTO_MODE", "cpu_has_native_bf16", "unsupported_reaso
            "prepare_model", "wrap_forward", "autocast_dtype"]
 
 SPEED_MODES = ("eager", "channels_last", "compile", "bf16")
-AUTO_MODE = "eager"       # what "auto" picks on CPU: set from the measurement (see the module docstring)
+AUTO_MODE = "eager"       # what "auto" picks on CPU, every CPU: set from the measurements (module docstring)
 
 
 def cpu_has_native_bf16() -> bool:
