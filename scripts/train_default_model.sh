@@ -7,8 +7,10 @@
 # data 4 min, parse net 6 min, main stage epochs 1-16 120 min (epochs 1-10 at one thread beside other
 # jobs, 1.4-4.2 s per step; epochs 11-16 at two threads, 1.1-1.3 s), 2,000 more triplets 4 min,
 # epochs 17-24 34 min (two threads, quiet machine: 0.95-1.15 s per step), export + evaluation 4 min:
-# 172 min as made. At the quiet machine's 1.0 s per step the 6,000 steps take 102 min, so a rerun
-# from scratch should take about 2 hours (estimated from those measured steps; not rerun end to end).
+# 172 min as made. Rerun end to end from scratch, unchanged (2026-12-04, another 2-core EPYC with
+# AVX-512, nothing else running but a 4-min test run at the start): 93.5 min: data 2.8, parse net
+# 4.7, main stage 84.9 (0.75-0.91 s per step), 2,000 more triplets 2.4, export + evaluation 1.1;
+# benchmarks/results/recipe_rerun_from_scratch.json, which also compares the result to the shipped one.
 # Every step resumes: rerun the script after an interruption (each part of the main
 # stage continues with --resume and leaves a marker when done).
 # The last step copies the weights, the ONNX graph and the face model into dfmvr/assets/default/ and
