@@ -90,9 +90,10 @@ _PATH = click.Path(path_type=Path)
                    "the whole map flattened, so the heads know where features are; see "
                    "dfmvr/models/heads.py).")
 @click.option("--keypoints", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Landmarks per view of a keypoint readout (68, or 0 = none, the official layout): the "
-                   "heads also read each view's soft-argmax keypoints (recorded in the card; see "
-                   "dfmvr/models/keypoints.py).")
+              help="Landmarks per view of a keypoint readout (68, or 0 = none, the official layout). "
+                   "Official design: the heads also read each view's soft-argmax keypoints "
+                   "(dfmvr/models/keypoints.py); 'lite': a training-only target of each view's encoder, "
+                   "not in the exported graph (dfmvr/models/lite.py). Recorded in the card.")
 @click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
 @click.option("--seed", default=0, show_default=True, type=int,

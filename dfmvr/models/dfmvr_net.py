@@ -65,6 +65,16 @@ class DFMVRNet(nn.Module):
     def parse_net(self) -> BiSeNet:
         return self.mask_model
 
+    @property
+    def last_keypoints(self) -> Tensor | None:
+        """[B, views, K, 2] px from the last forward pass, for the keypoint loss, or None: the official
+        design's keypoint readout (read by its heads) or the lite design's training target."""
+        for module in (self.rednet_fc, self.uuunet):
+            keypoints = getattr(module, "last_keypoints", None)
+            if keypoints is not None:
+                return keypoints
+        return None
+
     def train(self, mode: bool = True) -> "DFMVRNet":
         super().train(mode)
         self.mask_model.eval()   # always: frozen BN statistics, main output only

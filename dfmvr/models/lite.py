@@ -17,6 +17,14 @@ then shrinks 32x again. Here:
       -> 1x1 conv to ``readout_channels`` -> flattened (every position)   [B, 14*14*r, 1, 1]
       -> the official 1x1 heads (conv2_id, conv2_exp, ..., per-view pose)
 
+Auxiliary keypoints (architecture key ``unet.keypoints``, 0 = off, the demo's): in training only,
+each view's encoder map also predicts that view's 68 2D landmarks (``LiteKeypointHead``: heat maps on
+the 14 x 14 map, soft-argmax), supervised by ``gt.npz``'s landmarks (``dfmvr-train --keypoints 68
+--keypoint-weight W``). Why: expression is the network's weakest number, a ridge regression on the
+exact landmarks reaches 0.96 of it, and label maps localise the mouth poorly (docs/training.md,
+"Weighting expression up"); the target asks the encoders to say where the parts are. The heads do not
+read the keypoints, and in eval mode they are not computed, so the exported graph is unchanged.
+
 Module names: ``uuunet`` holds the encoders and gates (``enc_{v}``, ``att_{v}``), ``rednet_fc`` the
 regressor and the heads with the official head names, so the ONNX contract, the coefficient layout and
 the trainer are unchanged. Input size is fixed at 224 (the readout is position-specific).
@@ -34,7 +42,7 @@ from .heads import head_names
 from .rednet import Bottleneck
 from .unet import AttentionGate
 
-__all__ = ["LiteFusion", "LiteRegressor", "LiteEncoder", "LITE_INPUT_SIZE"]
+__all__ = ["LiteFusion", "LiteRegressor", "LiteEncoder", "LiteKeypointHead", "LITE_INPUT_SIZE"]
 
 LITE_INPUT_SIZE = 224
 POOL = 2                       # 224 -> 112 px before the encoders
@@ -58,13 +66,42 @@ class LiteEncoder(nn.Sequential):
         self.out_channels = cin
 
 
+class LiteKeypointHead(nn.Module):
+    """One view's encoder map [B, C, 14, 14] -> keypoints [B, K, 2] in input pixels (x right, y down).
+
+    Coordinate channels, because convolutions cannot otherwise tell where on the map they are (the
+    tiny's readout without them ended worse than each slot's mean landmarks: docs/training.md); a
+    dilated 3x3 for context; a soft-argmax over the 14 x 14 cells, whose expectation resolves
+    positions finer than a cell (16 px)."""
+
+    def __init__(self, in_channels: int, keypoints: int = 68, channels: int = 64,
+                 cell_px: float = float(POOL * ENCODER_STRIDE)):
+        super().__init__()
+        self.keypoints, self.cell_px = keypoints, cell_px
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels + 2, channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, keypoints, 1))
+
+    def forward(self, feature: Tensor) -> Tensor:
+        b, _, h, w = feature.shape
+        ys = torch.linspace(-1.0, 1.0, h, dtype=feature.dtype, device=feature.device)
+        xs = torch.linspace(-1.0, 1.0, w, dtype=feature.dtype, device=feature.device)
+        coords = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])[None].expand(b, 2, h, w)
+        heat = self.net(torch.cat([feature, coords], dim=1)).flatten(2).float()   # [B, K, h*w]
+        centres_x = (torch.arange(w, device=feature.device, dtype=heat.dtype) + 0.5) * self.cell_px
+        centres_y = (torch.arange(h, device=feature.device, dtype=heat.dtype) + 0.5) * self.cell_px
+        grid = torch.stack([centres_x.repeat(h), centres_y.repeat_interleave(w)], dim=1)   # [h*w, 2]
+        return heat.softmax(dim=-1) @ grid
+
+
 class LiteFusion(nn.Module):
     """Three views [B, 4, 224, 224] (RGB in [-1, 1] + label index) -> fused map [B, 3 * 4w, 14, 14]."""
 
     num_views = 3
     front = 1
 
-    def __init__(self, num_classes: int = 10, width: int = 32):
+    def __init__(self, num_classes: int = 10, width: int = 32, keypoints: int = 0):
         super().__init__()
         self.num_classes = num_classes
         for v in range(self.num_views):
@@ -73,7 +110,11 @@ class LiteFusion(nn.Module):
         for v in (0, 2):
             self.add_module(f"att_{v}", AttentionGate(c, c, c // 2))
         self.out_features = self.num_views * c
-
+        if keypoints:
+            for v in range(self.num_views):
+                self.add_module(f"kp_{v}", LiteKeypointHead(c, keypoints))
+        self.keypoints = keypoints
+        self.last_keypoints: Tensor | None = None   # [B, views, K, 2] px of the last training forward
     def view_input(self, x: Tensor) -> Tensor:
         """[B, 4, H, W] -> [B, 3 + classes, H/2, W/2]: RGB averaged 2x2, labels as class fractions.
         One-hot by comparison (Equal + Cast in ONNX): the label index is a category, not a quantity."""
@@ -83,6 +124,9 @@ class LiteFusion(nn.Module):
 
     def forward(self, x0: Tensor, x1: Tensor, x2: Tensor) -> Tensor:
         feats = [getattr(self, f"enc_{v}")(self.view_input(x)) for v, x in enumerate((x0, x1, x2))]
+        self.last_keypoints = None
+        if self.keypoints and self.training:      # a training target only: not in eval or export
+            self.last_keypoints = torch.stack([getattr(self, f"kp_{v}")(f) for v, f in enumerate(feats)], dim=1)
         front = feats[self.front]
         gated = [front if v == self.front else getattr(self, f"att_{v}")(front, f) for v, f in enumerate(feats)]
         return torch.cat(gated, dim=1)
@@ -102,7 +146,6 @@ class LiteRegressor(nn.Module):
         self.head_order = [name for name, _ in head_names(layout)]
         for name, width in head_names(layout):
             self.add_module(name, nn.Conv2d(head_inputs, width, 1))
-        self.last_keypoints = None   # the trainer's keypoint loss reads this; the lite design has none
 
     def forward(self, fused: Tensor) -> Tensor:
         if tuple(fused.shape[2:]) != (MAP_SIZE, MAP_SIZE):

@@ -14,9 +14,11 @@ On CUDA the trainer always uses fp16 autocast (mixed precision), whatever the mo
 ``auto`` is the mode measured fastest on CPU without changing the training result; the card records the
 mode a run used (``provenance.speed_mode``). It is eager on both CPUs measured (docs/training.md,
 "Training speed"): on an AVX2 CPU no mode wins clearly (``benchmarks/results/train_throughput.json``);
-on an AVX512-BF16 CPU bf16 is 1.2x faster per step but trains measurably worse at equal steps on two
-seeds (``train_throughput_avx512_bf16_*.json``, ``scratch_bf16_vs_eager.json``), and channels_last's
-1.1x there has not been checked against a training result yet.
+on an AVX512-BF16 CPU bf16 is 1.2x faster per step but its rotation and identity end worse at equal
+steps on two seeds (``train_throughput_avx512_bf16_*.json``, ``scratch_bf16_vs_eager.json``), and
+channels_last (1.1x there, the same arithmetic) ends better on one seed and worse on the other by as
+much as a change of seed (``scratch_channels_last_vs_eager.json``): rounding noise at 600 steps is
+too large for two seeds to show that a mode trains the same, so no mode has earned the default.
 """
 
 from __future__ import annotations

@@ -151,15 +151,19 @@ class Trainer:
                                      f"got {config.per_sample_norm!r}")
                 value = NORM_CHOICES[config.per_sample_norm]
                 card.architecture = {**card.architecture, TRAINING_NORM_KEY: value, INFERENCE_NORM_KEY: value}
-            if card.architecture.get("design") == "lite" and (config.pool or config.keypoints):
-                raise ValueError("--pool and --keypoints apply to the official design's RedNet regressor; "
+            lite = card.architecture.get("design") == "lite"
+            if lite and config.pool:
+                raise ValueError("--pool applies to the official design's RedNet regressor; "
                                  "the 'lite' variant always reads its map spatially (dfmvr/models/lite.py)")
             if config.pool:   # see dfmvr/models/heads.py for why
                 if config.pool not in POOLING:
                     raise ValueError(f"pool must be one of {POOLING} or None, got {config.pool!r}")
                 card.architecture = {**card.architecture,
                                      "rednet": {**card.architecture["rednet"], "pool": config.pool}}
-            if config.keypoints:   # see dfmvr/models/keypoints.py for why
+            if config.keypoints and lite:   # a training target of the encoders: dfmvr/models/lite.py
+                card.architecture = {**card.architecture,
+                                     "unet": {**card.architecture["unet"], "keypoints": int(config.keypoints)}}
+            elif config.keypoints:   # see dfmvr/models/keypoints.py for why
                 card.architecture = {**card.architecture,
                                      "rednet": {**card.architecture["rednet"], "keypoints": int(config.keypoints)}}
             card.provenance = self._provenance(weights, fm_source)
@@ -366,7 +370,7 @@ class Trainer:
         batch = self._loss_batch(item, labels_pred)
         progress = self.step / max(self.total_steps, 1)
         total, terms = self.loss(coeffs.float(), batch, view_mask, progress)
-        keypoints = self.model.rednet_fc.last_keypoints
+        keypoints = self.model.last_keypoints
         if keypoints is not None and self.loss.weights.keypoint_2d > 0:
             terms["keypoint_2d"] = keypoint_loss(keypoints.float(), batch["landmarks"],
                                                  view_mask & item["has_landmarks"].to(self.device)[:, None])

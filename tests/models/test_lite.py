@@ -8,8 +8,8 @@ import torch
 from dfmvr.face.layout import COEFFS
 from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
 from dfmvr.models.heads import head_names
-from dfmvr.models.lite import LiteFusion, LiteRegressor
-from dfmvr.models.variants import build_model
+from dfmvr.models.lite import LiteFusion, LiteKeypointHead, LiteRegressor
+from dfmvr.models.variants import build_model, make_card
 from tests.models.conftest import assert_export_parity
 
 
@@ -62,7 +62,7 @@ def test_side_views_reach_the_coefficients():
         assert (model(x)[0] - model(y)[0]).abs().max() > 1e-5
 
 
-def test_pool_and_keypoint_options_are_refused_for_lite(tmp_path, synth4):
+def test_pool_option_is_refused_for_lite(tmp_path, synth4):
     from dfmvr.train.trainer import TrainConfig, Trainer
 
     with pytest.raises(ValueError, match="'lite' variant"):
@@ -90,6 +90,70 @@ def test_lite_trains_with_the_pose_term_and_records_it(tmp_path, synth4):
     assert card.architecture["design"] == "lite" and card.provenance["supervised_pose_weight"] == 1.0
 
 
+def _lite_with_keypoints():
+    card = make_card("lite")
+    card.architecture["unet"]["keypoints"] = 68
+    return build_model(card)
+
+
+def test_keypoint_head_reads_a_peak_as_that_cells_centre_in_input_pixels():
+    """Soft-argmax over the 14 x 14 map: a dominant logit at row 3, column 10 puts the keypoint at the
+    centre of that cell in 224-px input pixels, (10.5, 3.5) x 16; a flat map puts it at the centre."""
+    head = LiteKeypointHead(in_channels=4, keypoints=2)
+
+    class Peak(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 2, 14, 14)
+            logits[:, 0, 3, 10] = 50.0
+            return logits
+    head.net = Peak()
+    kp = head(torch.zeros(1, 4, 14, 14))
+    torch.testing.assert_close(kp[0, 0], torch.tensor([10.5 * 16, 3.5 * 16]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(kp[0, 1], torch.tensor([112.0, 112.0]), atol=1e-3, rtol=0)
+
+
+def test_lite_keypoints_are_a_training_target_only():
+    """Training forward: keypoints [B, 3, 68, 2] for the loss. Eval forward (what is exported): none, and
+    the coefficients are those of the same weights without the keypoint heads."""
+    torch.manual_seed(0)
+    model = _lite_with_keypoints()
+    x = torch.rand(2, 3, 3, 224, 224) * 2 - 1
+    model.train()
+    model(x)
+    assert model.last_keypoints.shape == (2, 3, 68, 2)
+    plain = build_model("lite").eval()
+    state = {k: v for k, v in model.state_dict().items() if ".kp_" not in k}
+    assert set(state) == set(plain.state_dict())
+    plain.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        got, want = model(x)[0], plain(x)[0]
+    assert model.last_keypoints is None
+    torch.testing.assert_close(got, want)
+
+
+def test_lite_trains_its_keypoint_target_and_records_it(tmp_path, synth4):
+    """The real trainer: with --keypoints 68 on lite the keypoint loss (px^2 to gt.npz's landmarks) is
+    in the step's terms and falls on a fixed batch; the card keeps the head in the 'unet' architecture."""
+    from dfmvr.train.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    # 50 planned epochs of one step: the cosine schedule stays near 1e-3 for the 11 steps taken
+    cfg = TrainConfig(data=str(synth4), out=str(tmp_path / "run"), variant="lite", epochs=50, batch=2,
+                      max_steps_per_epoch=1, progress=False, augment=False, view_dropout=False, lr=1e-3,
+                      seed=5, keypoints=68)
+    cfg.weights["keypoint_2d"] = 1.0
+    trainer = Trainer(cfg)
+    item = next(iter(trainer._loader(0)))
+    first = trainer.train_step(item, 0, 0)
+    assert first["keypoint_2d"] > 100.0                  # px^2: the untrained heads point near the centre
+    for _ in range(10):
+        last = trainer.train_step(item, 0, 1)
+    assert last["keypoint_2d"] < 0.5 * first["keypoint_2d"]   # measured: 2723 -> 957
+    assert trainer.card.architecture["unet"]["keypoints"] == 68
+    assert "keypoints" not in trainer.card.architecture["rednet"]
+
+
 @pytest.mark.slow      # a full export (~30 s)
 def test_lite_checkpoint_round_trip_and_export_parity(tmp_path):
     """A lite checkpoint reloads into the same network, and the real export's parity gate (ONNX Runtime
@@ -97,6 +161,20 @@ def test_lite_checkpoint_round_trip_and_export_parity(tmp_path):
     torch.manual_seed(0)
     model = build_model("lite").eval()
     path = save_checkpoint(tmp_path / "lite.safetensors", model, model.card)
+    _check_round_trip_and_export(model, path, tmp_path)
+
+
+@pytest.mark.slow      # a full export (~30 s)
+def test_lite_with_keypoint_heads_exports_with_parity(tmp_path):
+    """The training-only keypoint heads are saved and reloaded, and the export (eval mode) passes the
+    same parity gate."""
+    torch.manual_seed(0)
+    model = _lite_with_keypoints().eval()
+    path = save_checkpoint(tmp_path / "lite_kp.safetensors", model, model.card)
+    _check_round_trip_and_export(model, path, tmp_path)
+
+
+def _check_round_trip_and_export(model, path, tmp_path):
     loaded, card, _ = load_checkpoint(path, load_train_state=False)
     assert card.architecture["design"] == "lite"
     x = torch.randn(1, 3, 3, 224, 224).clamp(-1, 1)
