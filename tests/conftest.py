@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 # The official checkpoint's key -> shape -> dtype list (a copy of ../shared/data/, so that no test
 # needs ../shared beside the checkout).
 OFFICIAL_KEYS_TSV = REPO / "tests" / "data" / "official_dfmvr_state_dict.tsv"
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are run as files, not installed as a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # Prepended to a child interpreter's code: any attempt to import torch raises ImportError.
 BLOCK_TORCH = textwrap.dedent(

@@ -85,6 +85,13 @@ class DFMVRNet(nn.Module):
 
         Returns (coefficients [B, COEFFS.size] float32 in COEFFS order, labels [B, 3, H, W] int64).
         """
+        x, labels = self.view_inputs(images)
+        feature = self.uuunet(x[:, 0], x[:, 1], x[:, 2])
+        coefficients = self.rednet_fc(feature)
+        return coefficients, labels
+
+    def view_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """images [B, 3, 3, H, W] -> (what the fusion reads [B, 3, 4, H, W]: RGB + label index, labels)."""
         if images.dim() != 5 or images.shape[1] != NUM_VIEWS or images.shape[2] != 3:
             raise ValueError(f"images must be [B, {NUM_VIEWS}, 3, H, W] (use pack_views for fewer views), "
                              f"got {tuple(images.shape)}")
@@ -94,10 +101,7 @@ class DFMVRNet(nn.Module):
         labels = logits.detach().max(dim=1).indices.reshape(b, v, h, w)
         present = images.detach().flatten(2).abs().amax(dim=2) > 0          # [B, V] bool
         labels = labels * present[:, :, None, None].to(labels.dtype)
-        x = torch.cat([images, labels.unsqueeze(2).to(images.dtype)], dim=2)  # [B, V, 4, H, W]
-        feature = self.uuunet(x[:, 0], x[:, 1], x[:, 2])
-        coefficients = self.rednet_fc(feature)
-        return coefficients, labels
+        return torch.cat([images, labels.unsqueeze(2).to(images.dtype)], dim=2), labels
 
     def split(self, coefficients: Tensor):
         """Flat [B, 269] -> ``Coefficients`` of torch tensors (through the card's layout)."""

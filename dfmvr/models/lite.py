@@ -122,11 +122,21 @@ class LiteFusion(nn.Module):
         one_hot = (x[:, 3:4] == classes).to(x.dtype)
         return F.avg_pool2d(torch.cat([x[:, :3], one_hot], dim=1), POOL)
 
+    def encode(self, x0: Tensor, x1: Tensor, x2: Tensor) -> list[Tensor]:
+        """Each view's encoder map [B, 4w, 14, 14], in view order."""
+        return [getattr(self, f"enc_{v}")(self.view_input(x)) for v, x in enumerate((x0, x1, x2))]
+
+    def keypoints_of(self, feats: list[Tensor]) -> Tensor:
+        """Encoder maps -> keypoints [B, views, K, 2] px (needs the architecture's ``keypoints``)."""
+        if not self.keypoints:
+            raise ValueError("this network has no keypoint heads (architecture unet.keypoints = 0)")
+        return torch.stack([getattr(self, f"kp_{v}")(f) for v, f in enumerate(feats)], dim=1)
+
     def forward(self, x0: Tensor, x1: Tensor, x2: Tensor) -> Tensor:
-        feats = [getattr(self, f"enc_{v}")(self.view_input(x)) for v, x in enumerate((x0, x1, x2))]
+        feats = self.encode(x0, x1, x2)
         self.last_keypoints = None
         if self.keypoints and self.training:      # a training target only: not in eval or export
-            self.last_keypoints = torch.stack([getattr(self, f"kp_{v}")(f) for v, f in enumerate(feats)], dim=1)
+            self.last_keypoints = self.keypoints_of(feats)
         front = feats[self.front]
         gated = [front if v == self.front else getattr(self, f"att_{v}")(front, f) for v, f in enumerate(feats)]
         return torch.cat(gated, dim=1)

@@ -3,22 +3,17 @@ scores; the decoded-data cache is written once and reused."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("identity_learning_probe",
-                                                  REPO / "scripts" / "identity_learning_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("identity_learning_probe")
 
 
 @pytest.mark.parametrize("kind,sees_where", [("flatten", True), ("points", True), ("gap", False)])

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from dfmvr.face.layout import COEFFS
 from dfmvr.face.synthetic import default_face_model
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("identity_observability", REPO / "scripts" / "identity_observability.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("identity_observability")
 
 
 def _truth(rng, sizes=(300, 40, 60)) -> dict:

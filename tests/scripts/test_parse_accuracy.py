@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from dfmvr.face.layout import NUM_PARSE_CLASSES
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("parse_accuracy", REPO / "scripts" / "parse_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("parse_accuracy")
 
 
 def test_confusion_counts_true_rows_against_predicted_columns():
