@@ -17,8 +17,8 @@ then shrinks 32x again. Here:
       -> 1x1 conv to ``readout_channels`` -> flattened (every position)   [B, 14*14*r, 1, 1]
       -> the official 1x1 heads (conv2_id, conv2_exp, ..., per-view pose)
 
-Auxiliary keypoints (architecture key ``unet.keypoints``, 0 = off, the demo's): in training only,
-each view's encoder map also predicts that view's 68 2D landmarks (``LiteKeypointHead``: heat maps on
+Auxiliary keypoints (architecture key ``unet.keypoints``: 0 = off; the bundled demo trained with 68):
+in training only, each view's encoder map also predicts that view's 68 2D landmarks (``LiteKeypointHead``: heat maps on
 the 14 x 14 map, soft-argmax), supervised by ``gt.npz``'s landmarks (``dfmvr-train --keypoints 68
 --keypoint-weight W``). Why: expression is the network's weakest number, a ridge regression on the
 exact landmarks reaches 0.96 of it, and label maps localise the mouth poorly (docs/training.md,
@@ -115,6 +115,7 @@ class LiteFusion(nn.Module):
                 self.add_module(f"kp_{v}", LiteKeypointHead(c, keypoints))
         self.keypoints = keypoints
         self.last_keypoints: Tensor | None = None   # [B, views, K, 2] px of the last training forward
+
     def view_input(self, x: Tensor) -> Tensor:
         """[B, 4, H, W] -> [B, 3 + classes, H/2, W/2]: RGB averaged 2x2, labels as class fractions.
         One-hot by comparison (Equal + Cast in ONNX): the label index is a category, not a quantity."""

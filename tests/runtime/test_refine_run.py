@@ -25,12 +25,14 @@ def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
     from dfmvr.cli import run_entry
 
     with pytest.raises(SystemExit) as exc:
-        run_entry([str(EXAMPLE), "--aligned", "--refine", "3", "--out", str(tmp_path / "out"),
+        # 10 steps, not fewer: from the demo's start the first Adam steps overshoot (measured on this
+        # triplet with the demo of 2026-12-04: weak loss 2.11 -> 2.88 after 3 steps, 1.05 after 10)
+        run_entry([str(EXAMPLE), "--aligned", "--refine", "10", "--out", str(tmp_path / "out"),
                    "--format", "json,npz", "--threads", "1", "--quiet"])
     assert exc.value.code == 0, capsys.readouterr().err[-2000:]
     doc = json.loads((tmp_path / "out" / "triplet" / "result.json").read_text())
     r = doc["refine"]
-    assert r["steps"] == 3 and r["device"] == "cpu" and r["seconds"] > 0
+    assert r["steps"] == 10 and r["device"] == "cpu" and r["seconds"] > 0
     assert r["loss_after"] < r["loss_before"]
     assert len(r["coefficients"]) == len(r["network_coefficients"]) == COEFFS.size
     assert r["coefficients"] != r["network_coefficients"]
