@@ -29,7 +29,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KeypointReadout"]
+__all__ = ["KeypointReadout", "with_coordinates", "soft_argmax"]
+
+
+def with_coordinates(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C + 2, H, W]: x and y in [-1, 1] appended (convolutions cannot otherwise
+    tell where on the map they are)."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
+    xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
+    coords = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])[None].expand(b, 2, h, w)
+    return torch.cat([x, coords], dim=1)
+
+
+def soft_argmax(heat: Tensor, cell_px: float) -> Tensor:
+    """Logits [B, N, h, w] -> expected positions [B, N, 2] (x, y) in pixels, cell j spanning
+    [j, j + 1) x cell_px (so a dominant cell reads as its centre)."""
+    b, n, h, w = heat.shape
+    prob = heat.reshape(b, n, h * w).softmax(dim=-1)
+    ys = (torch.arange(h, dtype=prob.dtype, device=prob.device) + 0.5) * cell_px
+    xs = (torch.arange(w, dtype=prob.dtype, device=prob.device) + 0.5) * cell_px
+    grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=1)  # [h*w, 2] (x, y) per cell
+    return prob @ grid
 
 
 class KeypointReadout(nn.Module):
@@ -57,21 +78,11 @@ class KeypointReadout(nn.Module):
 
     def heatmaps(self, feature: Tensor) -> Tensor:
         """[B, C, H, W] -> logits [B, V*K, H / stride, W / stride]."""
-        x = self.pool(feature)
-        b, _, h, w = x.shape
-        ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device)
-        xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device)
-        coords = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])[None].expand(b, 2, h, w)
-        return self.net(torch.cat([x, coords], dim=1))
+        return self.net(with_coordinates(self.pool(feature)))
 
     def forward(self, feature: Tensor) -> Tensor:
-        heat = self.heatmaps(feature)                                      # [B, V*K, h, w]
-        b, _, h, w = heat.shape
-        prob = heat.reshape(b, self.views * self.keypoints, h * w).softmax(dim=-1)
-        ys = (torch.arange(h, dtype=prob.dtype, device=prob.device) + 0.5) * self.stride
-        xs = (torch.arange(w, dtype=prob.dtype, device=prob.device) + 0.5) * self.stride
-        grid = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], dim=1)  # [h*w, 2] (x, y) per cell
-        return (prob @ grid).reshape(b, self.views, self.keypoints, 2)
+        points = soft_argmax(self.heatmaps(feature), self.stride)         # [B, V*K, 2]
+        return points.reshape(points.shape[0], self.views, self.keypoints, 2)
 
     def as_head_input(self, keypoints: Tensor, image_size: int) -> Tensor:
         """keypoints [B, V, K, 2] px -> [B, V*K*2, 1, 1]: centred on the image, in units of

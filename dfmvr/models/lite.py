@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from dfmvr.face.layout import COEFFS, CoefficientLayout
 
 from .heads import head_names
+from .keypoints import soft_argmax, with_coordinates
 from .rednet import Bottleneck
 from .unet import AttentionGate
 
@@ -84,15 +85,7 @@ class LiteKeypointHead(nn.Module):
             nn.Conv2d(channels, keypoints, 1))
 
     def forward(self, feature: Tensor) -> Tensor:
-        b, _, h, w = feature.shape
-        ys = torch.linspace(-1.0, 1.0, h, dtype=feature.dtype, device=feature.device)
-        xs = torch.linspace(-1.0, 1.0, w, dtype=feature.dtype, device=feature.device)
-        coords = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])[None].expand(b, 2, h, w)
-        heat = self.net(torch.cat([feature, coords], dim=1)).flatten(2).float()   # [B, K, h*w]
-        centres_x = (torch.arange(w, device=feature.device, dtype=heat.dtype) + 0.5) * self.cell_px
-        centres_y = (torch.arange(h, device=feature.device, dtype=heat.dtype) + 0.5) * self.cell_px
-        grid = torch.stack([centres_x.repeat(h), centres_y.repeat_interleave(w)], dim=1)   # [h*w, 2]
-        return heat.softmax(dim=-1) @ grid
+        return soft_argmax(self.net(with_coordinates(feature)).float(), self.cell_px)
 
 
 class LiteFusion(nn.Module):

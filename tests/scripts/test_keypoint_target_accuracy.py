@@ -23,8 +23,8 @@ def test_report_scores_squared_pixel_distance_against_the_slot_prior():
     assert got["keypoint_px2"] == pytest.approx(4.5) and got["slot_prior_px2"] == pytest.approx(1.0)
 
 
-def test_a_trained_keypoint_checkpoint_is_scored_on_real_triplets(synth4, tmp_path):
-    """End to end on real files: a lite checkpoint with keypoint heads, saved and scored on the four
+def test_a_keypoint_checkpoint_is_scored_on_real_triplets(synth4, tmp_path):
+    """End to end on real files: a lite checkpoint with (untrained) keypoint heads, saved and scored on the four
     shared triplets; an untrained head points near the image centre, far from the landmarks."""
     pytest.importorskip("torch")
     from dfmvr.models.checkpoint import save_checkpoint
