@@ -74,8 +74,19 @@ if [ ! -f "$WORK/runs/lite/epochs-24.done" ]; then
   touch "$WORK/runs/lite/epochs-24.done"
 fi
 
+# 3c. refit the identity, expression and rotation heads in closed form: ridge regression from what the
+#    heads read to the true coefficients, on the training triplets and on as many new ones (data is
+#    free; the new faces' features are what held-out ones look like), the strength chosen on the
+#    selection set (dfmvr/train/head_refit.py; docs/training.md, "Refitting the heads"). Only the
+#    heads change; the graph keeps its shape.
+if [ ! -f "$WORK/runs/heads/checkpoint.safetensors" ]; then
+  dfmvr data synth --out "$WORK/data/train" --triplets 16000 --seed 0 --workers 2
+  dfmvr-train --stage heads --init "$WORK/runs/lite/checkpoint.safetensors" --data "$WORK/data/train" \
+      --val "$WORK/data/select" --out "$WORK/runs/heads" --quiet
+fi
+
 # 4. ship in float16 storage (float32 compute), export (fails if ONNX Runtime and PyTorch disagree), evaluate on the held-out set, install
-dfmvr convert half "$WORK/runs/lite/checkpoint.safetensors" --out "$WORK/model.safetensors"
+dfmvr convert half "$WORK/runs/heads/checkpoint.safetensors" --out "$WORK/model.safetensors"
 dfmvr-export "$WORK/model.safetensors" --out "$WORK/export" --compact
 dfmvr eval --checkpoint "$WORK/model.safetensors" --data "$WORK/data/val" --json "$WORK/eval.json"
 dfmvr eval --onnx "$WORK/export/model.onnx" --data "$WORK/data/val" --json "$WORK/eval.onnx.json"

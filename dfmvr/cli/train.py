@@ -1,4 +1,5 @@
-"""``dfmvr train`` / ``dfmvr-train``: train DF-MVR (main stage) or its parse net (``--stage parse``).
+"""``dfmvr train`` / ``dfmvr-train``: train DF-MVR (main stage), its parse net (``--stage parse``), or
+refit a trained network's coefficient heads in closed form (``--stage heads``, dfmvr/train/head_refit.py).
 
 Multi-process: ``torchrun --nproc_per_node N -m dfmvr.cli.train ...`` (or ``torchrun $(which
 dfmvr-train) ...``); each process then uses ``--batch`` triplets per step.
@@ -27,8 +28,10 @@ _PATH = click.Path(path_type=Path)
               help="Network: 'paper' (the published DF-MVR), 'tiny' (its topology cut down, for tests) or "
                    "'lite' (DF-MVR's structure at 112 px with a spatial readout: learns on a CPU; the bundled "
                    "model's). Default: tiny, or with --init the checkpoint's.")
-@click.option("--stage", default="main", show_default=True, type=click.Choice(["main", "parse"]),
-              help="main: the reconstruction network; parse: the BiSeNet parser on label maps.")
+@click.option("--stage", default="main", show_default=True, type=click.Choice(["main", "parse", "heads"]),
+              help="main: the reconstruction network; parse: the BiSeNet parser on label maps; heads: refit "
+                   "the --init network's identity, expression and rotation heads by ridge regression on DATA "
+                   "(synthetic, with gt.npz), strength chosen on --val; everything else unchanged.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="Passes over DATA; the learning-rate schedule spans them all.")
 @batch_size_option(4, per="per training step, in each process")
@@ -117,6 +120,19 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     require("torch", "train", "Training")
     if stage == "parse" and init:
         raise click.UsageError("--init fine-tunes the main stage; the parse stage starts from scratch")
+    if stage == "heads":
+        if not init or not val:
+            raise click.UsageError("--stage heads refits a trained network: give it --init CHECKPOINT and "
+                                   "--val SELECTION_TRIPLETS (the ridge strength is chosen there)")
+        from ..train.head_refit import run_head_refit
+
+        path, report = run_head_refit(init, data, val, out, face_model_path=face_model,
+                                      progress=(lambda _: None) if quiet else click.echo)
+        for group, r in report["groups"].items():
+            click.echo(f"{group}: selection set {r['select_before']} -> {r['select_after']} "
+                       f"({'refit, strength ' + format(r['strength'], 'g') if r['refit'] else 'kept'})")
+        click.echo(f"{path} ({report['seconds']} s)")
+        return
     if stage == "parse":
         from ..train.parse_stage import ParseConfig, train_parse_net
 

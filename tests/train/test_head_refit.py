@@ -1,0 +1,111 @@
+"""The closed-form head refit (dfmvr/train/head_refit.py, ``dfmvr-train --stage heads``)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dfmvr.face.model import MorphableModel
+from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
+from dfmvr.models.variants import build_model, make_card
+from dfmvr.train.data import TripletDataset
+from dfmvr.train.head_refit import _group_columns, head_features, refit_heads, ridge_fit
+
+
+def test_ridge_fit_recovers_a_linear_map_on_raw_inputs():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(500, 12)) * rng.uniform(0.01, 50, size=12) + rng.normal(size=12) * 10
+    inputs[:, 3] = 7.0                                     # a constant input: must get weight 0, not nan
+    true_weight, true_bias = rng.normal(size=(5, 12)), rng.normal(size=5)
+    true_weight[:, 3] = 0
+    targets = inputs @ true_weight.T + true_bias + rng.normal(scale=1e-3, size=(500, 5))
+    weight, bias = ridge_fit(inputs, targets, strength=1e-6)
+    np.testing.assert_allclose(weight, true_weight, atol=1e-3)
+    np.testing.assert_allclose(bias, true_bias, atol=1e-2)
+    assert np.all(weight[:, 3] == 0)
+    shrunk, _ = ridge_fit(inputs, targets, strength=1e4)      # a strong penalty shrinks the map
+    assert np.abs(shrunk).sum() < 0.5 * np.abs(weight).sum()
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(synth4, tmp_path_factory, one_torch_thread):
+    torch.manual_seed(0)
+    face_model = MorphableModel.load(synth4 / "face_model.npz")
+    model = build_model(make_card("lite", face_model=face_model.identity())).eval()
+    path = tmp_path_factory.mktemp("refit") / "lite.safetensors"
+    save_checkpoint(path, model, model.card)
+    return path
+
+
+def test_refit_installs_the_ridge_map_in_the_network(synth4, lite_checkpoint):
+    """The refit heads compute what the ridge predicted (the standardisation folded into the convs);
+    groups not asked for keep their weights; a group refit only when the selection set improves."""
+    model, _, _ = load_checkpoint(lite_checkpoint, load_train_state=False)
+    face_model = MorphableModel.load(synth4 / "face_model.npz")
+    features = head_features(model, TripletDataset(synth4))
+    before = {k: v.clone() for k, v in model.rednet_fc.state_dict().items()}
+    report = refit_heads(model, features, features, face_model, groups=("identity", "rotation"))
+    assert report["identity"]["refit"] and report["rotation"]["refit"]    # in-sample: ridge beats random heads
+    assert report["identity"]["select_after"] > report["identity"]["select_before"]
+    after = head_features(model, TripletDataset(synth4))
+    columns = _group_columns(model.card.layout_obj())
+    for group in ("identity", "rotation"):
+        weight, bias = ridge_fit(features.inputs, features.coefficients[:, columns[group]], report[group]["strength"])
+        np.testing.assert_allclose(after.predicted[:, columns[group]], features.inputs @ weight.T + bias,
+                                   rtol=1e-4, atol=1e-4)
+    state = model.rednet_fc.state_dict()
+    changed = {k for k in state if not torch.equal(state[k], before[k])}
+    assert changed == {f"{name}.{p}" for name in ("conv2_id", "conv2_rotate_lt", "conv2_rotate_ft", "conv2_rotate_rt")
+                       for p in ("weight", "bias")}
+    np.testing.assert_allclose(after.inputs, features.inputs, rtol=1e-5, atol=1e-5)   # nothing before the heads moved
+
+
+def test_stage_heads_cli_writes_a_refit_checkpoint(synth4, lite_checkpoint, tmp_path):
+    from dfmvr.cli.train import command
+
+    out = tmp_path / "heads"
+    result = CliRunner().invoke(command, ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(synth4),
+                                          "--val", str(synth4), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "identity: selection set" in result.output
+    report = json.loads((out / "heads.json").read_text())
+    assert set(report["groups"]) == {"identity", "expression", "rotation"}
+    assert report["triplets"] == 4 and report["rows"] == 6          # all views, then 2 of 4 with views missing
+    model, card, _ = load_checkpoint(out / "checkpoint.safetensors", load_train_state=False)
+    assert card.provenance["head_refit"]["groups"] == report["groups"]
+    original, _, _ = load_checkpoint(lite_checkpoint, load_train_state=False)
+    assert not torch.equal(model.rednet_fc.conv2_id.weight, original.rednet_fc.conv2_id.weight)
+    assert torch.equal(model.uuunet.enc_0[0].weight, original.uuunet.enc_0[0].weight)
+
+
+def test_stage_heads_needs_a_network_and_a_selection_set(synth4, tmp_path):
+    from dfmvr.cli.train import command
+
+    result = CliRunner().invoke(command, ["--stage", "heads", "--data", str(synth4), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "--init" in result.output and "--val" in result.output
+
+
+def test_training_mix_adds_missing_view_rows(synth4, lite_checkpoint):
+    """All views for every triplet, then the first half again with the single-view training's
+    patterns in turn: front view only, then left only (a missing view is zeros)."""
+    from dfmvr.models.dfmvr_net import pack_views
+    from dfmvr.train.head_refit import training_mix_features
+
+    model, _, _ = load_checkpoint(lite_checkpoint, load_train_state=False)
+    dataset = TripletDataset(synth4)
+    mix = training_mix_features(model, dataset)
+    assert len(mix.inputs) == 6
+    full = head_features(model, dataset)
+    np.testing.assert_allclose(mix.inputs[:4], full.inputs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mix.coefficients[4:], full.coefficients[:2])
+    for row, (index, view) in zip((4, 5), ((0, "front"), (1, "left"))):
+        images = dataset[index]["images"]
+        alone = pack_views({view: images[("left", "front", "right").index(view)][None]})
+        with torch.no_grad():
+            expected, _ = model(alone)
+        np.testing.assert_allclose(mix.predicted[row], expected[0].double().numpy(), rtol=1e-4, atol=1e-5)
+        difference = np.abs(mix.inputs[row] - full.inputs[index]).max()
+        assert difference > 1e-3 * np.abs(full.inputs[index]).max()     # the missing views changed the input
