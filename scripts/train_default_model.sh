@@ -7,7 +7,10 @@
 # was made by this script on a quiet 2-core EPYC with AVX-512: 83.9 min from the main stage on (epochs
 # 1-24 at 0.74-1.02 s per step, 2,000 more triplets, export, evaluation), its first 2,000 triplets, val,
 # select and parse net hard-linked from the identical earlier rerun below (data 2.8 + parse 4.7 min):
-# about 92 min end to end; benchmarks/results/recipe_keypoint_target_full.json.
+# about 92 min end to end; benchmarks/results/recipe_keypoint_target_full.json. Then step 3c (the heads
+# refit in closed form on 16,000 triplets, added the same day) on that run's main stage, same machine:
+# 12,000 more triplets 12.2 min, the refit 11.9 min, export and evaluation 1.1 min: about 117 min in
+# all; benchmarks/results/head_refit.json.
 # The earlier demo, without the landmark target:
 # measured on the 2-core CPU it was made on (wall clock of each part as it ran; docs/training.md):
 # data 4 min, parse net 6 min, main stage epochs 1-16 120 min (epochs 1-10 at one thread beside other
