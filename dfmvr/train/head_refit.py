@@ -20,7 +20,7 @@ Only the heads change; everything before them is untouched.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,9 @@ HEAD_GROUPS = {"identity": ("conv2_id",), "expression": ("conv2_exp",), "texture
                "rotation": tuple(f"conv2_rotate{sfx}" for sfx in VIEW_SUFFIXES),
                "translation": tuple(f"conv2_offset{part}{sfx}" for sfx in VIEW_SUFFIXES for part in ("_xy", "_z"))}
 RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)   # on standardised inputs; 1e3 won for the demo
+DEFAULT_GROUPS = ("identity", "expression", "rotation")
+# Translation is left out by default: on the demo the ridge lowered its coefficient MSE on the selection
+# set but raised dfmvr eval's median translation error (29.9 -> 30.7 mm there, 24.3 -> 24.9 held out).
 
 
 @dataclass
@@ -49,7 +52,7 @@ class HeadFeatures:
     """What the heads read [N, D] and the truth [N, COEFFS.size] for N triplets, in float64."""
     inputs: np.ndarray
     coefficients: np.ndarray
-    predicted: np.ndarray = field(default=None)     # the network's own output [N, COEFFS.size]
+    predicted: np.ndarray | None = None     # the network's own output [N, COEFFS.size]
 
 
 @torch.no_grad()
@@ -161,11 +164,6 @@ def refit_heads(model, train: HeadFeatures, select: HeadFeatures, face_model: Mo
                          "strength": best_strength, "refit": refit,
                          "select_by_strength": {f"{s:g}": round(sc, 4) for sc, s, _, _ in trials}}
     return report
-
-
-DEFAULT_GROUPS = ("identity", "expression", "rotation")
-# Translation is left out by default: on the demo the ridge lowered its coefficient MSE on the selection
-# set but raised dfmvr eval's median translation error (29.9 -> 30.7 mm there, 24.3 -> 24.9 held out).
 
 
 def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_model_path=None,

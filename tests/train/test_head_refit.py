@@ -109,3 +109,16 @@ def test_training_mix_adds_missing_view_rows(synth4, lite_checkpoint):
         np.testing.assert_allclose(mix.predicted[row], expected[0].double().numpy(), rtol=1e-4, atol=1e-5)
         difference = np.abs(mix.inputs[row] - full.inputs[index]).max()
         assert difference > 1e-3 * np.abs(full.inputs[index]).max()     # the missing views changed the input
+
+
+def test_refit_works_on_the_official_design(synth4, one_torch_thread):
+    """`tiny` (the official topology, average pooling): the same heads, the same installed map."""
+    torch.manual_seed(0)
+    face_model = MorphableModel.load(synth4 / "face_model.npz")
+    model = build_model(make_card("tiny", face_model=face_model.identity())).eval()
+    features = head_features(model, TripletDataset(synth4))
+    report = refit_heads(model, features, features, face_model, groups=("identity",))
+    assert report["identity"]["refit"]
+    after = head_features(model, TripletDataset(synth4))
+    weight, bias = ridge_fit(features.inputs, features.coefficients[:, :80], report["identity"]["strength"])
+    np.testing.assert_allclose(after.predicted[:, :80], features.inputs @ weight.T + bias, rtol=1e-4, atol=1e-4)
