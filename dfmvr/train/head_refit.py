@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfmvr.atomic import atomic_write_text
+from dfmvr.errors import InputError
 from dfmvr.face.layout import COEFFS, VIEW_SUFFIXES
 from dfmvr.face.metrics import shape_r2
 from dfmvr.face.model import MorphableModel
@@ -69,7 +71,8 @@ def head_features(model, dataset, batch: int = 16, view_masks: np.ndarray | None
         for start in range(0, len(dataset), batch):
             items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
             if any("coefficients" not in it for it in items):
-                raise ValueError(f"{dataset.root}: refitting the heads needs gt.npz coefficients (synthetic data)")
+                raise InputError(dataset.root, "refitting the heads needs each triplet's true coefficients "
+                                 "(gt.npz) and this data has none", "use synthetic triplets (dfmvr data synth)")
             images = torch.stack([it["images"] for it in items])
             if view_masks is not None:
                 mask = torch.from_numpy(view_masks[start:start + len(items)])
@@ -133,7 +136,7 @@ def _score(group: str, predicted: np.ndarray, truth: np.ndarray, face_model: Mor
 
 @torch.no_grad()
 def refit_heads(model, train: HeadFeatures, select: HeadFeatures, face_model: MorphableModel | None,
-                groups=("identity", "expression"), strengths=RIDGE_STRENGTHS) -> dict:
+                groups=DEFAULT_GROUPS, strengths=RIDGE_STRENGTHS) -> dict:
     """Refit ``groups``' heads of ``model`` in place; -> a report per group (strength, select score
     before/after, kept or refit)."""
     layout = model.card.layout_obj()
@@ -186,7 +189,7 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
     for name, root in (("train", data), ("select", select)):
         dataset = TripletDataset(root)
         if len(dataset) == 0:
-            raise ValueError(f"{root}: no triplet folders")
+            raise InputError(root, "no triplet folders", "point --data/--val at folders made by dfmvr data synth")
         progress(f"head inputs of {len(dataset)} triplets in {root} (all views, then half with views missing)")
         features[name], counts[name] = training_mix_features(model, dataset), len(dataset)
     report = {"init": str(init), "data": str(data), "triplets": counts["train"],
@@ -197,6 +200,6 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
     card.provenance = {**card.provenance, "head_refit": {k: v for k, v in report.items() if k != "seconds"}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = save_checkpoint(out / "checkpoint.safetensors", model, card)
-    (out / "heads.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "heads.json", json.dumps(report, indent=1) + "\n")
+    path = save_checkpoint(out / "checkpoint.safetensors", model, card)    # last: the recipe's marker
     return path, report

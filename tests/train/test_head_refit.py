@@ -122,3 +122,23 @@ def test_refit_works_on_the_official_design(synth4, one_torch_thread):
     after = head_features(model, TripletDataset(synth4))
     weight, bias = ridge_fit(features.inputs, features.coefficients[:, :80], report["identity"]["strength"])
     np.testing.assert_allclose(after.predicted[:, :80], features.inputs @ weight.T + bias, rtol=1e-4, atol=1e-4)
+
+
+def test_stage_heads_without_ground_truth_is_a_clear_error(synth4, lite_checkpoint, tmp_path):
+    """Triplets without gt.npz (a user's photos): an input error naming the folder, no checkpoint written."""
+    import shutil
+
+    from dfmvr.cli.train import command
+
+    photos = tmp_path / "photos"
+    shutil.copytree(synth4, photos)
+    for gt in photos.glob("*/gt.npz"):
+        gt.unlink()
+    out = tmp_path / "heads"
+    result = CliRunner().invoke(command, ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(photos),
+                                          "--val", str(synth4), "--out", str(out)])
+    from dfmvr.errors import InputError
+
+    assert isinstance(result.exception, InputError) and result.exception.exit_code == 2   # dfmvr-train: exit 2
+    assert "true coefficients" in str(result.exception) and str(photos) in str(result.exception)
+    assert not (out / "checkpoint.safetensors").exists()
