@@ -17,11 +17,12 @@ Usage (about 10 min on 2 cores for 8,000 training triplets):
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dfmvr.face.layout import COEFFS
 from dfmvr.face.metrics import rotation_error_deg, shape_r2
@@ -30,8 +31,6 @@ from dfmvr.models.checkpoint import load_checkpoint
 from dfmvr.train.data import TripletDataset
 from dfmvr.train.head_refit import HeadFeatures, head_features, refit_heads, training_mix_features
 
-POSE_START = COEFFS.shared                                  # per-view poses follow the shared coefficients
-POSE_WIDTH = COEFFS.per_view
 IDENTITY_MAPPING = (0, 1, 2)
 
 
@@ -47,11 +46,9 @@ class SlotBroken:
     def __getitem__(self, i: int) -> dict:
         item, src = dict(self.base[i]), list(self.sources[i])
         item["images"] = item["images"][src]
-        coefficients = item["coefficients"].clone()
-        for slot, view in enumerate(src):
-            to, frm = POSE_START + POSE_WIDTH * slot, POSE_START + POSE_WIDTH * view
-            coefficients[to:to + POSE_WIDTH] = item["coefficients"][frm:frm + POSE_WIDTH]
-        item["coefficients"] = coefficients
+        truth = COEFFS.split(item["coefficients"].numpy()[None])
+        moved = dataclasses.replace(truth, rotation=truth.rotation[:, src], translation=truth.translation[:, src])
+        item["coefficients"] = torch.from_numpy(COEFFS.join(moved)[0])
         return item
 
 
@@ -62,12 +59,6 @@ def random_breaks(n: int, seed: int) -> list[tuple[int, int, int]]:
         if sources != IDENTITY_MAPPING:
             out.append(sources)
     return out
-
-
-def first(dataset: TripletDataset, start: int, stop: int) -> TripletDataset:
-    part = copy.copy(dataset)
-    part.folders = dataset.folders[start:stop]
-    return part
 
 
 def joined(*parts: HeadFeatures) -> HeadFeatures:
@@ -96,8 +87,8 @@ def main() -> None:
     model, _, _ = load_checkpoint(args.checkpoint, load_train_state=False)
     train, select, val = (TripletDataset(p) for p in (args.train, args.select, args.val))
     n = min(args.triplets, len(train) * 2 // 3)
-    mix = training_mix_features(model, first(train, 0, n))
-    broken = head_features(model, SlotBroken(first(train, n, n + n // 2), random_breaks(n // 2, 1)))
+    mix = training_mix_features(model, train.subset(0, n))
+    broken = head_features(model, SlotBroken(train.subset(n, n + n // 2), random_breaks(n // 2, 1)))
     select_mix = training_mix_features(model, select)
     select_broken = head_features(model, SlotBroken(select, random_breaks(len(select), 2)))
     held_out = {"as_is": lambda m: head_features(m, val),

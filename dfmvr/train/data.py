@@ -15,6 +15,7 @@ Arrays in gt.npz serve when the optional files are absent. A folder is a triplet
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from pathlib import Path
 
@@ -162,6 +163,12 @@ class TripletDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.folders)
+
+    def subset(self, start: int, stop: int | None = None) -> "TripletDataset":
+        """The same dataset over ``folders[start:stop]`` (same settings; indices restart at 0)."""
+        part = copy.copy(self)
+        part.folders = self.folders[start:stop]
+        return part
 
     def _annotations(self, folder: Path) -> tuple[dict, dict[str, Path]]:
         """Merge gt.npz, landmarks.npz and labels.npz (the dedicated files win); key -> array."""

@@ -19,7 +19,6 @@ Only the heads change; everything before them is untouched.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +90,7 @@ def training_mix_features(model, dataset, batch: int = 16) -> HeadFeatures:
     Why: heads fit on all-view inputs alone read a front view alone badly (measured on the demo:
     front-only identity R² 0.28 with the trained heads, 0.03 after an all-view-only refit)."""
     full = head_features(model, dataset, batch)
-    half = copy.copy(dataset)
-    half.folders = dataset.folders[:max(1, len(dataset) // 2)]
+    half = dataset.subset(0, max(1, len(dataset) // 2))
     masks = VIEW_PATTERNS[np.arange(len(half)) % len(VIEW_PATTERNS)]
     part = head_features(model, half, batch, view_masks=masks)
     return HeadFeatures(*(np.concatenate([getattr(full, k), getattr(part, k)])

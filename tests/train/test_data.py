@@ -152,3 +152,12 @@ def test_landmark_noise_is_a_fixed_detector_like_error_per_triplet(synth4):
     other_seed = TripletDataset(synth4, landmark_noise_px=2.0, noise_seed=1)
     assert not torch.allclose(other_seed[0]["landmarks"], noisy[0]["landmarks"])
     assert torch.equal(noisy[0]["images"], clean[0]["images"])           # only the landmarks change
+
+
+def test_subset_slices_the_folders_and_keeps_the_settings(synth4):
+    dataset = TripletDataset(synth4, augment=True, landmark_noise_px=2.0)
+    part = dataset.subset(1, 3)
+    assert part.folders == dataset.folders[1:3] and len(part) == 2 and len(dataset) == 4
+    assert part.augment and part.landmark_noise_px == 2.0
+    clean = TripletDataset(synth4)
+    torch.testing.assert_close(clean.subset(1, 3)[0]["images"], clean[1]["images"])    # triplet 1, not 0
