@@ -228,7 +228,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     rows = []
     predicted: dict[str, list[np.ndarray]] = {}
     truths: list[np.ndarray | None] = []
-    refine_log: dict[str, list] = {"loss_before": [], "loss_after": [], "seconds": []}
+    refine_log: dict[str, list] = {"loss_before": [], "loss_after": [], "seconds": [], "kept_initial": []}
     iterator = range(0, len(folders), batch)
     if progress:
         from tqdm import tqdm
@@ -270,7 +270,9 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
                          "loss_after_mean": float(np.mean(refine_log["loss_after"])),
                          "seconds_per_triplet": float(sum(refine_log["seconds"]) / n),
                          "loss_lower_fraction": float(np.mean(np.array(refine_log["loss_after"])
-                                                              < np.array(refine_log["loss_before"])))}
+                                                              < np.array(refine_log["loss_before"]))),
+                         # the fit raised the weak loss there, so the network's prediction was kept
+                         "kept_initial_fraction": float(np.mean(refine_log["kept_initial"]))}
         if len(rows) >= 2:
             others = ("model", "mean_face") if baselines else ("model",)
             others += ("refined_mean_face",) if refine_from_mean_face else ()
@@ -314,4 +316,5 @@ def _refine_batch(refiner, coeffs: np.ndarray, samples: list[EvalSample], log: d
     log["loss_before"] += [float(x) for x in result.loss_before]
     log["loss_after"] += [float(x) for x in result.loss_after]
     log["seconds"].append(float(result.seconds))
+    log["kept_initial"] += [bool(x) for x in result.kept_initial]
     return np.asarray(result.coefficients, np.float32)

@@ -98,7 +98,9 @@ class RefineResult:
     """coefficients [B, 269] float32 (COEFFS layout), refined; initial [B, 269] the starting point;
     loss_before / loss_after [B] float: each triplet's weighted weak loss (alone in its batch) at the
     start and at the end; terms_before / terms_after: per triplet, {term: unweighted value};
-    seconds: wall time of the whole refinement (the B triplets together, loss evaluations included)."""
+    seconds: wall time of the whole refinement (the B triplets together, loss evaluations included);
+    kept_initial [B] bool: triplets whose fit ended with a higher weak loss than it started from,
+    returned unrefined (their coefficients, loss and terms are the starting point's)."""
 
     coefficients: np.ndarray
     initial: np.ndarray
@@ -109,6 +111,7 @@ class RefineResult:
     seconds: float
     steps: int
     device: str
+    kept_initial: np.ndarray
 
     @property
     def seconds_per_triplet(self) -> float:
@@ -118,6 +121,7 @@ class RefineResult:
         """One triplet's JSON-ready record (result.json's ``refine``)."""
         return {"steps": self.steps, "device": self.device,
                 "loss_before": float(self.loss_before[index]), "loss_after": float(self.loss_after[index]),
+                "kept_initial": bool(self.kept_initial[index]),
                 "terms_before": self.terms_before[index], "terms_after": self.terms_after[index],
                 "seconds": round(self.seconds_per_triplet, 4),
                 "coefficients": [float(v) for v in self.coefficients[index]],
@@ -225,11 +229,20 @@ class Refiner:
             before, terms_before = self._per_triplet(x0, batch)
             x = self._fit(x0, batch)
             after, terms_after = self._per_triplet(x, batch)
+            # Keep what the network said where the fit made the weak loss worse (the coarse phase
+            # optimises a half-size image, and a large step can overshoot): a refinement must never
+            # hand back a triplet further from its own photos than it received.
+            worse = after > before
+            if worse.any():
+                rows = torch.from_numpy(worse).to(x.device)
+                x[rows] = x0[rows]
+                after = np.where(worse, before, after)
+                terms_after = [b if w else a for a, b, w in zip(terms_after, terms_before, worse)]
             seconds = time.perf_counter() - start
         finally:
             torch.set_num_threads(threads)
         return RefineResult(x.cpu().numpy().astype(np.float32), x0.cpu().numpy(), before, after,
-                            terms_before, terms_after, seconds, int(cfg.steps), str(self.device))
+                            terms_before, terms_after, seconds, int(cfg.steps), str(self.device), worse)
 
     def _fit(self, x0: torch.Tensor, batch: dict) -> torch.Tensor:
         cfg = self.config

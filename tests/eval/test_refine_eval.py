@@ -28,6 +28,7 @@ def test_eval_refine_writes_refined_numbers_beside_the_network(synth4, tmp_path)
     assert set(report["refined"]) >= {"mean_mm", "median_mm", "rmse_mm"}
     r = report["refine"]
     assert r["loss_after_mean"] < r["loss_before_mean"] and r["seconds_per_triplet"] > 0
+    assert 0.0 <= r["kept_initial_fraction"] < 1.0
     assert r["config"]["steps"] == 5
     assert set(report["refined_vs"]) == {"model", "mean_face"}
     assert "refined" in report["coefficient_r2"] and "refined" in report["pose"]

@@ -33,7 +33,7 @@ def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
     doc = json.loads((tmp_path / "out" / "triplet" / "result.json").read_text())
     r = doc["refine"]
     assert r["steps"] == 10 and r["device"] == "cpu" and r["seconds"] > 0
-    assert r["loss_after"] < r["loss_before"]
+    assert r["loss_after"] < r["loss_before"] and r["kept_initial"] is False
     assert len(r["coefficients"]) == len(r["network_coefficients"]) == COEFFS.size
     assert r["coefficients"] != r["network_coefficients"]
     assert r["landmarks"].startswith("none") and r["labels"].startswith("parse net")

@@ -55,6 +55,7 @@ def test_refinement_from_a_perturbed_truth_lowers_loss_and_shape_error(face_mode
     assert result.coefficients.shape == (1, COEFFS.size) and result.steps == 16
     assert np.array_equal(result.initial, start)
     assert result.loss_after[0] < 0.7 * result.loss_before[0], (result.loss_before, result.loss_after)
+    assert result.kept_initial.tolist() == [False]
     before = _shape_error_mm(face_model, start, gt["coefficients"])
     after = _shape_error_mm(face_model, result.coefficients, gt["coefficients"])
     assert after < 0.8 * before, (before, after)
@@ -111,3 +112,17 @@ def test_coarse_stage_is_the_same_problem_at_half_size(face_model, triplet):
     assert coarse_terms["landmark_2d"] < 1e-6 and full_terms["landmark_2d"] < 1e-6
     assert coarse_terms["photo"] < 2 * full_terms["photo"] + 0.02
     assert refiner.coarse_loss.weights.landmark_2d == pytest.approx(4 * refiner.loss.weights.landmark_2d)
+
+
+def test_a_fit_that_raises_the_weak_loss_returns_the_network_prediction(face_model, triplet):
+    """An overshooting fit (an absurd learning rate) must not hand back coefficients worse than it got."""
+    gt = triplet.gt
+    start = gt["coefficients"][None].astype(np.float32)      # the truth: any move raises the loss
+    result = refine(start, triplet.images[None], face_model, Camera(), landmarks=gt["landmarks"][None],
+                    landmark_visible=gt["landmarks_visible"][None], labels=gt["labels"][None],
+                    config=RefineConfig(steps=4, lr=400.0, coarse_fraction=0.0, threads=1))
+    assert result.kept_initial.tolist() == [True]
+    np.testing.assert_array_equal(result.coefficients, start)
+    assert result.loss_after[0] == result.loss_before[0] and result.terms_after == result.terms_before
+    assert result.record(0)["kept_initial"] is True
+
