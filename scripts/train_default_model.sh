@@ -7,10 +7,13 @@
 # was made by this script on a quiet 2-core EPYC with AVX-512: 83.9 min from the main stage on (epochs
 # 1-24 at 0.74-1.02 s per step, 2,000 more triplets, export, evaluation), its first 2,000 triplets, val,
 # select and parse net hard-linked from the identical earlier rerun below (data 2.8 + parse 4.7 min):
-# about 92 min end to end; benchmarks/results/recipe_keypoint_target_full.json. Then step 3c (the heads
+# about 92 min end to end; benchmarks/results/recipe_keypoint_target_full.json. Then step 3d (the heads
 # refit in closed form on 16,000 triplets, added the same day) on that run's main stage, same machine:
 # 12,000 more triplets 12.2 min, the refit 11.9 min, export and evaluation 1.1 min: about 117 min in
-# all; benchmarks/results/head_refit.json.
+# all; benchmarks/results/head_refit.json. Then step 3c (8 more epochs on the 16,000 triplets, added
+# 2026-12-05) and the steps after it, rerun on that work folder, same machine: 39.1 min (epochs 25-32
+# 25.4 min at 0.70-0.87 s per step, the refit 12.2, export and evaluation); about 143 min in all;
+# benchmarks/results/main_stage_32_epochs.json.
 # The earlier demo, without the landmark target:
 # measured on the 2-core CPU it was made on (wall clock of each part as it ran; docs/training.md):
 # data 4 min, parse net 6 min, main stage epochs 1-16 120 min (epochs 1-10 at one thread beside other
@@ -77,13 +80,22 @@ if [ ! -f "$WORK/runs/lite/epochs-24.done" ]; then
   touch "$WORK/runs/lite/epochs-24.done"
 fi
 
-# 3c. refit the identity, expression and rotation heads in closed form: ridge regression from what the
+# 3c. 16,000 triplets, then 8 more epochs on them (warm restart). At epoch 24 the held-out mean was still
+#    falling ~0.08 mm per 8 epochs, and ridge probes on the readout found no better linear map from a
+#    wider or deeper feature (docs/training.md, "Where identity stops"): the features, not the heads,
+#    hold the gap, and they were still learning.
+if [ ! -f "$WORK/runs/lite/epochs-32.done" ]; then
+  dfmvr data synth --out "$WORK/data/train" --triplets 16000 --seed 0 --workers 2
+  dfmvr-train "${MAIN[@]}" --epochs 32 --resume
+  touch "$WORK/runs/lite/epochs-32.done"
+fi
+
+# 3d. refit the identity, expression and rotation heads in closed form: ridge regression from what the
 #    heads read to the true coefficients, on the training triplets and on as many new ones (data is
 #    free; the new faces' features are what held-out ones look like), the strength chosen on the
 #    selection set (dfmvr/train/head_refit.py; docs/training.md, "Refitting the heads"). Only the
 #    heads change; the graph keeps its shape.
 if [ ! -f "$WORK/runs/heads/checkpoint.safetensors" ]; then
-  dfmvr data synth --out "$WORK/data/train" --triplets 16000 --seed 0 --workers 2
   dfmvr-train --stage heads --init "$WORK/runs/lite/checkpoint.safetensors" --data "$WORK/data/train" \
       --val "$WORK/data/select" --out "$WORK/runs/heads" --quiet
 fi

@@ -35,7 +35,7 @@ from dfmvr.models.heads import head_names
 from .schedule import VIEW_PATTERNS
 
 __all__ = ["DEFAULT_GROUPS", "HEAD_GROUPS", "RIDGE_STRENGTHS", "HeadFeatures", "head_features", "ridge_fit",
-           "refit_heads", "run_head_refit", "training_mix_features"]
+           "group_columns", "refit_heads", "run_head_refit", "training_mix_features"]
 
 # group -> the heads (module names of heads.head_names) whose outputs form it
 HEAD_GROUPS = {"identity": ("conv2_id",), "expression": ("conv2_exp",), "texture": ("conv2_color",),
@@ -118,7 +118,7 @@ def _head_columns(layout) -> dict[str, np.ndarray]:
     return columns
 
 
-def _group_columns(layout) -> dict[str, np.ndarray]:
+def group_columns(layout) -> dict[str, np.ndarray]:
     heads = _head_columns(layout)
     return {g: np.concatenate([heads[name] for name in names]) for g, names in HEAD_GROUPS.items()}
 
@@ -128,7 +128,7 @@ def _score(group: str, predicted: np.ndarray, truth: np.ndarray, face_model: Mor
     if group in ("identity", "expression") and face_model is not None:
         return shape_r2(face_model, COEFFS.split(predicted.astype(np.float32)),
                         COEFFS.split(truth.astype(np.float32)))[group]
-    columns = _group_columns(COEFFS)[group]
+    columns = group_columns(COEFFS)[group]
     return -float(np.mean((predicted[:, columns] - truth[:, columns]) ** 2))
 
 
@@ -140,7 +140,7 @@ def refit_heads(model, train: HeadFeatures, select: HeadFeatures, face_model: Mo
     layout = model.card.layout_obj()
     if layout.size != COEFFS.size:
         raise ValueError(f"head refit supports the standard coefficient layout ({COEFFS.size}); got {layout.size}")
-    columns = _group_columns(layout)
+    columns = group_columns(layout)
     report = {}
     for group in groups:
         cols = columns[group]

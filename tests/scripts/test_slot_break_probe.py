@@ -27,17 +27,11 @@ def test_slot_broken_triplet_moves_photos_and_pose_truth_together(synth4):
     assert all(s != (0, 1, 2) for s in script.random_breaks(200, 0))
 
 
-def test_the_probe_runs_end_to_end(synth4, tmp_path, monkeypatch, one_torch_thread):
+def test_the_probe_runs_end_to_end(synth4, random_lite_checkpoint, tmp_path, monkeypatch, one_torch_thread):
     import json
     import sys
 
-    from dfmvr.face.model import MorphableModel
-    from dfmvr.models.checkpoint import save_checkpoint
-    from dfmvr.models.variants import build_model, make_card
-
-    torch.manual_seed(0)
-    model = build_model(make_card("lite", face_model=MorphableModel.load(synth4 / "face_model.npz").identity()))
-    checkpoint = save_checkpoint(tmp_path / "lite.safetensors", model.eval(), model.card)
+    checkpoint = random_lite_checkpoint
     out = tmp_path / "probe.json"
     monkeypatch.setattr(sys, "argv", ["slot_break_probe", "--checkpoint", str(checkpoint), "--train", str(synth4),
                                       "--select", str(synth4), "--val", str(synth4), "--triplets", "2",

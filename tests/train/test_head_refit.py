@@ -11,7 +11,7 @@ from dfmvr.face.model import MorphableModel
 from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
 from dfmvr.models.variants import build_model, make_card
 from dfmvr.train.data import TripletDataset
-from dfmvr.train.head_refit import _group_columns, head_features, refit_heads, ridge_fit
+from dfmvr.train.head_refit import group_columns, head_features, refit_heads, ridge_fit
 
 
 def test_ridge_fit_recovers_a_linear_map_on_raw_inputs():
@@ -50,7 +50,7 @@ def test_refit_installs_the_ridge_map_in_the_network(synth4, lite_checkpoint):
     assert report["identity"]["refit"] and report["rotation"]["refit"]    # in-sample: ridge beats random heads
     assert report["identity"]["select_after"] > report["identity"]["select_before"]
     after = head_features(model, TripletDataset(synth4))
-    columns = _group_columns(model.card.layout_obj())
+    columns = group_columns(model.card.layout_obj())
     for group in ("identity", "rotation"):
         weight, bias = ridge_fit(features.inputs, features.coefficients[:, columns[group]], report[group]["strength"])
         np.testing.assert_allclose(after.predicted[:, columns[group]], features.inputs @ weight.T + bias,
