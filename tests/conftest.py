@@ -83,3 +83,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(synth4, tmp_path_factory, one_torch_thread):
+    """A freshly initialised ``lite`` network (seed 0) for synth4's face model, saved as a checkpoint:
+    what the heads refit and the probe scripts read, without training one."""
+    torch = pytest.importorskip("torch")
+    from dfmvr.face.model import MorphableModel
+    from dfmvr.models.checkpoint import save_checkpoint
+    from dfmvr.models.variants import build_model, make_card
+
+    torch.manual_seed(0)
+    model = build_model(make_card("lite", face_model=MorphableModel.load(synth4 / "face_model.npz").identity()))
+    path = tmp_path_factory.mktemp("lite") / "lite.safetensors"
+    save_checkpoint(path, model.eval(), model.card)
+    return path

@@ -38,11 +38,11 @@ def test_whitened_coefficients_measure_squared_vertex_error(synth4):
     np.testing.assert_allclose((only_exp.reshape(3, -1) ** 2).sum(1), ((expr @ l_exp) ** 2).sum(1), rtol=1e-4)
 
 
-def test_the_probe_runs_end_to_end(synth4, random_lite_checkpoint, tmp_path, monkeypatch, one_torch_thread):
+def test_the_probe_runs_end_to_end(synth4, lite_checkpoint, tmp_path, monkeypatch):
     import json
     import sys
 
-    checkpoint = random_lite_checkpoint
+    checkpoint = lite_checkpoint
     out = tmp_path / "probe.json"
     monkeypatch.setattr(sys, "argv", ["readout_depth_probe", "--checkpoint", str(checkpoint), "--train", str(synth4),
                                       "--val", str(synth4), "--triplets", "4", "--mlp-epochs", "1", "--json", str(out)])

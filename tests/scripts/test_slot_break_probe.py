@@ -27,11 +27,11 @@ def test_slot_broken_triplet_moves_photos_and_pose_truth_together(synth4):
     assert all(s != (0, 1, 2) for s in script.random_breaks(200, 0))
 
 
-def test_the_probe_runs_end_to_end(synth4, random_lite_checkpoint, tmp_path, monkeypatch, one_torch_thread):
+def test_the_probe_runs_end_to_end(synth4, lite_checkpoint, tmp_path, monkeypatch):
     import json
     import sys
 
-    checkpoint = random_lite_checkpoint
+    checkpoint = lite_checkpoint
     out = tmp_path / "probe.json"
     monkeypatch.setattr(sys, "argv", ["slot_break_probe", "--checkpoint", str(checkpoint), "--train", str(synth4),
                                       "--select", str(synth4), "--val", str(synth4), "--triplets", "2",

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from dfmvr.face.model import MorphableModel
-from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
+from dfmvr.models.checkpoint import load_checkpoint
 from dfmvr.models.variants import build_model, make_card
 from dfmvr.train.data import TripletDataset
 from dfmvr.train.head_refit import group_columns, head_features, refit_heads, ridge_fit
@@ -27,16 +27,6 @@ def test_ridge_fit_recovers_a_linear_map_on_raw_inputs():
     assert np.all(weight[:, 3] == 0)
     shrunk, _ = ridge_fit(inputs, targets, strength=1e4)      # a strong penalty shrinks the map
     assert np.abs(shrunk).sum() < 0.5 * np.abs(weight).sum()
-
-
-@pytest.fixture(scope="module")
-def lite_checkpoint(synth4, tmp_path_factory, one_torch_thread):
-    torch.manual_seed(0)
-    face_model = MorphableModel.load(synth4 / "face_model.npz")
-    model = build_model(make_card("lite", face_model=face_model.identity())).eval()
-    path = tmp_path_factory.mktemp("refit") / "lite.safetensors"
-    save_checkpoint(path, model, model.card)
-    return path
 
 
 def test_refit_installs_the_ridge_map_in_the_network(synth4, lite_checkpoint):
