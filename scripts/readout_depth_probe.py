@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dfmvr.face.layout import COEFFS
-from dfmvr.face.metrics import face_shape, shape_r2
+from dfmvr.face.metrics import shape_r2
 from dfmvr.face.model import MorphableModel
 from dfmvr.models.checkpoint import load_checkpoint
 from dfmvr.train.data import TripletDataset
@@ -87,16 +87,13 @@ def kernel_ridge_path(fit: np.ndarray, targets: np.ndarray, strengths=STRENGTHS)
 
 
 def vertex_whitening(face_model: MorphableModel) -> tuple[np.ndarray, np.ndarray]:
-    """Cholesky factors L (identity, expression) with |B c|^2 = |L^T c|^2 for each group's basis B:
-    a plain MSE on c @ L is the squared vertex error, the quantity shape_r2 scores."""
-    n_id, n_exp = COEFFS.identity, COEFFS.expression
+    """Cholesky factors L (identity, expression) of each group's Gram matrix B^T B (B: the face
+    model's basis, [3 * vertices, K]): |c @ L|^2 = |B c|^2, so a plain MSE on c @ L is the squared
+    vertex error, the quantity shape_r2 scores."""
     factors = []
-    for group, n in (("identity", n_id), ("expression", n_exp)):
-        unit = np.eye(n, dtype=np.float32)
-        ident = unit if group == "identity" else np.zeros((n, n_id), np.float32)
-        expr = unit if group == "expression" else np.zeros((n, n_exp), np.float32)
-        basis = (face_shape(face_model, ident, expr).astype(np.float64) - face_model.mean_shape).reshape(n, -1)
-        factors.append(np.linalg.cholesky(basis @ basis.T))
+    for basis in (face_model.id_basis, face_model.exp_basis):
+        flat = basis.reshape(-1, basis.shape[-1]).astype(np.float64)
+        factors.append(np.linalg.cholesky(flat.T @ flat))
     return factors[0], factors[1]
 
 
@@ -149,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    model, card, _ = load_checkpoint(args.checkpoint, load_train_state=False)
+    model, _, _ = load_checkpoint(args.checkpoint, load_train_state=False)
     face_model = MorphableModel.load(Path(args.train) / "face_model.npz")
     train = TripletDataset(args.train)
     count = min(args.triplets, len(train))
