@@ -44,17 +44,26 @@ HELD = 500          # rows that choose the strength, and rows that score
 
 
 @torch.no_grad()
-def depth_features(model, dataset, count: int, batch: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Eval-mode features of the first ``count`` triplets at each depth (float32) and their true coefficients."""
-    regressor, store = model.rednet_fc, {name: [] for name in DEPTHS}
+def depth_features(model, dataset, count: int, batch: int = 16, depths=DEPTHS,
+                   keypoints: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Eval-mode features of the first ``count`` triplets at each of ``depths`` (float32) and their true
+    coefficients. ``keypoints``: also what the encoders' keypoint heads (training-only, not in the
+    graph) predict from the same forward (``keypoints`` [N, 3 * 68 * 2] px), the true 2D landmarks
+    (``landmarks``, same layout) and which are visible (``visible`` [N, 3 * 68])."""
+    regressor, fusion = model.rednet_fc, model.uuunet
+    store = {name: [] for name in (*depths, *(("keypoints", "landmarks", "visible") if keypoints else ()))}
+    encoded = {}
 
     def keep(name, transform):
         return lambda module, args: store[name].append(transform(args[0]).flatten(1).float().numpy())
 
-    hooks = [regressor.reduce.register_forward_pre_hook(keep("fused", lambda x: F.avg_pool2d(x, 2))),
-             regressor.spatial_reduce.register_forward_pre_hook(keep("block", lambda x: x)),
-             regressor.spatial_reduce.register_forward_pre_hook(keep("block_pooled", lambda x: F.avg_pool2d(x, 2))),
-             regressor.conv2_id.register_forward_pre_hook(keep("readout", lambda x: x))]
+    wanted = {"fused": (regressor.reduce, lambda x: F.avg_pool2d(x, 2)), "block": (regressor.spatial_reduce, lambda x: x),
+              "block_pooled": (regressor.spatial_reduce, lambda x: F.avg_pool2d(x, 2)),
+              "readout": (regressor.conv2_id, lambda x: x)}
+    hooks = [wanted[name][0].register_forward_pre_hook(keep(name, wanted[name][1])) for name in depths]
+    if keypoints:
+        hooks += [getattr(fusion, f"enc_{v}").register_forward_hook(lambda m, args, out, v=v: encoded.__setitem__(v, out))
+                  for v in range(fusion.num_views)]
     model.eval()
     truth = []
     try:
@@ -62,6 +71,10 @@ def depth_features(model, dataset, count: int, batch: int = 16) -> tuple[dict[st
             items = [dataset[i] for i in range(start, min(start + batch, count))]
             model(torch.stack([it["images"] for it in items]))
             truth.append(torch.stack([it["coefficients"] for it in items]).numpy())
+            if keypoints:
+                store["keypoints"].append(fusion.keypoints_of([encoded[v] for v in range(fusion.num_views)]).flatten(1).numpy())
+                store["landmarks"].append(torch.stack([it["landmarks"] for it in items]).flatten(1).numpy())
+                store["visible"].append(torch.stack([it["landmarks_visible"] for it in items]).flatten(1).numpy())
     finally:
         for hook in hooks:
             hook.remove()

@@ -148,7 +148,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                           supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight,
                           supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight)
-    if keypoint_weight and not keypoints:
+    if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,
                       clip_grad=clip_grad, resume=resume, face_model=str(face_model) if face_model else None,
@@ -164,6 +164,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     except ValueError as exc:
         if str(exc).startswith("--speed"):
             raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--speed") from None
+        if str(exc).startswith("--"):       # options that contradict the --init checkpoint or the run: exit 2
+            raise click.UsageError(str(exc)) from None
         raise
     try:
         last = trainer.run()

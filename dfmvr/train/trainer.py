@@ -226,6 +226,10 @@ class Trainer:
                              "drop --per-sample-norm, --pool and --keypoints")
         model, source_card, _ = load_checkpoint(source, load_train_state=False)
         source_card.check_face_model(face_model, source=fm_source)
+        arch = source_card.architecture
+        if weights.keypoint_2d > 0 and not (arch["unet"].get("keypoints") or arch["rednet"].get("keypoints")):
+            raise ValueError(f"--keypoint-weight needs keypoint heads, and {source} has none "
+                             "(train it with --keypoints 68, or drop --keypoint-weight)")
         if cfg.variant not in (None, source_card.variant) and self.rank == 0:
             print(f"--init {source}: a '{source_card.variant}' model; --variant {cfg.variant} is ignored")
         card = source_card

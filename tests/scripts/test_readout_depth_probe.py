@@ -42,9 +42,8 @@ def test_the_probe_runs_end_to_end(synth4, lite_checkpoint, tmp_path, monkeypatc
     import json
     import sys
 
-    checkpoint = lite_checkpoint
     out = tmp_path / "probe.json"
-    monkeypatch.setattr(sys, "argv", ["readout_depth_probe", "--checkpoint", str(checkpoint), "--train", str(synth4),
+    monkeypatch.setattr(sys, "argv", ["readout_depth_probe", "--checkpoint", str(lite_checkpoint), "--train", str(synth4),
                                       "--val", str(synth4), "--triplets", "4", "--mlp-epochs", "1", "--json", str(out)])
     load_script("readout_depth_probe").main()
     report = json.loads(out.read_text())

@@ -31,9 +31,8 @@ def test_the_probe_runs_end_to_end(synth4, lite_checkpoint, tmp_path, monkeypatc
     import json
     import sys
 
-    checkpoint = lite_checkpoint
     out = tmp_path / "probe.json"
-    monkeypatch.setattr(sys, "argv", ["slot_break_probe", "--checkpoint", str(checkpoint), "--train", str(synth4),
+    monkeypatch.setattr(sys, "argv", ["slot_break_probe", "--checkpoint", str(lite_checkpoint), "--train", str(synth4),
                                       "--select", str(synth4), "--val", str(synth4), "--triplets", "2",
                                       "--json", str(out)])
     load_script("slot_break_probe").main()

@@ -279,6 +279,31 @@ def test_init_fine_tunes_from_a_checkpoint_with_this_runs_losses(synth4, tmp_pat
         Trainer(_config(synth4, tmp_path / "bad", init=str(source / "checkpoint.safetensors"), pool="spatial"))
 
 
+def test_init_trains_the_sources_keypoint_heads_and_refuses_a_source_without(synth4, tmp_path):
+    """Fine-tuning a checkpoint that has keypoint heads (the bundled demo) may keep their loss: the
+    heads come from the card, so --keypoint-weight needs no --keypoints (which --init refuses); a
+    source without heads gets a clear error instead of a loss that is silently never computed."""
+    from click.testing import CliRunner
+
+    from dfmvr.cli.train import command
+    from dfmvr.train.losses.total import LossWeights
+
+    weights = LossWeights(supervised=1.0, keypoint_2d=1.0).to_dict()
+    fine = Trainer(_config(synth4, tmp_path / "fine", epochs=1, init="default", weights=weights,
+                           augment=False, view_dropout=False))
+    assert fine.card.architecture["unet"]["keypoints"] == 68
+    terms = fine.train_step(next(iter(fine._loader(0))), 0, 0)
+    assert math.isfinite(terms["keypoint_2d"]) and terms["keypoint_2d"] > 0
+
+    source = tmp_path / "plain"
+    Trainer(_config(synth4, source, epochs=1, bn_recalibration=0)).run()
+    with pytest.raises(ValueError, match="has none"):
+        Trainer(_config(synth4, tmp_path / "bad", init=str(source / "checkpoint.safetensors"), weights=weights))
+    result = CliRunner().invoke(command, ["--data", str(synth4), "--out", str(tmp_path / "cli"),
+                                          "--init", str(source / "checkpoint.safetensors"), "--keypoint-weight", "1"])
+    assert result.exit_code == 2 and "has none" in result.output
+
+
 def test_init_is_refused_for_the_parse_stage(tmp_path):
     from click.testing import CliRunner
 
