@@ -56,6 +56,21 @@ def noisy(landmarks: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return landmarks + np.random.default_rng(seed).normal(0.0, sigma, landmarks.shape) if sigma else landmarks
 
 
+def identity_expression_scorer(face_model: MorphableModel):
+    """(the identity and expression columns of COEFFS, r2): ``r2(predicted_columns, true_full)`` puts the
+    predicted columns into a copy of the true coefficients [N, 269] and scores the shape as dfmvr eval
+    does (vertex-space R² per group, 4 decimals)."""
+    columns = np.concatenate([group_columns(COEFFS)[k] for k in ("identity", "expression")])
+
+    def r2(predicted_columns, true_full):
+        predicted = true_full.copy()
+        predicted[:, columns] = predicted_columns
+        scores = shape_r2(face_model, COEFFS.split(predicted.astype(np.float32)), COEFFS.split(true_full.astype(np.float32)))
+        return {k: round(v, 4) for k, v in scores.items()}
+
+    return columns, r2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a lite checkpoint with keypoint heads (the main stage's)")
@@ -80,13 +95,7 @@ def main() -> None:
     rows = {name: depth_features(model, data, len(data) if name != "train" else count, depths=("readout",), keypoints=True)
             for name, data in (("train", train), ("unseen", unseen), ("val", val))}
     fit, choose = slice(0, count - held), slice(count - held, count)
-    columns = np.concatenate([group_columns(COEFFS)[k] for k in ("identity", "expression")])
-
-    def r2(predicted_columns, true_full):
-        predicted = true_full.copy()
-        predicted[:, columns] = predicted_columns
-        scores = shape_r2(face_model, COEFFS.split(predicted.astype(np.float32)), COEFFS.split(true_full.astype(np.float32)))
-        return {k: round(v, 4) for k, v in scores.items()}
+    columns, r2 = identity_expression_scorer(face_model)
 
     sources = {"readout": lambda f, seed: f["readout"], "keypoints": lambda f, seed: f["keypoints"],
                "readout + keypoints": lambda f, seed: np.concatenate([f["readout"], f["keypoints"]], 1)}
