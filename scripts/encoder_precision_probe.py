@@ -64,8 +64,7 @@ class StemmedFusion(LiteFusion):
                 self.add_module(f"kp_{v}", LiteKeypointHead(6 * width, keypoints, cell_px=float(POOL * 4)))
 
     def stemmed(self, v: int, x: Tensor) -> Tensor:
-        classes = torch.arange(self.num_classes, dtype=x.dtype, device=x.device)[None, :, None, None]
-        full = torch.cat([x[:, :3], (x[:, 3:4] == classes).to(x.dtype)], dim=1)
+        full = self.full_resolution_input(x)
         if self.stem == "pool":
             return F.avg_pool2d(full, POOL)
         if self.stem == "unshuffle":

@@ -99,6 +99,9 @@ _PATH = click.Path(path_type=Path)
                    "not in the exported graph (dfmvr/models/lite.py). Recorded in the card.")
 @click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
+@click.option("--class-balanced", "class_balanced", is_flag=True,
+              help="--stage parse: weigh the cross entropy by 1/sqrt(class pixel frequency), so the small parts "
+                   "(eyes, brows, lips) the landmarks sit on count more.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of everything random (sample order, augmentation, view dropout, initial weights).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
@@ -114,12 +117,14 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse" and init:
         raise click.UsageError("--init fine-tunes the main stage; the parse stage starts from scratch")
+    if class_balanced and stage != "parse":
+        raise click.UsageError("--class-balanced weighs the parse stage's loss; add --stage parse")
     if stage == "heads":
         if not init or not val:
             raise click.UsageError("--stage heads refits a trained network: give it --init CHECKPOINT and "
@@ -138,7 +143,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
 
         path = train_parse_net(ParseConfig(data=str(data), out=str(out), variant=variant or "tiny", epochs=epochs,
                                            batch=batch, lr=lr or 1e-3, resume=resume, seed=seed, workers=workers,
-                                           max_steps_per_epoch=max_steps, progress=not quiet))
+                                           max_steps_per_epoch=max_steps, progress=not quiet,
+                                           class_balanced=class_balanced))
         click.echo(f"parse net: {path}")
         return
     from ..train.losses.total import LossWeights

@@ -109,12 +109,15 @@ class LiteFusion(nn.Module):
         self.keypoints = keypoints
         self.last_keypoints: Tensor | None = None   # [B, views, K, 2] px of the last training forward
 
-    def view_input(self, x: Tensor) -> Tensor:
-        """[B, 4, H, W] -> [B, 3 + classes, H/2, W/2]: RGB averaged 2x2, labels as class fractions.
+    def full_resolution_input(self, x: Tensor) -> Tensor:
+        """[B, 4, H, W] -> [B, 3 + classes, H, W]: RGB and the labels one-hot.
         One-hot by comparison (Equal + Cast in ONNX): the label index is a category, not a quantity."""
         classes = torch.arange(self.num_classes, dtype=x.dtype, device=x.device)[None, :, None, None]
-        one_hot = (x[:, 3:4] == classes).to(x.dtype)
-        return F.avg_pool2d(torch.cat([x[:, :3], one_hot], dim=1), POOL)
+        return torch.cat([x[:, :3], (x[:, 3:4] == classes).to(x.dtype)], dim=1)
+
+    def view_input(self, x: Tensor) -> Tensor:
+        """[B, 4, H, W] -> [B, 3 + classes, H/2, W/2]: RGB averaged 2x2, labels as class fractions."""
+        return F.avg_pool2d(self.full_resolution_input(x), POOL)
 
     def encode(self, x0: Tensor, x1: Tensor, x2: Tensor) -> list[Tensor]:
         """Each view's encoder map [B, 4w, 14, 14], in view order."""

@@ -34,7 +34,7 @@ from ..models.parse_net import CELEBAMASK_CLASSES, CELEBAMASK_TO_PARSE, BiSeNet
 from ..models.variants import variant_architecture
 
 __all__ = ["PARSE_FORMAT", "ParseConfig", "CelebAMaskHQ", "TripletViews", "save_parse_weights",
-           "load_parse_weights", "attach_parse_weights", "train_parse_net", "parse_dataset"]
+           "load_parse_weights", "attach_parse_weights", "train_parse_net", "parse_dataset", "class_weights"]
 
 PARSE_FORMAT = "dfmvr-parse-net"
 WEIGHTS_NAME = "parse_net.safetensors"
@@ -53,6 +53,7 @@ class ParseConfig:
     workers: int = 0
     max_steps_per_epoch: int | None = None
     progress: bool = True
+    class_balanced: bool = False          # weigh the cross entropy by class_weights(): small parts count more
 
 
 class CelebAMaskHQ(Dataset):
@@ -174,10 +175,26 @@ def attach_parse_weights(model, path):
     return model
 
 
-def _parse_loss(out, labels: torch.Tensor) -> torch.Tensor:
+def class_weights(data: Dataset, images: int = 600) -> torch.Tensor:
+    """Per-class loss weights 1/sqrt(pixel frequency), scaled so the mean weight per pixel is 1.
+
+    Why: the landmarks sit on the small parts (eyes, brows, lips: under 1 % of the pixels each), which
+    plain cross entropy leaves the least trained (held-out IoU 0.39-0.66 against 0.94 for skin). The
+    square root tempers median-frequency balancing, whose 100x weights on the lips would trade the
+    skin/background boundary (the jaw line) for them. Counted on the first ``images`` images
+    (deterministic, so --resume recomputes the same weights); a class never seen counts as one pixel."""
+    counts = torch.ones(len(PARSE_CLASSES), dtype=torch.float64)
+    for i in range(min(images, len(data))):
+        counts += torch.bincount(data[i][1].reshape(-1), minlength=len(PARSE_CLASSES)).double()
+    freq = counts / counts.sum()
+    w = freq.rsqrt()
+    return (w / (freq * w).sum()).float()
+
+
+def _parse_loss(out, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """BiSeNet's deep supervision: cross entropy on the main and both auxiliary outputs."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    return sum(F.cross_entropy(o, labels) for o in outs)
+    return sum(F.cross_entropy(o, labels, weight=weight) for o in outs)
 
 
 def train_parse_net(cfg: ParseConfig) -> Path:
@@ -191,7 +208,7 @@ def train_parse_net(cfg: ParseConfig) -> Path:
     args = dict(variant_architecture(cfg.variant)["parse"])
     net = BiSeNet(**args).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    epoch = 0
+    epoch, lr_per_epoch = 0, []
     if cfg.resume and weights_path.is_file() and state_path.is_file():
         loaded, args = load_parse_weights(weights_path)
         net.load_state_dict(loaded.state_dict())
@@ -200,6 +217,12 @@ def train_parse_net(cfg: ParseConfig) -> Path:
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         opt.load_state_dict(state["optimizer"])
         epoch = int(state["epoch"])
+        # states written before the list existed ran every epoch at their optimizer's one lr
+        saved_lr = state["optimizer"]["param_groups"][0]["lr"]
+        lr_per_epoch = [float(v) for v in state.get("lr_per_epoch", [saved_lr] * epoch)]
+    for group in opt.param_groups:      # --resume --lr X continues at X (a step decay: 8 epochs, then 2 at 1e-4)
+        group["lr"] = cfg.lr
+    weight = class_weights(parse_dataset(cfg.data, augment=False)) if cfg.class_balanced else None
     per_epoch = len(data) // cfg.batch
     if per_epoch == 0:
         raise InputError(cfg.data, f"{len(data)} images are fewer than one batch of {cfg.batch}", "lower --batch")
@@ -218,7 +241,7 @@ def train_parse_net(cfg: ParseConfig) -> Path:
             for i, (x, y) in enumerate(it):
                 if i >= steps:
                     break
-                loss = _parse_loss(net(x), y)
+                loss = _parse_loss(net(x), y, weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -226,12 +249,14 @@ def train_parse_net(cfg: ParseConfig) -> Path:
                 total += value
                 log.write(json.dumps({"kind": "parse_step", "epoch": epoch, "loss": value}) + "\n")
             epoch += 1
+            lr_per_epoch.append(cfg.lr)
             prov = {"trainer": "dfmvr-train --stage parse", "data": str(cfg.data), "images": len(data),
-                    "epochs": epoch, "batch": cfg.batch, "lr": cfg.lr, "variant": cfg.variant}
+                    "epochs": epoch, "batch": cfg.batch, "lr": cfg.lr, "lr_per_epoch": lr_per_epoch, "variant": cfg.variant,
+                    "class_weights": None if weight is None else dict(zip(PARSE_CLASSES, weight.round(decimals=4).tolist()))}
             # weights first: a crash between the two writes costs at most a repeated epoch
             save_parse_weights(weights_path, net, args, prov)
             with atomic_path(state_path) as tmp:
-                torch.save({"optimizer": opt.state_dict(), "epoch": epoch}, tmp)
+                torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "lr_per_epoch": lr_per_epoch}, tmp)
             log.write(json.dumps({"kind": "parse_epoch", "epoch": epoch - 1, "loss": total / steps,
                                   "seconds": time.perf_counter() - start}) + "\n")
             log.flush()

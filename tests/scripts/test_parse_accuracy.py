@@ -33,6 +33,43 @@ def test_scores_pixel_accuracy_and_iou_of_present_classes_only():
     assert got["iou"]["left_brow"] == 0.0
     assert sum(v is None for v in got["iou"].values()) == NUM_PARSE_CLASSES - 3
     assert got["mean_iou"] == pytest.approx((0.5 + 1 / 3 + 0.0) / 3, abs=1e-4)
+    # predicted / true pixels: background 1 / 2, skin 3 / 1, class 2 0 / 1, absent classes None
+    assert got["area_ratio"]["background"] == 0.5 and got["area_ratio"]["skin"] == 3.0
+    assert got["area_ratio"]["left_brow"] == 0.0 and got["area_ratio"]["nose"] is None
+
+
+def _square(size: int, half: int, label: int = 2) -> np.ndarray:
+    m = np.zeros((size, size), np.int64)
+    c = size // 2
+    m[c - half:c + half, c - half:c + half] = label
+    return m
+
+
+def test_boundary_distance_is_zero_for_a_match_and_the_offset_for_a_grown_part():
+    script = _script()
+    truth = _square(64, 10)
+    same = script.boundary_scores(script.boundary_sums(truth, truth))
+    assert same["boundary_px"]["left_brow"] == 0.0 and same["boundary_px"]["background"] == 0.0
+    # the part grown by 2 px on every side: every outline pixel is 2 px from the other outline (corners
+    # up to 2.83), in both directions; background's outline moves with it
+    grown = script.boundary_scores(script.boundary_sums(truth, _square(64, 12)))
+    assert 2.0 <= grown["boundary_px"]["left_brow"] < 2.2
+    assert 2.0 <= grown["boundary_px"]["background"] < 2.2
+    assert grown["boundary_px"]["skin"] is None     # absent from both maps: not scored
+    assert grown["mean_boundary_px"] == pytest.approx(np.mean([grown["boundary_px"]["left_brow"],
+                                                               grown["boundary_px"]["background"]]), abs=1e-3)
+
+
+def test_boundary_distance_skips_a_part_missing_from_one_map():
+    script = _script()
+    truth = _square(32, 5)
+    sums = script.boundary_sums(truth, np.zeros((32, 32), np.int64))
+    got = script.boundary_scores(sums)
+    assert got["boundary_px"]["left_brow"] is None and got["boundary_px"]["background"] is not None
+    assert got["missed_fraction"]["left_brow"] == 1.0 and got["missed_fraction"]["background"] == 0.0
+    # summed over a second view that finds it: missed in one of the two views showing it
+    got = script.boundary_scores(sums + script.boundary_sums(truth, truth))
+    assert got["missed_fraction"]["left_brow"] == 0.5 and got["missed_fraction"]["skin"] is None
 
 
 def test_the_bundled_parse_net_scores_high_on_synthetic_views(synth4, tmp_path):
@@ -44,8 +81,10 @@ def test_the_bundled_parse_net_scores_high_on_synthetic_views(synth4, tmp_path):
 
     model, card, _ = load_checkpoint("default", load_train_state=False)
     weights = save_parse_weights(tmp_path / "parse_net.safetensors", model.mask_model, card.architecture["parse"])
-    confusion = _script().parse_confusion(weights, synth4)
+    confusion, boundary = _script().parse_confusion(weights, synth4)
     assert confusion.sum() == 4 * 3 * 224 * 224
     got = _script().scores(confusion)
+    outlines = _script().boundary_scores(boundary)
+    assert 0 < outlines["boundary_px"]["skin"] < 3 and outlines["mean_boundary_px"] < 5
     assert got["pixel_accuracy"] > 0.9 and got["pixel_accuracy"] > confusion[0].sum() / confusion.sum() + 0.2
     assert got["iou"]["skin"] > 0.8

@@ -157,6 +157,54 @@ def test_parse_stage_trains_and_attaches(synth4, tmp_path):
     assert model.card.provenance["parse_net"] == "parse_net.safetensors"
 
 
+def test_class_balanced_parse_loss_weighs_the_small_parts_and_is_recorded(synth4, tmp_path):
+    from dfmvr.face.layout import PARSE_CLASSES
+    from dfmvr.train.parse_stage import ParseConfig, class_weights, load_parse_weights, parse_dataset, train_parse_net
+
+    data = parse_dataset(synth4, augment=False)
+    w = class_weights(data)
+    counts = sum(torch.bincount(data[i][1].reshape(-1), minlength=len(PARSE_CLASSES)) for i in range(len(data)))
+    freq = (counts.double() + 1) / (counts.sum() + len(PARSE_CLASSES))
+    assert float((freq * w.double()).sum()) == pytest.approx(1.0, rel=1e-5)   # the loss keeps its scale
+    by_name = dict(zip(PARSE_CLASSES, w.tolist()))
+    assert by_name["left_eye"] > 3 * by_name["skin"] and by_name["background"] < 1
+    # 1/sqrt(frequency): a class 4x rarer weighs 2x
+    i, j = PARSE_CLASSES.index("skin"), PARSE_CLASSES.index("nose")
+    assert float(w[j] / w[i]) == pytest.approx(float((freq[i] / freq[j]).sqrt()), rel=1e-4)
+
+    path = train_parse_net(ParseConfig(data=str(synth4), out=str(tmp_path / "p"), epochs=1, batch=3,
+                                       max_steps_per_epoch=1, progress=False, class_balanced=True))
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        recorded = json.loads(f.metadata()["provenance"])["class_weights"]
+    assert recorded == pytest.approx(by_name, abs=1e-3)
+    load_parse_weights(path)
+
+
+def test_parse_resume_at_a_lower_lr_decays_and_records_it(synth4, tmp_path):
+    from safetensors import safe_open
+
+    from dfmvr.train.parse_stage import ParseConfig, train_parse_net
+
+    cfg = dict(data=str(synth4), out=str(tmp_path / "p"), batch=3, max_steps_per_epoch=1, progress=False)
+    train_parse_net(ParseConfig(epochs=1, lr=1e-3, **cfg))
+    path = train_parse_net(ParseConfig(epochs=2, lr=1e-4, resume=True, **cfg))
+    with safe_open(str(path), "pt") as f:
+        prov = json.loads(f.metadata()["provenance"])
+    assert prov["epochs"] == 2 and prov["lr_per_epoch"] == pytest.approx([1e-3, 1e-4])
+    state = torch.load(tmp_path / "p" / "parse_net.train.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+
+def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
+    from click.testing import CliRunner
+
+    from dfmvr.cli.train import command
+
+    result = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--class-balanced"])
+    assert result.exit_code == 2 and "--stage parse" in result.output
+
+
 def test_celebamask_layout_maps_onto_our_classes(tmp_path):
     import cv2
 
