@@ -38,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landmark_precision_probe import keypoint_rms_px   # a sibling script: run from scripts/ or with it on sys.path
+
+from dfmvr.models.dfmvr_net import fusion_input
 from dfmvr.models.lite import POOL, LiteEncoder, LiteFusion, LiteKeypointHead
 from dfmvr.train.data import TripletDataset
 from dfmvr.train.losses.keypoints import keypoint_loss
@@ -113,7 +116,7 @@ def views_of(item_images: Tensor, labels: Tensor | None) -> list[Tensor]:
     ``labels=None``: every pixel class 0 (background), so the encoder sees the photo alone."""
     if labels is None:
         labels = torch.zeros(item_images.shape[:2] + item_images.shape[3:], dtype=torch.int64)
-    x = torch.cat([item_images, labels.unsqueeze(2).to(item_images.dtype)], dim=2)
+    x = fusion_input(item_images, labels)
     return [x[:, v] for v in range(x.shape[1])]
 
 
@@ -136,7 +139,7 @@ class LabelSource:
             return None
         b, v, c, h, w = images.shape
         with torch.no_grad():
-            return self.parser(images.reshape(b * v, c, h, w)).max(dim=1).indices.reshape(b, v, h, w)
+            return self.parser.labels(images.reshape(b * v, c, h, w)).reshape(b, v, h, w)
 
 
 def batches(dataset: TripletDataset, batch: int, rng: np.random.Generator):
@@ -166,14 +169,6 @@ def predict_landmarks(net: StemmedFusion, dataset: TripletDataset, count: int,
     net.train()
     return {"predicted": np.concatenate(out["predicted"]), **{k: np.stack(v) for k, v in out.items()
                                                              if k != "predicted" and v}}
-
-
-def per_slot_rms(predicted: np.ndarray, truth: np.ndarray, visible: np.ndarray | None = None) -> list[float]:
-    """Radial RMS px per view slot: sqrt of the mean squared point distance (over ``visible`` points
-    only when given: how scripts/landmark_precision_probe.py scores a checkpoint's heads)."""
-    squared = ((predicted - truth) ** 2).sum(-1)                                    # [N, views, K]
-    return [round(float(np.sqrt(squared[:, v][visible[:, v]].mean() if visible is not None
-                                else squared[:, v].mean())), 3) for v in range(truth.shape[1])]
 
 
 def ridge_scores(fit_rows: dict, scored: dict[str, dict], face_model_path: Path) -> dict:
@@ -241,8 +236,8 @@ def main(argv=None) -> int:
     slot_mean = np.mean([train[i]["landmarks"].numpy() for i in sample], axis=0)
     truth_val = np.stack([val[i]["landmarks"].numpy() for i in range(min(args.val_limit, len(val)))])
     visible_val = np.stack([val[i]["landmarks_visible"].numpy() for i in range(len(truth_val))])
-    prior = per_slot_rms(np.broadcast_to(slot_mean, truth_val.shape), truth_val)
-    prior_visible = per_slot_rms(np.broadcast_to(slot_mean, truth_val.shape), truth_val, visible_val)
+    prior = keypoint_rms_px(np.broadcast_to(slot_mean, truth_val.shape), truth_val)
+    prior_visible = keypoint_rms_px(np.broadcast_to(slot_mean, truth_val.shape), truth_val, visible_val)
     curve, start = [], time.perf_counter()
     stream = batches(train, args.batch, np.random.default_rng(args.seed))
     every = max(1, args.steps // args.evals)
@@ -258,8 +253,8 @@ def main(argv=None) -> int:
         if step % every == 0 or step == args.steps:
             rows = predict_landmarks(net, val, args.val_limit, labels_of)
             curve.append({"step": step, "train_loss": round(float(loss.detach()), 3),
-                          "held_out_rms_px": per_slot_rms(rows["predicted"], rows["truth"]),
-                          "held_out_rms_visible_px": per_slot_rms(rows["predicted"], rows["truth"], rows["visible"]),
+                          "held_out_rms_px": keypoint_rms_px(rows["predicted"], rows["truth"]),
+                          "held_out_rms_visible_px": keypoint_rms_px(rows["predicted"], rows["truth"], rows["visible"]),
                           "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(curve[-1]), flush=True)
     record = {"stem": args.stem, "map": args.map_size, "seed": args.seed, "steps": args.steps, "batch": args.batch,

@@ -42,12 +42,14 @@ from dfmvr.train.head_refit import group_columns
 NOISE_PX = (0.0, 1.0, 1.5, 2.0, 3.0)
 
 
-def keypoint_rms_px(predicted: np.ndarray, truth: np.ndarray, visible: np.ndarray, views: int = 3) -> list[float]:
-    """Per view, the root-mean-square 2D distance (px) between predicted and true landmarks over the
-    visible ones. predicted / truth [N, views * K * 2], visible [N, views * K]."""
+def keypoint_rms_px(predicted: np.ndarray, truth: np.ndarray, visible: np.ndarray | None = None,
+                    views: int = 3) -> list[float]:
+    """Per view, the root-mean-square 2D distance (px) between predicted and true landmarks, over the
+    visible ones when ``visible`` is given (else all). predicted / truth [N, views * K * 2] or
+    [N, views, K, 2]; visible [N, views * K] or [N, views, K]."""
     n = len(predicted)
     squared = ((predicted - truth).reshape(n, views, -1, 2) ** 2).sum(-1)        # [N, views, K]
-    shown = visible.reshape(n, views, -1).astype(bool)
+    shown = np.ones(squared.shape, bool) if visible is None else visible.reshape(n, views, -1).astype(bool)
     return [round(float(np.sqrt(squared[:, v][shown[:, v]].mean())), 3) for v in range(views)]
 
 

@@ -23,7 +23,7 @@ from .heads import RedNetRegressor
 from .parse_net import BiSeNet
 from .unet import MulEnUnet
 
-__all__ = ["DFMVRNet", "pack_views"]
+__all__ = ["DFMVRNet", "pack_views", "fusion_input"]
 
 
 def pack_views(views: Mapping[str, Tensor]) -> Tensor:
@@ -33,6 +33,12 @@ def pack_views(views: Mapping[str, Tensor]) -> Tensor:
         raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {sorted(views)}")
     ref = next(iter(views.values()))
     return torch.stack([views[name] if name in views else torch.zeros_like(ref) for name in VIEWS], dim=1)
+
+
+def fusion_input(images: Tensor, labels: Tensor) -> Tensor:
+    """images [B, 3, 3, H, W] and label indices [B, 3, H, W] -> what the fusion reads per view,
+    [B, 3, 4, H, W]: RGB, then the label index as a fourth channel (the fusion one-hots it)."""
+    return torch.cat([images, labels.unsqueeze(2).to(images.dtype)], dim=2)
 
 
 class DFMVRNet(nn.Module):
@@ -101,7 +107,7 @@ class DFMVRNet(nn.Module):
         labels = logits.detach().max(dim=1).indices.reshape(b, v, h, w)
         present = images.detach().flatten(2).abs().amax(dim=2) > 0          # [B, V] bool
         labels = labels * present[:, :, None, None].to(labels.dtype)
-        return torch.cat([images, labels.unsqueeze(2).to(images.dtype)], dim=2), labels
+        return fusion_input(images, labels), labels
 
     def split(self, coefficients: Tensor):
         """Flat [B, 269] -> ``Coefficients`` of torch tensors (through the card's layout)."""

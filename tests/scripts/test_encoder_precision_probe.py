@@ -60,16 +60,20 @@ def test_the_unshuffle_stem_loses_nothing_and_costs_are_ordered(probe):
     assert costs[("pool", 14)] < min(costs[("unshuffle", 14)], costs[("conv", 14)], costs[("pool", 28)])
 
 
-def test_per_slot_rms_is_the_radial_error(probe):
-    truth = np.zeros((2, 3, 68, 2))
-    predicted = truth.copy()
-    predicted[:, 0, :, 0], predicted[:, 0, :, 1] = 3.0, 4.0
-    assert probe.per_slot_rms(predicted, truth) == [5.0, 0.0, 0.0]
-    predicted[:, 1, 0] = 100.0                                           # one hidden point far off
-    visible = np.ones((2, 3, 68), bool)
-    visible[:, 1, 0] = False
-    assert probe.per_slot_rms(predicted, truth, visible) == [5.0, 0.0, 0.0]
-    assert probe.per_slot_rms(predicted, truth)[1] > 10.0
+def test_the_parser_arm_reads_the_parse_nets_own_labels(probe, tmp_path, one_torch_thread):
+    from dfmvr.models.parse_net import BiSeNet
+    from dfmvr.models.variants import variant_architecture
+    from dfmvr.train.parse_stage import load_parse_weights, save_parse_weights
+
+    torch.manual_seed(0)
+    args = dict(variant_architecture("tiny")["parse"])
+    weights = save_parse_weights(tmp_path / "p.safetensors", BiSeNet(**args).eval(), args)
+    rgb, truth = _views(1)
+    got = probe.LabelSource("parser", str(weights))(rgb, truth)
+    parser = load_parse_weights(weights)[0]
+    assert got.shape == truth.shape and torch.equal(got[0, 2], parser.labels(rgb[:, 2])[0])
+    assert not torch.equal(got[0, 0], got[0, 2])                         # views stay apart (they differ here)
+    assert probe.LabelSource("truth")(rgb, truth) is truth and probe.LabelSource("none")(rgb, truth) is None
 
 
 def test_a_run_writes_its_record_weights_and_ridge_scores(probe, synth4, tmp_path, one_torch_thread):

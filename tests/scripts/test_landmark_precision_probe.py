@@ -28,6 +28,10 @@ def test_keypoint_error_counts_visible_points_only(probe):
     visible[:, 2, 0] = False
     rms = probe.keypoint_rms_px(predicted.reshape(2, -1), truth, visible.reshape(2, -1))
     assert rms == [5.0, 5.0, 5.0]
+    # the same in [N, views, K, 2] shapes; without a visibility mask the hidden point counts
+    assert probe.keypoint_rms_px(predicted, truth.reshape(2, 3, 68, 2), visible) == [5.0, 5.0, 5.0]
+    assert probe.keypoint_rms_px(predicted, truth.reshape(2, 3, 68, 2))[:2] == [5.0, 5.0]
+    assert probe.keypoint_rms_px(predicted, truth.reshape(2, 3, 68, 2))[2] > 50.0
 
 
 def test_noise_is_per_pixel_gaussian_and_repeatable(probe):
