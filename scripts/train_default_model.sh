@@ -3,26 +3,18 @@
 #
 #   bash scripts/train_default_model.sh [WORK_DIR]     # needs: pip install -e ".[train]"
 #
-# The shipped demo (2026-12-04, with the encoders' landmark target, --keypoints 68 --keypoint-weight 1000)
-# was made by this script on a quiet 2-core EPYC with AVX-512: 83.9 min from the main stage on (epochs
-# 1-24 at 0.74-1.02 s per step, 2,000 more triplets, export, evaluation), its first 2,000 triplets, val,
-# select and parse net hard-linked from the identical earlier rerun below (data 2.8 + parse 4.7 min):
-# about 92 min end to end; benchmarks/results/recipe_keypoint_target_full.json. Then step 3d (the heads
-# refit in closed form on 16,000 triplets, added the same day) on that run's main stage, same machine:
-# 12,000 more triplets 12.2 min, the refit 11.9 min, export and evaluation 1.1 min: about 117 min in
-# all; benchmarks/results/head_refit.json. Then step 3c (8 more epochs on the 16,000 triplets, added
-# 2026-12-05) and the steps after it, rerun on that work folder, same machine: 39.1 min (epochs 25-32
-# 25.4 min at 0.70-0.87 s per step, the refit 12.2, export and evaluation); about 143 min in all;
-# benchmarks/results/main_stage_32_epochs.json.
-# The earlier demo, without the landmark target:
-# measured on the 2-core CPU it was made on (wall clock of each part as it ran; docs/training.md):
-# data 4 min, parse net 6 min, main stage epochs 1-16 120 min (epochs 1-10 at one thread beside other
-# jobs, 1.4-4.2 s per step; epochs 11-16 at two threads, 1.1-1.3 s), 2,000 more triplets 4 min,
-# epochs 17-24 34 min (two threads, quiet machine: 0.95-1.15 s per step), export + evaluation 4 min:
-# 172 min as made. Rerun end to end from scratch, unchanged (2026-12-04, another 2-core EPYC with
-# AVX-512, nothing else running but a 4-min test run at the start): 93.5 min: data 2.8, parse net
-# 4.7, main stage 84.9 (0.75-0.91 s per step), 2,000 more triplets 2.4, export + evaluation 1.1;
-# benchmarks/results/recipe_rerun_from_scratch.json, which also compares the result to the shipped one.
+# The shipped demo (2026-12-05, the class-balanced parser of step 2) was made by this script from
+# scratch on a 2-core AMD EPYC VM with AVX-512 that ran the main stage at 0.87-1.56 s per step, each part
+# measured as it ran: data 3.0 min, parse net 10.0 (3 epochs), main stage epochs 1-24 115.2 (with the grow
+# to 4,000 triplets), 12,000 more triplets 19.9, epochs 25-32 40.0, the heads' refit 14.2, export and
+# evaluation 1.2: 203.5 min in all (stopped after epoch 24 for a test run and resumed, nothing else running
+# while it trained; benchmarks/results/recipe_class_balanced_parser.json).
+# The demo before it (the same recipe on a one-epoch plain parser) was measured part by part on a faster
+# 2-core EPYC that ran 0.70-1.02 s per step: data and parser 8 min, epochs 1-24 84, 12,000 more triplets
+# 12, epochs 25-32 25, the refit 12, export and evaluation 1: about 143 min (benchmarks/results/
+# recipe_keypoint_target_full.json, head_refit.json, main_stage_32_epochs.json). At that host's speed this
+# recipe's parse stage adds about 5 min: about 148 min. The same steps ran 1.2-1.6x slower on the host
+# above: read the time with the host's speed beside it. Older runs: recipe_rerun_from_scratch.json.
 # Every step resumes: rerun the script after an interruption (each part of the main
 # stage continues with --resume and leaves a marker when done).
 # The last step copies the weights, the ONNX graph and the face model into dfmvr/assets/default/ and
@@ -39,9 +31,14 @@ dfmvr data synth --out "$WORK/data/train" --triplets 2000 --seed 0 --workers 2
 dfmvr data synth --out "$WORK/data/val" --triplets 64 --seed 1
 dfmvr data synth --out "$WORK/data/select" --triplets 32 --seed 2   # logged during training; val stays unseen
 
-# 2. the parser (frozen during the main stage; also the graph's `labels` output): one epoch
+# 2. the parser (frozen during the main stage; also the graph's `labels` output): three epochs of a
+#    class-balanced cross entropy (weights 1/sqrt(class frequency), recorded in the weights). It labels
+#    eyes, brows and lips too wide, but misses none of them, and the encoders read landmarks off it
+#    0.5-0.6 px more precisely than off the one-epoch plain parser the demo had before
+#    (docs/training.md, "A sharper parser").
 if [ ! -f "$WORK/runs/parse/parse_net.safetensors" ]; then
-  dfmvr-train --stage parse --data "$WORK/data/train" --variant tiny --out "$WORK/runs/parse" --epochs 1 --batch 8
+  dfmvr-train --stage parse --data "$WORK/data/train" --variant tiny --out "$WORK/runs/parse" --epochs 3 --batch 8 \
+      --class-balanced
 fi
 
 # 3. the main stage: the `lite` design (docs/training.md, "The lite design": 112 px per view, three

@@ -37,7 +37,7 @@ def _example_images(card: ModelCard) -> np.ndarray:
 def test_the_bundle_is_complete_small_and_self_consistent():
     files = {p.name: p.stat().st_size for p in DEFAULT_DIR.iterdir() if p.is_file()}
     assert {"model.safetensors", "model.onnx", "face_model.npz"} <= set(files)
-    assert sum(files.values()) < 17e6, files               # shipped in the wheel: keep it small (16.2 MB now)
+    assert sum(files.values()) < 17e6, files               # shipped in the wheel: keep it small (16.9 MB now)
     card = ModelCard.from_json(read_onnx_metadata(DEFAULT_ONNX)[ONNX_METADATA_KEY])
     assert card.variant == "lite"
     assert card.provenance.get("weights_rounded_to") == "float16"
@@ -124,9 +124,14 @@ def test_the_shipped_model_reads_identity_pose_and_the_side_views():
     the head pose read from the photo rather than the slot, and margins whose intervals exclude zero."""
     shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())
     r2 = shipped["coefficient_r2"]
-    assert r2["model"]["identity"] >= 0.44 and r2["model"]["expression"] >= 0.7   # the 16-epoch demo: 0.42, 0.72
+    # floors under the shipped demo (0.57, 0.78); the 16-epoch demo had 0.42, 0.72
+    assert r2["model"]["identity"] >= 0.5 and r2["model"]["expression"] >= 0.75
     assert r2["model"]["identity"] - r2["front_only"]["identity"] >= 0.15
+    # issue 18's error targets (the demo: 0.50x and 0.61x): <= 0.7x the mean face, <= 0.85x front only
+    mean_mm = shipped["model"]["mean_mm"]
+    assert mean_mm <= 0.7 * shipped["baselines"]["mean_face"]["mean_mm"]
+    assert mean_mm <= 0.85 * shipped["baselines"]["front_only"]["mean_mm"]
     pose = shipped["pose"]
-    assert pose["model"]["rotation_deg"]["median"] * 2.5 < pose["slot_prior"]["rotation_deg"]["median"]
+    assert pose["model"]["rotation_deg"]["median"] * 3 <= pose["slot_prior"]["rotation_deg"]["median"]
     for baseline in ("mean_face", "front_only"):
         assert shipped["model_vs"][baseline]["ci95_mm"][0] > 0, baseline

@@ -197,6 +197,20 @@ def _parse_loss(out, labels: torch.Tensor, weight: torch.Tensor | None = None) -
     return sum(F.cross_entropy(o, labels, weight=weight) for o in outs)
 
 
+def _refuse_a_second_loss(weights_path: Path, class_balanced: bool) -> None:
+    """--resume must keep the loss the file was trained with: its provenance records one set of class
+    weights for every epoch, so a silent switch would leave it describing a loss some epochs never saw."""
+    st = require("safetensors", "train", "resuming the parse stage")
+    with st.safe_open(str(weights_path), framework="pt") as f:
+        recorded = json.loads((f.metadata() or {}).get("provenance") or "{}")
+    was_balanced = recorded.get("class_weights") is not None
+    if was_balanced != class_balanced:
+        flag = "--class-balanced"
+        raise InputError(weights_path, f"was trained {'with' if was_balanced else 'without'} {flag}; resuming "
+                         f"{'without' if was_balanced else 'with'} it would mix two losses in one file",
+                         f"{'add' if was_balanced else 'drop'} {flag} to resume, or train into a new --out")
+
+
 def train_parse_net(cfg: ParseConfig) -> Path:
     """Train the variant's parser on ``cfg.data``; writes OUT/parse_net.safetensors (+ .train.pt for
     --resume) and appends to OUT/metrics.jsonl. Returns the weights path."""
@@ -210,6 +224,7 @@ def train_parse_net(cfg: ParseConfig) -> Path:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     epoch, lr_per_epoch = 0, []
     if cfg.resume and weights_path.is_file() and state_path.is_file():
+        _refuse_a_second_loss(weights_path, cfg.class_balanced)
         loaded, args = load_parse_weights(weights_path)
         net.load_state_dict(loaded.state_dict())
         net.train()

@@ -196,6 +196,28 @@ def test_parse_resume_at_a_lower_lr_decays_and_records_it(synth4, tmp_path):
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
 
 
+def test_parse_resume_refuses_to_switch_the_loss(synth4, tmp_path):
+    """A class-balanced file resumed without the flag (or a plain one with it) would record one loss
+    for epochs trained on two: refused before any step, naming the file and the flag."""
+    from dfmvr.errors import InputError
+    from dfmvr.train.parse_stage import ParseConfig, train_parse_net
+
+    cfg = dict(data=str(synth4), batch=3, max_steps_per_epoch=1, progress=False)
+    balanced = train_parse_net(ParseConfig(epochs=1, out=str(tmp_path / "b"), class_balanced=True, **cfg))
+    plain = train_parse_net(ParseConfig(epochs=1, out=str(tmp_path / "p"), **cfg))
+    before = balanced.read_bytes()
+    with pytest.raises(InputError, match="trained with --class-balanced") as err:
+        train_parse_net(ParseConfig(epochs=2, out=str(tmp_path / "b"), resume=True, **cfg))
+    assert err.value.path == str(balanced) and "add --class-balanced" in err.value.fix
+    assert balanced.read_bytes() == before          # nothing trained or written
+    with pytest.raises(InputError, match="trained without --class-balanced"):
+        train_parse_net(ParseConfig(epochs=2, out=str(tmp_path / "p"), resume=True, class_balanced=True, **cfg))
+    path = train_parse_net(ParseConfig(epochs=2, out=str(tmp_path / "b"), resume=True, class_balanced=True, **cfg))
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()["provenance"])["epochs"] == 2
+
+
 def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
     from click.testing import CliRunner
 
