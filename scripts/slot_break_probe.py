@@ -17,52 +17,18 @@ Usage (about 10 min on 2 cores for 8,000 training triplets):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dfmvr.face.layout import COEFFS
 from dfmvr.face.metrics import rotation_error_deg, shape_r2
 from dfmvr.face.model import MorphableModel
 from dfmvr.models.checkpoint import load_checkpoint
 from dfmvr.train.data import TripletDataset
-from dfmvr.train.head_refit import HeadFeatures, head_features, refit_heads, training_mix_features
-
-IDENTITY_MAPPING = (0, 1, 2)
-
-
-class SlotBroken:
-    """A TripletDataset whose slot k shows the photo of view ``sources[i][k]``; pose truth follows."""
-
-    def __init__(self, base: TripletDataset, sources: list[tuple[int, int, int]]):
-        self.base, self.sources, self.root = base, sources, base.root
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> dict:
-        item, src = dict(self.base[i]), list(self.sources[i])
-        item["images"] = item["images"][src]
-        truth = COEFFS.split(item["coefficients"].numpy()[None])
-        moved = dataclasses.replace(truth, rotation=truth.rotation[:, src], translation=truth.translation[:, src])
-        item["coefficients"] = torch.from_numpy(COEFFS.join(moved)[0])
-        return item
-
-
-def random_breaks(n: int, seed: int) -> list[tuple[int, int, int]]:
-    rng, out = np.random.default_rng(seed), []
-    while len(out) < n:
-        sources = tuple(int(v) for v in rng.integers(0, 3, size=3))
-        if sources != IDENTITY_MAPPING:
-            out.append(sources)
-    return out
-
-
-def joined(*parts: HeadFeatures) -> HeadFeatures:
-    return HeadFeatures(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("inputs", "coefficients", "predicted")))
+from dfmvr.train.head_refit import HeadFeatures, head_features, joined, refit_heads, training_mix_features
+from dfmvr.train.slot_breaks import SlotBroken, random_breaks
 
 
 def scores(face_model, features: HeadFeatures) -> dict:

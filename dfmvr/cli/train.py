@@ -102,6 +102,10 @@ _PATH = click.Path(path_type=Path)
 @click.option("--class-balanced", "class_balanced", is_flag=True,
               help="--stage parse: weigh the cross entropy by 1/sqrt(class pixel frequency), so the small parts "
                    "(eyes, brows, lips) the landmarks sit on count more.")
+@click.option("--slot-breaks", "slot_breaks", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="--stage heads: add this fraction of the triplets again with their slots broken (a photo in "
+                   "another view's slot, the pose truth following it), so the refit heads read each view's pose "
+                   "from the photo, not the slot; costs some accuracy on conventional input (docs/training.md).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of everything random (sample order, augmentation, view dropout, initial weights).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
@@ -117,7 +121,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, slot_breaks, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -125,6 +129,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         raise click.UsageError("--init fine-tunes the main stage; the parse stage starts from scratch")
     if class_balanced and stage != "parse":
         raise click.UsageError("--class-balanced weighs the parse stage's loss; add --stage parse")
+    if slot_breaks and stage != "heads":
+        raise click.UsageError("--slot-breaks adds rows to the heads' refit; add --stage heads")
     if stage == "heads":
         if not init or not val:
             raise click.UsageError("--stage heads refits a trained network: give it --init CHECKPOINT and "
@@ -132,7 +138,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         from ..train.head_refit import run_head_refit
 
         path, report = run_head_refit(init, data, val, out, face_model_path=face_model,
-                                      progress=(lambda _: None) if quiet else click.echo)
+                                      progress=(lambda _: None) if quiet else click.echo, slot_breaks=slot_breaks)
         for group, r in report["groups"].items():
             click.echo(f"{group}: selection set {r['select_before']} -> {r['select_after']} "
                        f"({'refit, strength ' + format(r['strength'], 'g') if r['refit'] else 'kept'})")

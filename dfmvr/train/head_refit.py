@@ -92,9 +92,12 @@ def training_mix_features(model, dataset, batch: int = 16) -> HeadFeatures:
     full = head_features(model, dataset, batch)
     half = dataset.subset(0, max(1, len(dataset) // 2))
     masks = VIEW_PATTERNS[np.arange(len(half)) % len(VIEW_PATTERNS)]
-    part = head_features(model, half, batch, view_masks=masks)
-    return HeadFeatures(*(np.concatenate([getattr(full, k), getattr(part, k)])
-                          for k in ("inputs", "coefficients", "predicted")))
+    return joined(full, head_features(model, half, batch, view_masks=masks))
+
+
+def joined(*parts: HeadFeatures) -> HeadFeatures:
+    """The rows of ``parts`` stacked in order."""
+    return HeadFeatures(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("inputs", "coefficients", "predicted")))
 
 
 def ridge_fit(inputs: np.ndarray, targets: np.ndarray, strength: float) -> tuple[np.ndarray, np.ndarray]:
@@ -168,10 +171,12 @@ def refit_heads(model, train: HeadFeatures, select: HeadFeatures, face_model: Mo
 
 
 def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_model_path=None,
-                   progress=print) -> tuple[Path, dict]:
+                   progress=print, slot_breaks: float = 0.0) -> tuple[Path, dict]:
     """``dfmvr-train --stage heads``: load ``init``, refit ``groups`` on ``data`` (strength chosen on
     ``select``), write OUT/checkpoint.safetensors (float32, the card's provenance records the refit)
-    and OUT/heads.json. -> (checkpoint path, report)."""
+    and OUT/heads.json. ``slot_breaks`` > 0 adds that fraction of each set's triplets again with their
+    slots broken at random (dfmvr/train/slot_breaks.py), so the heads read the pose from the photo
+    rather than the slot. -> (checkpoint path, report)."""
     import json
     import time
 
@@ -179,6 +184,7 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
     from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
 
     from .data import TripletDataset
+    from .slot_breaks import SlotBroken, random_breaks
 
     model, card, _ = load_checkpoint(init, load_train_state=False)
     face_model, _ = select_face_model(face_model_path, card=card, data=data)
@@ -190,7 +196,12 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
             raise InputError(root, "no triplet folders", "point --data/--val at folders made by dfmvr data synth")
         progress(f"head inputs of {len(dataset)} triplets in {root} (all views, then half with views missing)")
         features[name], counts[name] = training_mix_features(model, dataset), len(dataset)
-    report = {"init": str(init), "data": str(data), "triplets": counts["train"],
+        broken = round(slot_breaks * len(dataset))
+        if broken:      # separate draws for the two sets (seeds 1 and 2, as in scripts/slot_break_probe.py)
+            progress(f"and {broken} of them with their slots broken")
+            sources = random_breaks(broken, 1 if name == "train" else 2)
+            features[name] = joined(features[name], head_features(model, SlotBroken(dataset, sources)))
+    report = {"init": str(init), "data": str(data), "triplets": counts["train"], "slot_breaks": slot_breaks,
               "rows": len(features["train"].inputs), "select": str(select), "select_triplets": counts["select"],
               "select_rows": len(features["select"].inputs),
               "groups": refit_heads(model, features["train"], features["select"], face_model, groups=groups)}
