@@ -224,8 +224,8 @@ def train_parse_net(cfg: ParseConfig) -> Path:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     epoch, lr_per_epoch = 0, []
     if cfg.resume and weights_path.is_file() and state_path.is_file():
+        loaded, args = load_parse_weights(weights_path)       # first: a corrupt file gets its clear error
         _refuse_a_second_loss(weights_path, cfg.class_balanced)
-        loaded, args = load_parse_weights(weights_path)
         net.load_state_dict(loaded.state_dict())
         net.train()
         state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -33,10 +33,9 @@ class SlotBroken:
     def __getitem__(self, i: int) -> dict:
         item, src = dict(self.base[i]), list(self.sources[i])
         item["images"] = item["images"][src]
-        if "coefficients" in item:
-            truth = COEFFS.split(item["coefficients"].numpy()[None])
-            moved = dataclasses.replace(truth, rotation=truth.rotation[:, src], translation=truth.translation[:, src])
-            item["coefficients"] = torch.from_numpy(COEFFS.join(moved)[0])
+        truth = COEFFS.split(item["coefficients"].numpy()[None])
+        moved = dataclasses.replace(truth, rotation=truth.rotation[:, src], translation=truth.translation[:, src])
+        item["coefficients"] = torch.from_numpy(COEFFS.join(moved)[0])
         return item
 
 

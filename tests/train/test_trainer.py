@@ -216,6 +216,9 @@ def test_parse_resume_refuses_to_switch_the_loss(synth4, tmp_path):
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         assert json.loads(f.metadata()["provenance"])["epochs"] == 2
+    path.write_bytes(path.read_bytes()[:100])          # truncated: the clear error, not the loss check's crash
+    with pytest.raises(InputError, match="not a readable safetensors file"):
+        train_parse_net(ParseConfig(epochs=3, out=str(tmp_path / "b"), resume=True, class_balanced=True, **cfg))
 
 
 def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
