@@ -20,24 +20,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from dfmvr.face.layout import COEFFS
-from dfmvr.face.metrics import rotation_error_deg, shape_r2
 from dfmvr.face.model import MorphableModel
 from dfmvr.models.checkpoint import load_checkpoint
 from dfmvr.train.data import TripletDataset
-from dfmvr.train.head_refit import HeadFeatures, head_features, joined, refit_heads, training_mix_features
-from dfmvr.train.slot_breaks import SlotBroken, random_breaks
-
-
-def scores(face_model, features: HeadFeatures) -> dict:
-    predicted = COEFFS.split(features.predicted.astype(np.float32))
-    truth = COEFFS.split(features.coefficients.astype(np.float32))
-    r2 = shape_r2(face_model, predicted, truth)
-    rotation = float(np.median(rotation_error_deg(predicted.rotation, truth.rotation)))
-    return {"identity": round(r2["identity"], 4), "expression": round(r2["expression"], 4),
-            "rotation_median_deg": round(rotation, 3)}
+from dfmvr.train.head_refit import head_features, held_out_scores, joined, refit_heads, training_mix_features
+from dfmvr.train.slot_breaks import SlotBroken, held_out_orders, random_breaks
 
 
 def main() -> None:
@@ -57,18 +44,16 @@ def main() -> None:
     broken = head_features(model, SlotBroken(train.subset(n, n + n // 2), random_breaks(n // 2, 1)))
     select_mix = training_mix_features(model, select)
     select_broken = head_features(model, SlotBroken(select, random_breaks(len(select), 2)))
-    held_out = {"as_is": lambda m: head_features(m, val),
-                "front_photo_in_every_slot": lambda m: head_features(m, SlotBroken(val, [(1, 1, 1)] * len(val))),
-                "left_right_swapped": lambda m: head_features(m, SlotBroken(val, [(2, 1, 0)] * len(val))),
-                "random_breaks": lambda m: head_features(m, SlotBroken(val, random_breaks(len(val), 3)))}
+    held_out = {k: (lambda m, o=o: head_features(m, val if o is None else SlotBroken(val, o)))
+                for k, o in held_out_orders(len(val)).items()}
     groups = ("identity", "expression", "rotation")
     report = {"checkpoint": args.checkpoint, "training_triplets": n, "slot_broken_rows": n // 2,
-              "trained_heads": {k: scores(face_model, f(model)) for k, f in held_out.items()}}
+              "trained_heads": {k: held_out_scores(face_model, f(model)) for k, f in held_out.items()}}
     for name, (fit, sel) in {"refit_mix": (mix, select_mix),
                              "refit_mix_and_slot_breaks": (joined(mix, broken), joined(select_mix, select_broken))}.items():
         refit, _, _ = load_checkpoint(args.checkpoint, load_train_state=False)
         report[name] = {"refit": refit_heads(refit, fit, sel, face_model, groups=groups),
-                        **{k: scores(face_model, f(refit)) for k, f in held_out.items()}}
+                        **{k: held_out_scores(face_model, f(refit)) for k, f in held_out.items()}}
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

@@ -8,13 +8,14 @@
 # measured as it ran: data 3.0 min, parse net 10.0 (3 epochs), main stage epochs 1-24 115.2 (with the grow
 # to 4,000 triplets), 12,000 more triplets 19.9, epochs 25-32 40.0, the heads' refit 14.2, export and
 # evaluation 1.2: 203.5 min in all (stopped after epoch 24 for a test run and resumed, nothing else running
-# while it trained; benchmarks/results/recipe_class_balanced_parser.json).
+# while it trained; benchmarks/results/recipe_class_balanced_parser.json). The heads' refit was then rerun
+# with --slot-breaks 0.05 (step 3d): 16.6 min, so the recipe as written takes about 206 min on that host.
 # The demo before it (the same recipe on a one-epoch plain parser) was measured part by part on a faster
 # 2-core EPYC that ran 0.70-1.02 s per step: data and parser 8 min, epochs 1-24 84, 12,000 more triplets
 # 12, epochs 25-32 25, the refit 12, export and evaluation 1: about 143 min (benchmarks/results/
 # recipe_keypoint_target_full.json, head_refit.json, main_stage_32_epochs.json). At that host's speed this
-# recipe's parse stage adds about 5 min: about 148 min. The same steps ran 1.2-1.6x slower on the host
-# above: read the time with the host's speed beside it. Older runs: recipe_rerun_from_scratch.json.
+# recipe's parse stage adds about 5 min and the slot-broken rows of the refit about 2: about 150 min.
+# The same steps ran 1.2-1.6x slower on the host above: read the time with the host's speed beside it. Older runs: recipe_rerun_from_scratch.json.
 # Every step resumes: rerun the script after an interruption (each part of the main
 # stage continues with --resume and leaves a marker when done).
 # The last step copies the weights, the ONNX graph and the face model into dfmvr/assets/default/ and
@@ -91,10 +92,14 @@ fi
 #    heads read to the true coefficients, on the training triplets and on as many new ones (data is
 #    free; the new faces' features are what held-out ones look like), the strength chosen on the
 #    selection set (dfmvr/train/head_refit.py; docs/training.md, "Refitting the heads"). Only the
-#    heads change; the graph keeps its shape.
+#    heads change; the graph keeps its shape. --slot-breaks 0.05 adds 800 of the triplets again with
+#    their photos in the wrong slots (pose truth following the photo), so the heads read each view's
+#    pose from its photo, not from the slot: photos in the wrong order get 4-6 deg of rotation error
+#    instead of 39-88, conventional ones 1.86 instead of 1.83 (docs/training.md, "Reading the pose
+#    from the photo").
 if [ ! -f "$WORK/runs/heads/checkpoint.safetensors" ]; then
   dfmvr-train --stage heads --init "$WORK/runs/lite/checkpoint.safetensors" --data "$WORK/data/train" \
-      --val "$WORK/data/select" --out "$WORK/runs/heads" --quiet
+      --val "$WORK/data/select" --out "$WORK/runs/heads" --slot-breaks 0.05 --quiet
 fi
 
 # 4. ship in float16 storage (float32 compute), export (fails if ONNX Runtime and PyTorch disagree), evaluate on the held-out set, install

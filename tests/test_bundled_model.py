@@ -20,6 +20,7 @@ from tests.conftest import REPO
 CHECKPOINT = DEFAULT_DIR / "model.safetensors"
 EXAMPLE = REPO / "examples" / "triplet"
 ICP_ITERATIONS = 30          # dfmvr eval's default, used for eval.json
+SLOT_BROKEN_MAX_DEG = 12.0
 
 pytestmark = pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason="no bundled model in dfmvr/assets/default/")
 
@@ -135,3 +136,22 @@ def test_the_shipped_model_reads_identity_pose_and_the_side_views():
     assert pose["model"]["rotation_deg"]["median"] * 3 <= pose["slot_prior"]["rotation_deg"]["median"]
     for baseline in ("mean_face", "front_only"):
         assert shipped["model_vs"][baseline]["ci95_mm"][0] > 0, baseline
+
+
+@pytest.mark.parametrize("sources", [(1, 1, 1), (2, 1, 0)], ids=["front_photo_in_every_slot", "left_right_swapped"])
+def test_the_shipped_model_reads_each_views_pose_from_its_photo(sources):
+    """Photos in the wrong slots: each slot's rotation follows the photo it is given, not the slot's
+    usual pose (the heads' refit saw slot-broken triplets, --slot-breaks; the demo before it answered
+    the example's front photo in the left slot with the left slot's -52 deg yaw)."""
+    import onnxruntime as ort
+
+    from dfmvr.face.layout import COEFFS
+    from dfmvr.face.metrics import rotation_error_deg
+
+    card = ModelCard.from_json(read_onnx_metadata(DEFAULT_ONNX)[ONNX_METADATA_KEY])
+    x = _example_images(card)[:, list(sources)]
+    got = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    with np.load(EXAMPLE / "gt.npz") as z:
+        truth = COEFFS.split(z["coefficients"][None].astype(np.float32)).with_views(sources)
+    errors = rotation_error_deg(COEFFS.split(got).rotation, truth.rotation)[0]
+    assert errors.max() < SLOT_BROKEN_MAX_DEG, errors

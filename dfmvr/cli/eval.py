@@ -17,11 +17,22 @@ from .settings import HELP_SETTINGS
 
 from ..atomic import atomic_write_text
 from ..errors import InputError, require
+from ..face.layout import NUM_VIEWS, VIEWS
 from ..face.selection import select_face_model
 
 
 def _fmt(s: dict) -> str:
     return f"mean {s['mean_mm']:.4f}  median {s['median_mm']:.4f}  rmse {s['rmse_mm']:.4f} mm"
+
+
+def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    names = [t.strip().lower() for t in text.split(",")]
+    if len(names) != NUM_VIEWS or any(n not in VIEWS for n in names):
+        raise click.BadParameter(f"{text!r}: give three of {', '.join(VIEWS)}, comma-separated "
+                                 "(the photo for the left, front and right slot)", param_hint="--slot-order")
+    return tuple(VIEWS.index(n) for n in names)
 
 
 @click.command(name="eval", context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
@@ -46,14 +57,20 @@ def _fmt(s: dict) -> str:
               help="With --refine: also refine from the mean face (identity, expression and texture zeroed; "
                    "the network's pose and light) for the same steps: what the network's shape is worth "
                    "as a starting point.")
+@click.option("--slot-order", type=str, default=None, metavar="V,V,V",
+              help="Give the left, front and right slots the photos of these views instead, e.g. "
+                   "'front,front,front' or 'right,front,left' (the pose truth follows the photo): does the "
+                   "model read each view's pose from the photo or from the slot?")
 @quiet_option
 def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, refine_steps,
-            refine_device, refine_from_mean_face, quiet):
+            refine_device, refine_from_mean_face, slot_order, quiet):
     """Score a model on DATA: mean / median / RMSE point-to-surface error in mm (NoW protocol),
     next to the mean face and the same model given only the front view."""
     if (checkpoint is None) == (onnx is None):
         raise click.UsageError("give exactly one of --checkpoint or --onnx")
     from ..eval import OnnxPredictor, evaluate_dataset
+
+    slot_order = _parse_slot_order(slot_order)
 
     if onnx is not None:
         if str(onnx) == "default":
@@ -81,7 +98,7 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
                           RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
     report = evaluate_dataset(predictor, data, fm, limit=limit, batch=batch, progress=not quiet,
                               refiner=refiner, refine_from_mean_face=refine_from_mean_face,
-                              icp_iterations=icp_iterations)
+                              slot_order=slot_order, icp_iterations=icp_iterations)
     if refiner is not None:
         report["refine"]["config"] = refiner.config.to_dict()
     report["source"] = source
@@ -93,6 +110,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
             refined = f"  refined {row['refined']['mean_mm']:.4f}" if "refined" in row else ""
             click.echo(f"{row['name']}: model {row['model']['mean_mm']:.4f}{refined}  front-only "
                        f"{row['front_only']['mean_mm']:.4f}  mean-face {row['mean_face']['mean_mm']:.4f} mm")
+    if slot_order is not None:
+        click.echo(f"slots given the photos of: {', '.join(report['slot_order'])} (pose truth follows the photo)")
     click.echo(f"model       {_fmt(report['model'])}  ({report['num_triplets']} triplets)")
     if "refined" in report:
         r = report["refine"]

@@ -20,7 +20,7 @@ Dataset layouts (one folder per triplet; ``root`` may itself be one):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -34,7 +34,8 @@ from ..face.metrics import (SEVEN_POINTS_IBUG, evaluate_reconstruction, paired_i
                             shape_r2, slot_prior, summarize, translation_breakdown)
 from ..face.model import MorphableModel
 
-__all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "OnnxPredictor", "evaluate_dataset", "METHODS"]
+__all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "with_slot_order", "OnnxPredictor",
+           "evaluate_dataset", "METHODS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SCAN_LANDMARK_NAMES = ("scan_landmarks.txt", "scan_landmarks.pts", "scan_landmarks.pp", "scan_landmarks.npy")
@@ -120,6 +121,19 @@ def _weak_inputs(folder: Path, image_size: int) -> dict:
     return out
 
 
+def with_slot_order(sample: EvalSample, slot_order) -> EvalSample:
+    """``sample`` with slot k showing view ``slot_order[k]``'s photo (and its landmarks and labels); the
+    true per-view pose follows the photo (``Coefficients.with_views``). What ``--slot-order`` scores:
+    photos handed over in another order than left / front / right."""
+    src = list(slot_order)
+    moved = {k: getattr(sample, k)[src] for k in ("images", "landmarks", "landmark_visible", "labels")
+             if getattr(sample, k) is not None}
+    if sample.true_coefficients is not None:
+        truth = COEFFS.split(sample.true_coefficients[None]).with_views(src)
+        moved["true_coefficients"] = COEFFS.join(truth)[0].astype(np.float64)
+    return replace(sample, **moved)
+
+
 def load_eval_sample(folder, face_model: MorphableModel, image_size: int = 224) -> EvalSample:
     """Read one triplet folder of either layout (see the module docstring)."""
     sample = _load_eval_sample(Path(folder), face_model, image_size)
@@ -196,7 +210,7 @@ def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSamp
 
 def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
                      batch: int = 4, baselines: bool = True, progress: bool = False, refiner=None,
-                     refine_from_mean_face: bool = False, **metric) -> dict:
+                     refine_from_mean_face: bool = False, slot_order=None, **metric) -> dict:
     """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
 
     predictor: callable images [B, 3, 3, H, W] float32 (normalised per ``predictor.card``) ->
@@ -220,6 +234,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     gain over the network and the mean face), and ``refine`` records the mean loss before/after and
     the seconds per triplet. ``refine_from_mean_face`` adds ``refined_mean_face``: the same refinement
     started from the mean face (identity, expression, texture zeroed; the network's pose and light).
+
+    slot_order (``--slot-order``): three view indices; slot k is given view ``slot_order[k]``'s photo
+    and the pose truth follows the photo (``with_slot_order``), so ``pose`` says whether the network
+    reads each view's pose from the photo or from the slot. The shapes' truth does not change. Recorded
+    in the report as view names.
     """
     folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
     card = predictor.card
@@ -235,6 +254,8 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         iterator = tqdm(iterator, desc="eval", unit="batch")
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
+        if slot_order is not None:
+            samples = [with_slot_order(s, slot_order) for s in samples]
         x = card.normalise(np.stack([s.images for s in samples]))
         preds = {"model": predictor(x)}
         if refiner is not None:
@@ -261,6 +282,8 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
                 row["mean_face"] = _score(mean_shape, face_model, sample, **metric)
             rows.append(row)
     out = {"model": summarize([r["model"] for r in rows]), "num_triplets": len(rows), "rows": rows}
+    if slot_order is not None:
+        out["slot_order"] = [VIEWS[v] for v in slot_order]
     if refiner is not None:
         out["refined"] = summarize([r["refined"] for r in rows])
         if refine_from_mean_face:

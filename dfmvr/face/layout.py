@@ -5,7 +5,7 @@ Nothing else in the project slices a coefficient vector by hand: use ``COEFFS.sp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -63,6 +63,14 @@ class Coefficients:
         if isinstance(index, int):
             index = slice(index, index + 1)
         return Coefficients(**{k: v[index] for k, v in self.as_dict().items()})
+
+    def with_views(self, sources) -> "Coefficients":
+        """The same faces with view slot k holding the pose of view ``sources[k]``: what the true
+        coefficients become when slot k is shown view ``sources[k]``'s photo (the pose belongs to the
+        photo; identity, expression, texture and light to the face). Used by slot-broken training rows
+        (dfmvr/train/slot_breaks.py) and ``dfmvr eval --slot-order``."""
+        src = list(sources)
+        return replace(self, rotation=self.rotation[:, src], translation=self.translation[:, src])
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,15 @@ import torch
 from dfmvr.atomic import atomic_write_text
 from dfmvr.errors import InputError
 from dfmvr.face.layout import COEFFS, VIEW_SUFFIXES
-from dfmvr.face.metrics import shape_r2
+from dfmvr.face.metrics import rotation_error_deg, shape_r2
 from dfmvr.face.model import MorphableModel
 from dfmvr.models.heads import head_names
 
 from .schedule import VIEW_PATTERNS
 
-__all__ = ["DEFAULT_GROUPS", "HEAD_GROUPS", "RIDGE_STRENGTHS", "HeadFeatures", "head_features", "ridge_fit",
-           "group_columns", "refit_heads", "run_head_refit", "training_mix_features"]
+__all__ = ["DEFAULT_GROUPS", "HEAD_GROUPS", "RIDGE_STRENGTHS", "SLOT_BREAK_SEEDS", "HeadFeatures", "head_features",
+           "held_out_scores", "joined", "ridge_fit", "group_columns", "refit_heads", "run_head_refit",
+           "slot_broken_rows", "training_mix_features"]
 
 # group -> the heads (module names of heads.head_names) whose outputs form it
 HEAD_GROUPS = {"identity": ("conv2_id",), "expression": ("conv2_exp",), "texture": ("conv2_color",),
@@ -44,6 +45,7 @@ HEAD_GROUPS = {"identity": ("conv2_id",), "expression": ("conv2_exp",), "texture
                "translation": tuple(f"conv2_offset{part}{sfx}" for sfx in VIEW_SUFFIXES for part in ("_xy", "_z"))}
 RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)   # on standardised inputs; 1e3 won for the demo
 DEFAULT_GROUPS = ("identity", "expression", "rotation")
+SLOT_BREAK_SEEDS = {"train": 1, "select": 2}   # separate random_breaks draws for the fit and the selection rows
 # Translation is left out by default: on the demo the ridge lowered its coefficient MSE on the selection
 # set but raised dfmvr eval's median translation error (29.9 -> 30.7 mm there, 24.3 -> 24.9 held out).
 
@@ -54,6 +56,11 @@ class HeadFeatures:
     inputs: np.ndarray
     coefficients: np.ndarray
     predicted: np.ndarray | None = None     # the network's own output [N, COEFFS.size]
+
+    def head(self, rows: int) -> "HeadFeatures":
+        """The first ``rows`` rows."""
+        return HeadFeatures(self.inputs[:rows], self.coefficients[:rows],
+                            None if self.predicted is None else self.predicted[:rows])
 
 
 @torch.no_grad()
@@ -93,6 +100,26 @@ def training_mix_features(model, dataset, batch: int = 16) -> HeadFeatures:
     half = dataset.subset(0, max(1, len(dataset) // 2))
     masks = VIEW_PATTERNS[np.arange(len(half)) % len(VIEW_PATTERNS)]
     return joined(full, head_features(model, half, batch, view_masks=masks))
+
+
+def slot_broken_rows(model, dataset, count: int, seed: int) -> HeadFeatures:
+    """The first ``count`` triplets of ``dataset`` with their slots broken at random (``random_breaks(count,
+    seed)``; pose truth following the photo): the rows ``--slot-breaks`` adds. The draw is sequential, so
+    a smaller count gives a prefix of the same rows (``HeadFeatures.head``)."""
+    from .slot_breaks import SlotBroken, random_breaks
+
+    return head_features(model, SlotBroken(dataset, random_breaks(count, seed)))
+
+
+def held_out_scores(face_model: MorphableModel, features: HeadFeatures) -> dict:
+    """The network's own outputs in ``features`` against the truth: identity / expression R² (vertex
+    space, dfmvr eval's) and the median per-view rotation error (degrees)."""
+    predicted = COEFFS.split(features.predicted.astype(np.float32))
+    truth = COEFFS.split(features.coefficients.astype(np.float32))
+    r2 = shape_r2(face_model, predicted, truth)
+    rotation = float(np.median(rotation_error_deg(predicted.rotation, truth.rotation)))
+    return {"identity": round(r2["identity"], 4), "expression": round(r2["expression"], 4),
+            "rotation_median_deg": round(rotation, 3)}
 
 
 def joined(*parts: HeadFeatures) -> HeadFeatures:
@@ -184,7 +211,6 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
     from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
 
     from .data import TripletDataset
-    from .slot_breaks import SlotBroken, random_breaks
 
     model, card, _ = load_checkpoint(init, load_train_state=False)
     face_model, _ = select_face_model(face_model_path, card=card, data=data)
@@ -197,10 +223,9 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
         progress(f"head inputs of {len(dataset)} triplets in {root} (all views, then half with views missing)")
         features[name], counts[name] = training_mix_features(model, dataset), len(dataset)
         broken = round(slot_breaks * len(dataset))
-        if broken:      # separate draws for the two sets (seeds 1 and 2, as in scripts/slot_break_probe.py)
+        if broken:
             progress(f"and {broken} of them with their slots broken")
-            sources = random_breaks(broken, 1 if name == "train" else 2)
-            features[name] = joined(features[name], head_features(model, SlotBroken(dataset, sources)))
+            features[name] = joined(features[name], slot_broken_rows(model, dataset, broken, SLOT_BREAK_SEEDS[name]))
     report = {"init": str(init), "data": str(data), "triplets": counts["train"], "slot_breaks": slot_breaks,
               "rows": len(features["train"].inputs), "select": str(select), "select_triplets": counts["select"],
               "select_rows": len(features["select"].inputs),

@@ -9,8 +9,6 @@ slot's yaw (docs/findings.md). Rows like these teach the heads to read the pose 
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -33,9 +31,8 @@ class SlotBroken:
     def __getitem__(self, i: int) -> dict:
         item, src = dict(self.base[i]), list(self.sources[i])
         item["images"] = item["images"][src]
-        truth = COEFFS.split(item["coefficients"].numpy()[None])
-        moved = dataclasses.replace(truth, rotation=truth.rotation[:, src], translation=truth.translation[:, src])
-        item["coefficients"] = torch.from_numpy(COEFFS.join(moved)[0])
+        truth = COEFFS.split(item["coefficients"].numpy()[None]).with_views(src)
+        item["coefficients"] = torch.from_numpy(COEFFS.join(truth)[0])
         return item
 
 
@@ -48,3 +45,9 @@ def random_breaks(n: int, seed: int) -> list[tuple[int, int, int]]:
         if sources != IDENTITY_MAPPING:
             out.append(sources)
     return out
+
+
+def held_out_orders(n: int) -> dict[str, list[tuple[int, int, int]] | None]:
+    """The slot orders the probes score ``n`` held-out triplets in (None: as they are)."""
+    return {"as_is": None, "front_photo_in_every_slot": [(1, 1, 1)] * n, "left_right_swapped": [(2, 1, 0)] * n,
+            "random_breaks": random_breaks(n, 3)}
