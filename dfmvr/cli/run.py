@@ -137,6 +137,7 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         bar.close()
     if not quiet:
         _print_fallbacks(summary.fallbacks)
+        _print_slot_doubts(summary.slot_doubts)
     if single:
         if summary.failed:
             raise summary.failed[0].error
@@ -177,6 +178,18 @@ def _print_fallbacks(fallbacks: dict) -> None:
                        err=True)
 
 
+def _print_slot_doubts(doubts: dict) -> None:
+    """One line per triplet whose photos look like they sit in the wrong slots (also in result.json)."""
+    from ..face.layout import VIEW_YAW_DEG, VIEWS
+
+    for name, views in doubts.items():
+        found = ", ".join(f"the {view} photo is turned {yaw:+.0f}° (a {view} view: about "
+                          f"{VIEW_YAW_DEG[VIEWS.index(view)]:+.0f}°)" for view, yaw in views.items())
+        click.echo(f"{name}: {found}: are the photos in left / front / right order? The pose follows the "
+                   "photo, but the shape and the placement are less accurate with photos in the wrong slots",
+                   err=True)
+
+
 def _stage_line(ms: dict) -> str:
     return ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
 
@@ -189,7 +202,8 @@ def _write_summary(out: Path, pipe, summary) -> None:
            "triplets_per_s": round(n / summary.wall, 3) if summary.wall > 0 and n else 0.0,
            "mean_stage_ms": {k: round(v / max(n, 1), 3) for k, v in summary.times.to_ms().items()},
            "done": [{"triplet": name, "folder": str(folder), "timings_ms": t.to_ms(),
-                     **({"detection_fallbacks": summary.fallbacks[name]} if name in summary.fallbacks else {})}
+                     **({"detection_fallbacks": summary.fallbacks[name]} if name in summary.fallbacks else {}),
+                     **({"slot_doubts": summary.slot_doubts[name]} if name in summary.slot_doubts else {})}
                     for name, folder, t in summary.done],
            "failed": [{"triplet": p.name, "file": p.error.path, "reason": str(p.error)} for p in summary.failed]}
     atomic_write_text(Path(out) / "summary.json", json.dumps(doc, indent=2))

@@ -27,9 +27,10 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..face.geometry import rotation_matrix
-from ..face.layout import VIEWS
+from ..face.layout import VIEW_YAW_DEG, VIEWS
 
-__all__ = ["FORMATS", "FORMAT_FILES", "OVERLAY_FORMATS", "needs_photos", "parse_formats", "pose_record",
+__all__ = ["FORMATS", "FORMAT_FILES", "OVERLAY_FORMATS", "SLOT_YAW_TOLERANCE_DEG", "needs_photos", "parse_formats",
+           "pose_record", "slot_doubts",
            "write_reconstruction", "staged_folder", "landmarks_on_photo"]
 
 FORMATS = ("obj", "ply", "npz", "json", "png", "jpg")
@@ -89,6 +90,24 @@ def pose_record(rotation: np.ndarray, translation: np.ndarray) -> dict:
             "translation": [float(v) for v in t], "translation_mm": [float(v) for v in t * MM_PER_UNIT]}
 
 
+# How far a view's yaw may stray from its slot's nominal yaw (VIEW_YAW_DEG: -45 / 0 / +45) before dfmvr-run
+# asks whether the photos are in the wrong slots. The synthetic training views stray by up to 8 deg and the
+# bundled demo's yaw error is ~2 deg (5 deg on photos in the wrong slots), so 30 deg flags a photo of another
+# view (a front photo in a side slot is ~45 deg off, left and right swapped ~90) and lets real side photos
+# turned 15 to 75 deg pass.
+SLOT_YAW_TOLERANCE_DEG = 30.0
+
+
+def slot_doubts(rotation: np.ndarray) -> dict[str, float]:
+    """{view: predicted yaw in degrees} for the views whose yaw is more than SLOT_YAW_TOLERANCE_DEG from
+    their slot's nominal yaw; ``rotation`` [3 views, 3] radians (one triplet). Meaningful for a network that
+    reads the pose from the photo (the bundled demo since its heads' refit with --slot-breaks); one that
+    reads it from the slot never raises a doubt."""
+    yaws = np.degrees(np.asarray(rotation, np.float64)[:, 1])
+    return {view: round(float(yaw), 1) for view, yaw, nominal in zip(VIEWS, yaws, VIEW_YAW_DEG)
+            if abs(yaw - nominal) > SLOT_YAW_TOLERANCE_DEG}
+
+
 def landmarks_on_photo(rec) -> np.ndarray:
     """Projected landmarks mapped back onto each photo: [V, 68, 2] float32 pixels (crop pixels with --aligned)."""
     crop_lm = rec.mesh.landmarks[0]
@@ -115,6 +134,8 @@ def _result_json(pipe, rec) -> dict:
         "aligned_input": pipe.aligned,
         "device": pipe.device,
         "views": views,
+        # views whose yaw is far from their slot's: photos in the wrong slots? (slot_doubts)
+        "slot_doubts": slot_doubts(c.rotation[0]),
         "units": {"translation": "decimetre (model units)", "translation_mm": "millimetre", "angles": "degree"},
         "mesh": {"pose": "front", "num_vertices": int(rec.mesh.vertices.shape[2]),
                  "num_triangles": int(pipe.face_model.num_triangles)},

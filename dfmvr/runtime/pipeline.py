@@ -100,6 +100,7 @@ class RunSummary:
     done: list = field(default_factory=list)        # (name, output folder, StageTimes)
     failed: list = field(default_factory=list)      # TripletProblem
     fallbacks: dict = field(default_factory=dict)   # done triplet name -> {view: detection path}, fallbacks only
+    slot_doubts: dict = field(default_factory=dict)  # done triplet name -> {view: yaw}, outputs.slot_doubts
     wall: float = 0.0                               # seconds for the whole run
     times: StageTimes = field(default_factory=StageTimes)   # summed over done triplets
 
@@ -287,6 +288,8 @@ class Pipeline:
         written whole or not at all, and the summary (``done``, ``failed``, ``progress`` calls) comes
         in the same order as without overlap: one writer thread takes the batches in input order.
         """
+        from .outputs import slot_doubts
+
         summary = RunSummary(failed=list(problems))
         start = time.perf_counter()
         triplets = list(triplets)
@@ -327,6 +330,9 @@ class Pipeline:
                 fallbacks = rec.prepared.detection_paths()
                 if fallbacks:
                     summary.fallbacks[name] = fallbacks
+                doubts = slot_doubts(rec.coeffs.rotation[0])
+                if doubts:
+                    summary.slot_doubts[name] = doubts
                 summary.times.add(rec.times)
                 if progress:
                     progress(name, True)

@@ -168,6 +168,35 @@ def test_bundled_model_end_to_end_on_the_example_triplet(tmp_path, capsys):
     assert cv2.imread(str(folder / "overlay.png")) is not None
 
 
+@pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason="no bundled model in dfmvr/assets/default/")
+def test_photos_in_the_wrong_slots_are_reported_and_still_reconstructed(tmp_path, capsys):
+    """A batch of the example as it is and with its front photo in every slot: both are written; only the
+    second gets slot doubts (its side slots read about +7 deg where -45 / +45 is expected), in result.json,
+    summary.json and on stderr."""
+    import shutil
+
+    from dfmvr.runtime.outputs import SLOT_YAW_TOLERANCE_DEG
+
+    (tmp_path / "in" / "as_is").mkdir(parents=True)
+    (tmp_path / "in" / "front_everywhere").mkdir()
+    for v in VIEWS:
+        shutil.copy(EXAMPLE / f"{v}.png", tmp_path / "in" / "as_is" / f"{v}.png")
+        shutil.copy(EXAMPLE / "front.png", tmp_path / "in" / "front_everywhere" / f"{v}.png")
+    code, _, err = dfmvr_run([tmp_path / "in", "--aligned", "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    as_is = json.loads((tmp_path / "out" / "as_is" / "result.json").read_text())
+    broken = json.loads((tmp_path / "out" / "front_everywhere" / "result.json").read_text())
+    assert as_is["slot_doubts"] == {}
+    assert set(broken["slot_doubts"]) == {"left", "right"}
+    for view, nominal in (("left", -45.0), ("right", 45.0)):
+        assert abs(broken["slot_doubts"][view] - nominal) > SLOT_YAW_TOLERANCE_DEG
+        assert broken["slot_doubts"][view] == pytest.approx(broken["views"][view]["yaw_deg"], abs=0.05)
+    summary = {d["triplet"]: d for d in json.loads((tmp_path / "out" / "summary.json").read_text())["done"]}
+    assert "slot_doubts" not in summary["as_is"] and set(summary["front_everywhere"]["slot_doubts"]) == {"left", "right"}
+    assert "front_everywhere: the left photo is turned" in err and "left / front / right order" in err
+    assert "as_is: the" not in err
+
+
 def _has_cuda_device() -> bool:
     try:
         from cuda.bindings import runtime as cudart
