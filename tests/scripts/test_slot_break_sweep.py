@@ -9,6 +9,7 @@ from tests.conftest import load_script
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.slow      # two refits and a sweep (~8 s); --stage heads --slot-breaks itself is tested in tests/train
 def test_the_sweep_refits_as_the_tool_does(synth4, lite_checkpoint, tmp_path, monkeypatch):
     import json
     import sys
