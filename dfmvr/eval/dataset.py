@@ -238,7 +238,8 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     slot_order (``--slot-order``): three view indices; slot k is given view ``slot_order[k]``'s photo
     and the pose truth follows the photo (``with_slot_order``), so ``pose`` says whether the network
     reads each view's pose from the photo or from the slot. The shapes' truth does not change. Recorded
-    in the report as view names.
+    in the report as view names. The slot prior is then each slot's mean of the moved truth: it knows
+    the order, so it is a stronger baseline there than a network that ignores the photos would be.
     """
     folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
     card = predictor.card
