@@ -99,6 +99,11 @@ _PATH = click.Path(path_type=Path)
                    "not in the exported graph (dfmvr/models/lite.py). Recorded in the card.")
 @click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
+@click.option("--depth-prior-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of each view's depth (translation z) away from where the crop alignment puts the mean "
+                   "face, squared (cm^2): needs no ground truth. Aligned crops show every face at about one size; "
+                   "without a prior the weak losses trade face size for camera distance (docs/training.md, "
+                   "\"Weak supervision alone\").")
 @click.option("--class-balanced", "class_balanced", is_flag=True,
               help="--stage parse: weigh the cross entropy by 1/sqrt(class pixel frequency), so the small parts "
                    "(eyes, brows, lips) the landmarks sit on count more.")
@@ -122,7 +127,7 @@ _PATH = click.Path(path_type=Path)
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
             supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, slot_breaks, no_view_dropout, no_augment,
-            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
+            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse" and init:
@@ -159,7 +164,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
                           supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight,
                           supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
-                          landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight)
+                          landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight,
+                          depth_prior=depth_prior_weight)
     if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,

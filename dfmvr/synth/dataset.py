@@ -49,7 +49,7 @@ from ..face.model import MorphableModel
 from .render import render_mesh
 
 __all__ = ["GENERATOR_VERSION", "SynthConfig", "SyntheticTriplet", "TripletGenerator",
-           "write_dataset", "triplet_name", "SynthReport", "load_meta"]
+           "write_dataset", "triplet_name", "SynthReport", "load_meta", "aligned_mean_face_pose"]
 
 GENERATOR_VERSION = 1
 META_FORMAT = "dfmvr-synthetic-dataset"
@@ -240,6 +240,18 @@ class TripletGenerator:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+
+def aligned_mean_face_pose(model: MorphableModel, camera: Camera | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Where the crop alignment puts an average head: per view (``VIEWS`` order) the Euler angles
+    [V, 3] and translation [V, 3] (dm) that place the mean face, turned to its slot's nominal yaw,
+    with its five points on ``align.TEMPLATE_224``. Reads no ground truth (the face model, the camera
+    and the template only), so a weak loss may use it as a prior: a real photo aligned to the same
+    template shows its face at this size. For the bundled synthetic model the depth comes out at
+    -0.76 dm (front) and -0.86 dm (sides), not 0: its faces are larger than the template's."""
+    angles = np.radians(np.stack([np.zeros(len(VIEWS)), VIEW_YAW_DEG, np.zeros(len(VIEWS))], -1))
+    shape = model.mean_shape.reshape(-1, 3).astype(np.float64)
+    return TripletGenerator(model, camera).align_poses(shape, geometry.rotation_matrix(angles).astype(np.float64))
 
 
 @dataclass

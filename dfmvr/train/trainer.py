@@ -187,7 +187,13 @@ class Trainer:
         self.weights = weights
         self.model = model.to(self.device).train()
         self.face = FaceModelTorch(face_model, Camera.from_dict(card.camera)).to(self.device)
-        self.loss = TrainingLoss(self.face, weights, parse_net=self.model.parse_net).to(self.device)
+        depth_centre = None
+        if weights.depth_prior > 0:
+            from ..synth.dataset import aligned_mean_face_pose
+            depth_centre = aligned_mean_face_pose(face_model, Camera.from_dict(card.camera))[1][:, 2]
+            self.card.provenance["depth_prior_centre_dm"] = [round(float(z), 4) for z in depth_centre]
+        self.loss = TrainingLoss(self.face, weights, parse_net=self.model.parse_net,
+                                 depth_centre=depth_centre).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)

@@ -323,6 +323,7 @@ def test_bench_cli_engine_peers_on_the_real_tiny_export(tmp_path):
         assert par["labels_agreement"] >= (0.95 if name == "onnxruntime-int8" else 0.99), (name, par)
 
 
+@pytest.mark.slow      # torch.compile's first compile (~10 s)
 def test_torch_compile_compiles_before_timing_with_parity(tiny_stats_onnx, one_torch_thread):
     """torch-compile on the statistics module: compiled on activation for every batch size (times
     reported apart), then timed like the others, with ~0 mm parity against torch eager."""

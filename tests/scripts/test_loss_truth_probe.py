@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import REPO, run_python
 
 
+@pytest.mark.slow      # a research script's end-to-end run (~4 s)
 def test_probe_on_two_clean_triplets(tmp_path):
     out = tmp_path / "probe.json"
     r = run_python(f"""

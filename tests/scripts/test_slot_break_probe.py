@@ -9,6 +9,7 @@ from tests.conftest import load_script
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.slow      # two refits (~6 s); its shared pieces are tested in tests/train/test_head_refit.py
 def test_the_probe_runs_end_to_end(synth4, lite_checkpoint, tmp_path, monkeypatch):
     import json
     import sys

@@ -30,6 +30,7 @@ WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow      # two processes (~11 s); single-process training is covered by the fast tests
 def test_two_process_ddp_keeps_replicas_identical(synth4, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

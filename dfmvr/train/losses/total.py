@@ -68,6 +68,12 @@ class LossWeights:
     # Models with a keypoint readout (architecture rednet.keypoints) only: mean squared distance (px^2)
     # of the soft-argmax keypoints to the 2D landmarks of each present view (gt.npz or a detector).
     keypoint_2d: float = 0.0
+    # Weak (needs no ground truth): each present view's translation z minus where the crop alignment
+    # puts the mean face (TrainingLoss.depth_centre), squared (cm^2). Aligned crops show every face at
+    # about one size, which the mean face at that depth explains; the image alone cannot tell a larger
+    # face from a farther one, and a weak-only run from scratch drifted ~19 cm too far
+    # (docs/training.md, "Weak supervision alone"). A prior on where the head is, not on its shape.
+    depth_prior: float = 0.0
     landmark_emphasis: float = 20.0       # weight of nose 28-30 and inner mouth 60-67
     landmark_eyes: bool = False           # also emphasise the eyes 36-47 (the official code)
     photo_dilation: int = 10              # the features' dilation (pixels, square) in the weight map
@@ -94,11 +100,16 @@ class TrainingLoss(nn.Module):
     """
 
     def __init__(self, face: FaceModelTorch, weights: LossWeights | None = None,
-                 parse_net: nn.Module | None = None):
+                 parse_net: nn.Module | None = None, depth_centre=None):
         super().__init__()
         self.face = face
         self.weights = weights or LossWeights()
         self.parse_net = parse_net
+        # The depth prior's centre, per view [V] (model units): translation z of the mean face aligned
+        # to the crop template (``synth.dataset.aligned_mean_face_pose``; the trainer passes it). 0 if
+        # not given: the Deep3D convention, where the template was made for the mean face at z = 0.
+        centre = torch.zeros(COEFFS.views) if depth_centre is None else torch.as_tensor(depth_centre, dtype=torch.float32)
+        self.register_buffer("depth_centre", centre.reshape(COEFFS.views), persistent=False)
         self.register_buffer("lm_weights", landmark_weights(self.weights.landmark_emphasis,
                                                             self.weights.landmark_eyes), persistent=False)
         self.prdl = None
@@ -162,6 +173,8 @@ class TrainingLoss(nn.Module):
             # PRDL samples the z-buffered surface on a pixel lattice: it reuses the render's raster.
             terms["prdl"] = self.prdl(mesh.pixels_depth, labels, view_mask,
                                       raster=None if rendered is None else rendered.raster)
+        if w.depth_prior > 0:
+            terms["depth_prior"] = self.depth_prior_term(coefficients, view_mask, self.depth_centre)
         if w.supervised > 0 and batch.get("gt_coefficients") is not None:
             terms["supervised"] = self.supervised_term(coefficients, batch["gt_coefficients"], view_mask)
         if w.supervised_pose > 0 and batch.get("gt_coefficients") is not None:
@@ -197,6 +210,16 @@ class TrainingLoss(nn.Module):
         t = true - true.mean(dim=1, keepdim=True)
         scale = (p * t).sum(dim=(1, 2)) / (p * p).sum(dim=(1, 2)).clamp_min(1e-12)
         return (((scale[:, None, None] * p - t) * MM_PER_MODEL_UNIT) ** 2).sum(-1).mean()
+
+    @staticmethod
+    def depth_prior_term(pred: torch.Tensor, view_mask: torch.Tensor | None, centre: torch.Tensor) -> torch.Tensor:
+        """Mean over the present views of (translation z - centre[view])² in cm²."""
+        offset = COEFFS.split(pred).translation[..., 2] - centre.to(pred.dtype)
+        depth = (offset * (MM_PER_MODEL_UNIT / 10.0)).pow(2)                                       # [B, V]
+        if view_mask is None:
+            return depth.mean()
+        m = view_mask.to(depth.dtype)
+        return (depth * m).sum() / m.sum().clamp(min=1.0)
 
     @staticmethod
     def supervised_pose_term(pred: torch.Tensor, gt: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor:

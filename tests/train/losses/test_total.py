@@ -182,6 +182,35 @@ def test_supervised_pose_reads_degrees_and_centimetres_of_present_views_only(fac
     assert float(dropped["supervised_pose"]) == pytest.approx(4.0 + 0.25, rel=1e-4)
 
 
+def test_depth_prior_reads_translation_z_from_its_centre_in_centimetres_of_present_views_only(face, synthetic_batch):
+    """No ground truth read: 3 cm of depth from the centre in every view reads 9 cm² (centre 0 by
+    default, or one per view); x/y offsets, rotation and shape do not count, nor does a dropped view;
+    its gradient pulls z towards the centre."""
+    gt = synthetic_batch["gt_coefficients"]
+    batch = {k: v for k, v in synthetic_batch.items() if k != "gt_coefficients"}
+    centre = torch.tensor([-0.8, -0.7, -0.9])
+    for given in (None, centre):
+        loss = TrainingLoss(face, LossWeights(depth_prior=1.0), depth_centre=given)
+        c = COEFFS.split(torch.zeros_like(gt))
+        c.translation[..., 2] = 0.3 + (0.0 if given is None else given)     # 3 cm (decimetres) behind it
+        c.translation[..., 0] = 0.5
+        c.rotation[..., 1] = 0.4
+        c.identity += 1.0
+        pred = _join(c).requires_grad_(True)
+        _, terms = loss(pred, batch)
+        assert float(terms["depth_prior"]) == pytest.approx(9.0, rel=1e-4)
+        terms["depth_prior"].backward()
+        grad = COEFFS.split(pred.grad)
+        assert torch.all(grad.translation[..., 2] > 0) and torch.all(grad.translation[..., :2] == 0)
+        c.translation[:, 0, 2] = 5.0            # a huge offset in the left view...
+        mask = torch.ones(gt.shape[0], COEFFS.views, dtype=torch.bool)
+        mask[:, 0] = False                      # ...that was dropped
+        _, dropped = loss(_join(c), batch, view_mask=mask)
+        assert float(dropped["depth_prior"]) == pytest.approx(9.0, rel=1e-4)
+    _, off = TrainingLoss(face)(_join(c), batch)
+    assert "depth_prior" not in off             # off by default (the official recipe)
+
+
 def test_supervised_shape_aligned_forgives_scale_and_position_but_not_shape(face, synthetic_batch):
     """A predicted shape that is the truth scaled by 1.1 and moved reads ~0 after the closed-form
     alignment (the plain term does not: control); a change of shape still counts, exactly as much as
