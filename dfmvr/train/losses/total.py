@@ -107,7 +107,7 @@ class TrainingLoss(nn.Module):
         self.parse_net = parse_net
         # The depth prior's centre, per view [V] (model units): translation z of the mean face aligned
         # to the crop template (``synth.dataset.aligned_mean_face_pose``; the trainer passes it). 0 if
-        # not given: the Deep3D convention, where the template was made for the mean face at z = 0.
+        # not given: the Deep3D convention (its camera at distance 10 expects translation z near 0).
         centre = torch.zeros(COEFFS.views) if depth_centre is None else torch.as_tensor(depth_centre, dtype=torch.float32)
         self.register_buffer("depth_centre", centre.reshape(COEFFS.views), persistent=False)
         self.register_buffer("lm_weights", landmark_weights(self.weights.landmark_emphasis,
