@@ -294,6 +294,7 @@ def test_per_sample_norm_flag_takes_an_optional_kind(tmp_path):
     assert command.make_context("dfmvr-train", base).params["pool"] is None
 
 
+@pytest.mark.slow      # ~4-6 s; the exact resume is tested fast (test_resume_continues_exactly)
 def test_resume_with_more_epochs_stretches_the_schedule_and_the_card_says_so(synth4, tmp_path):
     out = tmp_path / "stretched"
     Trainer(_config(synth4, out, epochs=2, stop_after_epoch=1, bn_recalibration=0)).run()
@@ -309,6 +310,7 @@ def test_resume_with_more_epochs_stretches_the_schedule_and_the_card_says_so(syn
         Trainer(_config(synth4, out, epochs=3, resume=True, bn_recalibration=0))
 
 
+@pytest.mark.slow      # ~9 s; the lite design's keypoint target is tested fast (tests/models/test_lite.py)
 def test_trainer_supervises_the_keypoints_and_records_them(synth4, tmp_path):
     cfg = _config(synth4, tmp_path / "kp", epochs=1, augment=False, view_dropout=False)
     cfg.keypoints = 68
