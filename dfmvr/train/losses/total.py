@@ -27,6 +27,15 @@ from .regularizers import coefficient_regularizer, gamma_regularizer, reflectanc
 __all__ = ["LossWeights", "TrainingLoss"]
 
 
+def mean_over_present_views(per_view: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a [B, V] per-view error over the views present (``view_mask`` 1), or over all without a
+    mask. A dropped view is fed as zeros, so its error says nothing and must not pull the mean."""
+    if view_mask is None:
+        return per_view.mean()
+    m = view_mask.to(per_view.dtype)
+    return (per_view * m).sum() / m.sum().clamp(min=1.0)
+
+
 @dataclass
 class LossWeights:
     """Loss weights and switches. Defaults: DF-MVR's released recipe (REFERENCE.md), with its
@@ -216,10 +225,7 @@ class TrainingLoss(nn.Module):
         """Mean over the present views of (translation z - centre[view])² in cm²."""
         offset = COEFFS.split(pred).translation[..., 2] - centre.to(pred.dtype)
         depth = (offset * (MM_PER_MODEL_UNIT / 10.0)).pow(2)                                       # [B, V]
-        if view_mask is None:
-            return depth.mean()
-        m = view_mask.to(depth.dtype)
-        return (depth * m).sum() / m.sum().clamp(min=1.0)
+        return mean_over_present_views(depth, view_mask)
 
     @staticmethod
     def supervised_pose_term(pred: torch.Tensor, gt: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor:
@@ -227,11 +233,7 @@ class TrainingLoss(nn.Module):
         p, g = COEFFS.split(pred), COEFFS.split(gt)
         rotation = torch.rad2deg(p.rotation - g.rotation).pow(2).sum(-1)                     # [B, V]
         translation = ((p.translation - g.translation) * (MM_PER_MODEL_UNIT / 10.0)).pow(2).sum(-1)
-        error = rotation + translation
-        if view_mask is None:
-            return error.mean()
-        m = view_mask.to(error.dtype)
-        return (error * m).sum() / m.sum().clamp(min=1.0)
+        return mean_over_present_views(rotation + translation, view_mask)
 
     @staticmethod
     def supervised_term(pred: torch.Tensor, gt: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor:
