@@ -12,12 +12,18 @@ the vertex-space R² of ``dfmvr eval`` (``dfmvr.face.metrics.shape_r2``):
   network itself reads (its parse net's labels), so a network that does not beat it has not learned
   what it can. With --labels-from GRAPH the maps are the ones that exported graph's parse net gives (its `labels`
   output on the triplet's images): exactly what that network reads, parse errors included.
-- features (with --checkpoint): from the trained network's own features: the global average of RedNet's
-  last map (what the heads see with ``pool: average``) and the MulEn-Unet output pooled to 14 x 14.
+- features (with --checkpoint): from the trained network's own features: what its identity head
+  (``conv2_id``) reads, every design; for the official and tiny designs also the global average of
+  RedNet's last map (what the heads see with ``pool: average``) and the MulEn-Unet output pooled to
+  14 x 14. The first against the network's own identity R² says whether identity is lost before the
+  head (the features do not hold it) or in it (they do, and the head does not read it).
 
 Usage (about 10 s for the ceiling, 6 min on 2 cores with --checkpoint):
   python scripts/identity_observability.py --train DATA/train --select DATA/select --val DATA/val \
-      [--labels [--labels-from model.onnx]] [--checkpoint model.safetensors] --json benchmarks/results/identity_observability.json
+      [--train-limit N] [--labels [--labels-from model.onnx]] [--checkpoint model.safetensors] \
+      --json benchmarks/results/identity_observability.json
+--train-limit fits on the first N training triplets only (the dual-form ridge and the network's
+features grow with N; 1,500 of the recipe's 16,000 take about 5 min per checkpoint at one thread).
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from dfmvr.face.model import MorphableModel
 RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 
-def read_truth(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """-> landmarks [N, 3, 68, 2], coefficients [N, 269] of every triplet folder under ``root``."""
-    folders = sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())
+def read_truth(root: Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> landmarks [N, 3, 68, 2], coefficients [N, 269] of every triplet folder under ``root`` (the
+    first ``limit`` in sorted order, the order ``TripletDataset`` reads them in)."""
+    folders = sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())[:limit]
     arrays = [np.load(p / "gt.npz") for p in folders]
     return (np.stack([a["landmarks"] for a in arrays]).astype(np.float64),
             np.stack([a["coefficients"] for a in arrays]).astype(np.float32))
@@ -112,8 +119,10 @@ def ridge_scores(face_model, features: dict, truth: dict) -> dict:
     return {"ridge_strength": best, **{k: round(v, 3) for k, v in r2("val", best).items()}}
 
 
-def network_features(checkpoint: Path, roots: dict) -> dict:
-    """{name: {split: [N, D]}} from the network's pooled last map and its 14 x 14 MulEn-Unet output."""
+def network_features(checkpoint: Path, roots: dict, limits: dict | None = None) -> dict:
+    """{name: {split: [N, D]}}: what the identity head reads (``conv2_id``'s input, flattened), and for
+    designs with a RedNet trunk and MulEn-Unet (official, tiny) its pooled last map and the U-Net output
+    at 14 x 14. ``limits``: {split: N} reads only the first N triplets of that split."""
     import torch
     import torch.nn.functional as F
 
@@ -121,20 +130,29 @@ def network_features(checkpoint: Path, roots: dict) -> dict:
     from dfmvr.train.data import TripletDataset
 
     model, _, _ = load_checkpoint(checkpoint, load_train_state=False)
+    model.eval()
     seen = {}
-    model.rednet_fc.rednet.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("map", o))
-    model.uuunet.register_forward_hook(lambda m, i, o: seen.__setitem__("unet", o))
-    out = {"rednet_average": {}, "unet_14x14": {}}
+    readers = {"identity_head_input": lambda: seen["head"].flatten(1)}
+    model.rednet_fc.conv2_id.register_forward_pre_hook(lambda m, args: seen.__setitem__("head", args[0]))
+    rednet = getattr(model.rednet_fc, "rednet", None)
+    if rednet is not None and hasattr(rednet, "layer4"):
+        rednet.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("map", o))
+        model.uuunet.register_forward_hook(lambda m, i, o: seen.__setitem__("unet", o))
+        readers["rednet_average"] = lambda: seen["map"].mean(dim=(2, 3))
+        readers["unet_14x14"] = lambda: F.adaptive_avg_pool2d(seen["unet"], 14).flatten(1)
+    out = {name: {} for name in readers}
     for split, root in roots.items():
-        dataset, pooled, unet = TripletDataset(root), [], []
-        for start in range(0, len(dataset), 16):
-            images = torch.stack([dataset[i]["images"] for i in range(start, min(start + 16, len(dataset)))])
+        dataset = TripletDataset(root)
+        n = min(len(dataset), (limits or {}).get(split) or len(dataset))
+        rows = {name: [] for name in readers}
+        for start in range(0, n, 16):
+            images = torch.stack([dataset[i]["images"] for i in range(start, min(start + 16, n))])
             with torch.no_grad():
                 model(images)
-            pooled.append(seen["map"].mean(dim=(2, 3)).numpy())
-            unet.append(F.adaptive_avg_pool2d(seen["unet"], 14).flatten(1).numpy())
-        out["rednet_average"][split] = np.concatenate(pooled).astype(np.float64)
-        out["unet_14x14"][split] = np.concatenate(unet).astype(np.float64)
+            for name, read in readers.items():
+                rows[name].append(read().numpy())
+        for name in readers:
+            out[name][split] = np.concatenate(rows[name]).astype(np.float64)
     return out
 
 
@@ -146,6 +164,7 @@ def main() -> None:
     parser.add_argument("--labels-from", type=Path, help="with --labels: an exported graph whose parse labels to read")
     parser.add_argument("--label-grid", type=int, default=LABEL_GRID,
                         help="with --labels: sample each label map on this grid (default 32, every 7th pixel of 224)")
+    parser.add_argument("--train-limit", type=int, help="fit on the first N training triplets only")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -155,7 +174,7 @@ def main() -> None:
     face_model = MorphableModel.load(args.train / "face_model.npz")
     landmarks, truth = {}, {}
     for split, root in roots.items():
-        landmarks[split], truth[split] = read_truth(root)
+        landmarks[split], truth[split] = read_truth(root, args.train_limit if split == "train" else None)
     report = {"triplets": {k: len(v) for k, v in truth.items()}, "metric": "vertex-space R² on --val",
               "landmarks_three_views": ridge_scores(face_model, {k: v.reshape(len(v), -1) for k, v in landmarks.items()}, truth),
               "landmarks_front_view": ridge_scores(face_model, {k: v[:, 1].reshape(len(v), -1) for k, v in landmarks.items()}, truth)}
@@ -163,13 +182,13 @@ def main() -> None:
         read = graph_labels(args.labels_from) if args.labels_from else true_labels
         report["labels_source"] = str(args.labels_from) if args.labels_from else "true (gt.npz)"
         grid = args.label_grid
-        features = {split: label_features(root, grid, read=read) for split, root in roots.items()}
+        features = {split: label_features(root, grid, read=read)[:len(truth[split])] for split, root in roots.items()}
         report[f"labels_{grid}x{grid}_three_views"] = ridge_scores(face_model, features, truth)
         report[f"labels_{grid}x{grid}_front_view"] = ridge_scores(
             face_model, {k: v.reshape(len(v), 3, -1)[:, 1] for k, v in features.items()}, truth)
     if args.checkpoint:
         report["checkpoint"] = str(args.checkpoint)
-        for name, features in network_features(args.checkpoint, roots).items():
+        for name, features in network_features(args.checkpoint, roots, {"train": args.train_limit}).items():
             report[f"network_{name}"] = ridge_scores(face_model, features, truth)
     text = json.dumps(report, indent=2)
     print(text)

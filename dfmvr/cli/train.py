@@ -104,6 +104,11 @@ _PATH = click.Path(path_type=Path)
                    "face, squared (cm^2): needs no ground truth. Aligned crops show every face at about one size; "
                    "without a prior the weak losses trade face size for camera distance (docs/training.md, "
                    "\"Weak supervision alone\").")
+@click.option("--train-only", "train_only", multiple=True, metavar="PREFIX",
+              help="Train only the parameters whose names start with PREFIX (repeatable; e.g. rednet_fc.conv2_id. "
+                   "for the identity head), with --init: a heads-only phase. Everything else is frozen (its "
+                   "batch-norm running statistics still follow the data). Recorded in the card "
+                   "(docs/training.md, \"With the landmark target\").")
 @click.option("--class-balanced", "class_balanced", is_flag=True,
               help="--stage parse: weigh the cross entropy by 1/sqrt(class pixel frequency), so the small parts "
                    "(eyes, brows, lips) the landmarks sit on count more.")
@@ -127,13 +132,15 @@ _PATH = click.Path(path_type=Path)
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
             supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, slot_breaks, no_view_dropout, no_augment,
-            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, seed, workers, stop_after, max_steps, device, speed, quiet):
+            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse" and init:
         raise click.UsageError("--init fine-tunes the main stage; the parse stage starts from scratch")
     if class_balanced and stage != "parse":
         raise click.UsageError("--class-balanced weighs the parse stage's loss; add --stage parse")
+    if train_only and stage != "main":
+        raise click.UsageError("--train-only freezes part of the main stage's network; drop it with --stage " + stage)
     if slot_breaks and stage != "heads":
         raise click.UsageError("--slot-breaks adds rows to the heads' refit; add --stage heads")
     if stage == "heads":
@@ -176,7 +183,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                       device=device, progress=not quiet, weights=weights.to_dict(),
                       bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool,
                       keypoints=keypoints, init=init, landmark_noise_px=landmark_noise,
-                      parser_labels=parser_labels, speed=speed)
+                      parser_labels=parser_labels, speed=speed, train_only=list(train_only) or None)
     try:
         trainer = Trainer(cfg)
     except ValueError as exc:

@@ -87,6 +87,8 @@ class TrainConfig:
                                          # architecture), with a fresh optimizer, schedule and loss weights
     speed: str = "auto"                  # how forward/backward run (dfmvr/train/speed.py); "auto": the
                                          # mode measured fastest on this device
+    train_only: list | None = None       # parameter-name prefixes: train only those, freeze the rest (a
+                                         # heads-only phase; docs/training.md "With the landmark target")
 
 
 def _dataset_camera(data_root) -> Camera:
@@ -184,6 +186,7 @@ class Trainer:
         for name, p in model.named_parameters():
             if name.startswith(DEAD_PREFIXES):
                 p.requires_grad_(False)
+        self._freeze_all_but(model, card, config.train_only, resuming=train_state is not None)
         self.weights = weights
         self.model = model.to(self.device).train()
         self.face = FaceModelTorch(face_model, Camera.from_dict(card.camera)).to(self.device)
@@ -250,6 +253,31 @@ class Trainer:
         else:
             card.provenance["parse_net"] = f"from {source}"
         return model.float(), card
+
+    @staticmethod
+    def _freeze_all_but(model, card, prefixes, resuming: bool) -> None:
+        """``train_only``: every parameter whose name starts with none of ``prefixes`` is frozen (Adam and
+        the gradient clip see only the rest; batch-norm running statistics still follow the data in train
+        mode). Recorded in the card; a resumed run keeps its own (the optimizer state is for those)."""
+        recorded = card.provenance.get("train_only")
+        if resuming:
+            if prefixes and list(prefixes) != list(recorded or []):
+                raise ValueError(f"--train-only {' '.join(prefixes)}: this run trained {recorded or 'every parameter'}; "
+                                 "a resumed run keeps what it trains")
+            prefixes = recorded
+        if not prefixes:
+            return
+        prefixes = tuple(prefixes)
+        names = [name for name, _ in model.named_parameters()]
+        for prefix in prefixes:
+            if not any(name.startswith(prefix) for name in names):
+                heads = sorted({n.rsplit(".", 1)[0] for n in names if n.startswith("rednet_fc.conv2_")})
+                raise ValueError(f"--train-only {prefix}: no parameter of this network starts with it "
+                                 f"(the heads: {', '.join(heads) or 'none'})")
+        for name, p in model.named_parameters():
+            if not name.startswith(prefixes):
+                p.requires_grad_(False)
+        card.provenance["train_only"] = list(prefixes)
 
     def _record_schedule_change(self) -> None:
         """``--resume`` with another ``--epochs`` stretches the learning-rate schedule from here on

@@ -70,3 +70,23 @@ def test_graph_labels_are_the_shipped_graphs_parse_of_the_photos():
     want = _script().true_labels(folder)
     assert got.shape == want.shape == (3, 224, 224) and got.dtype == np.uint8
     assert (got == want).mean() > 0.9          # all background would score 0.59 here
+
+
+@pytest.mark.slow      # a research script's network pass end to end (~3 s)
+def test_network_features_read_what_the_identity_head_reads(synth4, lite_checkpoint):
+    """--checkpoint on a lite network (no RedNet trunk): one feature set, the identity head's input, one
+    row per triplet read, and exactly what conv2_id receives (checked against a second hook)."""
+    torch = pytest.importorskip("torch")
+    from dfmvr.models.checkpoint import load_checkpoint
+    from dfmvr.train.data import TripletDataset
+
+    got = _script().network_features(lite_checkpoint, {"train": synth4, "val": synth4}, {"train": 3})
+    assert set(got) == {"identity_head_input"}
+    train, val = got["identity_head_input"]["train"], got["identity_head_input"]["val"]
+    assert train.shape[0] == 3 and val.shape[0] == 4 and train.shape[1] == val.shape[1] > 0
+    model, _, _ = load_checkpoint(lite_checkpoint, load_train_state=False)
+    seen = []
+    model.eval().rednet_fc.conv2_id.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
+    with torch.no_grad():
+        model(TripletDataset(synth4)[3]["images"][None])
+    np.testing.assert_allclose(val[3], seen[0][0].double().numpy(), rtol=1e-4, atol=1e-5)

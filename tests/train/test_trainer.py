@@ -460,3 +460,34 @@ def test_depth_prior_weight_reaches_the_loss_and_the_card(synth4, tmp_path):
             assert len(centre) == 3 and all(-1.5 < z < -0.3 for z in centre), centre
         steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert ("depth_prior" in steps[0]) == (weight is not None), steps[0]
+
+
+def test_train_only_moves_the_named_head_and_nothing_else(synth4, lite_checkpoint, tmp_path):
+    """--init C --train-only rednet_fc.conv2_id.: after a step the identity head's weights changed and no
+    other parameter did; the card records the prefixes; an unknown prefix, or another one on resume, is
+    refused with exit 2 (a usage error naming the option)."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from dfmvr.cli.train import command
+
+    out = tmp_path / "heads"
+    args = ["--data", str(synth4), "--init", str(lite_checkpoint), "--batch", "2", "--max-steps", "1",
+            "--no-view-dropout", "--bn-recalibration", "0", "--lr", "1e-2", "--quiet", "--out", str(out)]
+    r = CliRunner().invoke(command, args + ["--epochs", "1", "--train-only", "rednet_fc.conv2_id."])
+    assert r.exit_code == 0, r.output
+    model, card, _ = load_checkpoint(out / "checkpoint.safetensors")
+    assert card.provenance["train_only"] == ["rednet_fc.conv2_id."]
+    before, after = load_file(str(lite_checkpoint)), load_file(str(out / "checkpoint.safetensors"))
+    parameters = {name for name, _ in model.named_parameters()}
+    moved = {k for k in parameters if not torch.equal(before[k].float(), after[k].float())}
+    assert moved == {"rednet_fc.conv2_id.weight", "rednet_fc.conv2_id.bias"}, sorted(moved)[:8]
+
+    r = CliRunner().invoke(command, args + ["--epochs", "2", "--resume", "--train-only", "rednet_fc.conv2_exp."])
+    assert r.exit_code == 2 and "a resumed run keeps what it trains" in r.output, r.output
+    r = CliRunner().invoke(command, args + ["--epochs", "1", "--out", str(tmp_path / "x"), "--train-only", "no_such."])
+    assert r.exit_code == 2 and "no parameter of this network starts with it" in r.output, r.output
+    assert not (tmp_path / "x" / "checkpoint.safetensors").exists()
+    r = CliRunner().invoke(command, ["--data", str(synth4), "--out", str(tmp_path / "p"), "--stage", "parse",
+                                     "--train-only", "x.", "--quiet"])
+    assert r.exit_code == 2 and "--train-only" in r.output, r.output
