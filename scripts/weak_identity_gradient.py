@@ -6,7 +6,7 @@ the inputs from gt.npz, the landmarks with --landmark-noise px of error as ``dfm
 --landmark-noise`` gives them), and its gradient g with respect to the identity coefficients. The
 descent direction -g and the wanted change (true - predicted identity) are both mapped into vertex
 space by the identity basis, and their cosine is reported, in all and per term, and again with the
-uniform scaling about the mean shape's centroid projected out of both (``scale_free``: the one shape
+uniform scaling about the mean shape's centroid projected out of both (``without_uniform_scale``: the one shape
 change an aligned crop cannot show, docs/refine.md "Size and distance").
 
 The gradient is taken at x as predicted and with parts of the truth put in (SUBSTITUTIONS): each
@@ -31,36 +31,31 @@ from pathlib import Path
 
 import numpy as np
 
+from dfmvr.face.geometry import face_shape
 from dfmvr.face.layout import COEFFS
+from dfmvr.face.metrics import shape_r2, without_uniform_scale
 
 TERMS = ("landmark_2d", "photo", "coefficient_reg")
 
-
-def _pose_columns(part: slice) -> np.ndarray:
-    """Columns of the flat coefficient vector holding ``part`` of every view's pose (rotation 0:3,
-    translation 3:6 of each view's block)."""
-    blocks = np.arange(COEFFS.size - COEFFS.shared).reshape(COEFFS.views, COEFFS.per_view) + COEFFS.shared
-    return blocks[:, part].ravel()
-
-
 _SHARED = COEFFS.shared_slices()
+_COLUMNS = COEFFS.split(np.arange(COEFFS.size)[None])        # which flat column holds what (the layout's own split)
 SUBSTITUTIONS = {
     "prediction": np.array([], int),
-    "true_rotation": _pose_columns(slice(0, COEFFS.rotation)),
-    "true_xy": _pose_columns(slice(COEFFS.rotation, COEFFS.rotation + 2)),
-    "true_depth": _pose_columns(slice(COEFFS.rotation + 2, COEFFS.per_view)),
-    "true_pose": np.arange(COEFFS.shared, COEFFS.size),
-    "true_pose_expression": np.concatenate([np.arange(_SHARED["expression"].start, _SHARED["expression"].stop),
-                                            np.arange(COEFFS.shared, COEFFS.size)]),
+    "true_rotation": _COLUMNS.rotation[0].ravel(),
+    "true_xy": _COLUMNS.translation[0, :, :2].ravel(),
+    "true_depth": _COLUMNS.translation[0, :, 2].ravel(),
+    "true_pose": np.concatenate([_COLUMNS.rotation[0].ravel(), _COLUMNS.translation[0].ravel()]),
+    "true_pose_expression": np.concatenate([_COLUMNS.expression[0], _COLUMNS.rotation[0].ravel(),
+                                            _COLUMNS.translation[0].ravel()]),
 }
 
 
-def scale_free(vectors: np.ndarray, mean_shape: np.ndarray) -> np.ndarray:
-    """[..., 3V] vertex-space changes with their component along a uniform scaling of ``mean_shape``
-    [V, 3] about its centroid removed."""
-    direction = (mean_shape - mean_shape.mean(axis=0)).ravel().astype(np.float64)
-    direction /= np.linalg.norm(direction)
-    return vectors - (vectors @ direction)[..., None] * direction
+def identity_offsets(face_model, identity: np.ndarray) -> np.ndarray:
+    """[N, Ki] identity coefficients (or coefficient changes: the map is linear) -> [N, V * 3] vertex
+    offsets from the mean shape (``face_shape`` with no expression)."""
+    identity = np.atleast_2d(identity)
+    no_expression = np.zeros((len(identity), COEFFS.expression), np.float32)
+    return (face_shape(face_model, identity, no_expression).astype(np.float64) - face_model.mean_shape).reshape(len(identity), -1)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,9 +68,8 @@ def identity_descent_cosines(loss, face_model, predicted: np.ndarray, truth: np.
     batch of that one triplet (``Refiner.make_batch``)."""
     import torch
 
-    basis = face_model.id_basis.reshape(-1, face_model.id_basis.shape[-1]).astype(np.float64)   # [3V, Ki]
     identity = _SHARED["identity"]
-    wanted = basis @ (truth[identity] - predicted[identity]).astype(np.float64)
+    wanted = identity_offsets(face_model, truth[identity] - predicted[identity])[0]
     out = {}
     for name, columns in SUBSTITUTIONS.items():
         x = predicted.astype(np.float32).copy()
@@ -86,26 +80,24 @@ def identity_descent_cosines(loss, face_model, predicted: np.ndarray, truth: np.
             total, parts = loss(c, batch)
             value = total if term == "all" else parts[term] * getattr(loss.weights, term)
             grad, = torch.autograd.grad(value, c)
-            descent = basis @ (-grad[0, identity].double().numpy())
+            descent = identity_offsets(face_model, -grad[0, identity].numpy())[0]
             row[term] = _cosine(descent, wanted)
-            row[term + "_scale_free"] = _cosine(scale_free(descent, face_model.mean_shape),
-                                                scale_free(wanted, face_model.mean_shape))
+            row[term + "_scale_free"] = _cosine(without_uniform_scale(descent, face_model.mean_shape),
+                                                without_uniform_scale(wanted, face_model.mean_shape))
         out[name] = row
     return out
 
 
 def identity_r2(face_model, predicted: np.ndarray, truth: np.ndarray) -> dict:
-    """Vertex-space identity R² of [N, 269] predictions (as ``dfmvr.face.metrics.shape_r2``), and the
-    same with the uniform scaling projected out of every offset (``scale_free``): how much of the
-    identity a network reads apart from the size, which an aligned crop does not show."""
+    """Identity R² of [N, 269] predictions as ``dfmvr eval`` reports it (``shape_r2``), and the same
+    with the uniform scaling projected out of every offset (``without_uniform_scale``): how much of
+    the identity a network reads apart from the size, which an aligned crop does not show."""
     identity = _SHARED["identity"]
-    basis = face_model.id_basis.reshape(-1, face_model.id_basis.shape[-1]).astype(np.float64)
-    p, t = predicted[:, identity].astype(np.float64) @ basis.T, truth[:, identity].astype(np.float64) @ basis.T
-
-    def r2(a, b):
-        return float(1.0 - ((a - b) ** 2).sum() / ((b - b.mean(axis=0)) ** 2).sum())
-    return {"identity": r2(p, t), "identity_scale_free": r2(scale_free(p, face_model.mean_shape),
-                                                            scale_free(t, face_model.mean_shape))}
+    p, t = (without_uniform_scale(identity_offsets(face_model, c[:, identity]), face_model.mean_shape)
+            for c in (predicted, truth))
+    scale_free = float(1.0 - ((p - t) ** 2).sum() / ((t - t.mean(axis=0)) ** 2).sum())
+    return {"identity": shape_r2(face_model, COEFFS.split(predicted), COEFFS.split(truth))["identity"],
+            "identity_scale_free": scale_free}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -36,7 +36,8 @@ from .model import MorphableModel
 __all__ = [
     "SEVEN_POINTS_IBUG", "NOSE_TIP_OF_SEVEN", "OUTER_EYE_CORNERS_OF_SEVEN", "closest_points_on_triangles",
     "MeshDistance", "crop_scan", "evaluate_reconstruction", "summarize", "paired_improvement", "shape_r2",
-    "rotation_error_deg", "slot_prior", "pose_errors", "face_size", "translation_breakdown",
+    "rotation_error_deg", "slot_prior", "pose_errors", "face_size", "without_uniform_scale",
+    "translation_breakdown",
 ]
 
 SEVEN_POINTS_IBUG = (36, 39, 42, 45, 30, 48, 54)   # 0-based iBUG-68 ids, in this order
@@ -403,6 +404,16 @@ def face_size(shapes: np.ndarray) -> np.ndarray:
     """[N, V, 3] unposed shapes -> [N]: root mean square distance of the vertices from their centroid."""
     centred = np.asarray(shapes, np.float64) - np.asarray(shapes, np.float64).mean(axis=1, keepdims=True)
     return np.sqrt((centred ** 2).sum(-1).mean(-1))
+
+
+def without_uniform_scale(changes: np.ndarray, mean_shape: np.ndarray) -> np.ndarray:
+    """[..., V * 3] vertex-space shape changes with their component along a uniform scaling of
+    ``mean_shape`` [V, 3] about its centroid projected out: the part of a shape an aligned crop shows
+    (a face's absolute size it does not; docs/refine.md, "Size and distance")."""
+    direction = (np.asarray(mean_shape, np.float64) - np.asarray(mean_shape, np.float64).mean(axis=0)).ravel()
+    direction /= np.linalg.norm(direction)
+    changes = np.asarray(changes, np.float64)
+    return changes - (changes @ direction)[..., None] * direction
 
 
 def translation_breakdown(face_model: MorphableModel, predicted: Coefficients, truth: Coefficients,

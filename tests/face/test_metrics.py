@@ -225,3 +225,17 @@ def test_shape_r2_reads_zero_for_the_mean_and_grows_with_the_explained_part():
     last[:, COEFFS.identity - 1] = truth[:, COEFFS.identity - 1].mean()
     assert r2(first)["identity"] < r2(last)["identity"] < 1
     assert r2(truth + rng.normal(size=truth.shape) * 3)["identity"] < -5     # worse than predicting the mean
+
+
+def test_without_uniform_scale_removes_a_uniform_scaling_and_nothing_else():
+    from dfmvr.face.metrics import without_uniform_scale
+    from dfmvr.face.synthetic import default_face_model
+
+    mean = default_face_model().mean_shape.astype(np.float64)
+    scaling = 0.05 * (mean - mean.mean(axis=0)).ravel()
+    assert np.abs(without_uniform_scale(scaling, mean)).max() < 1e-9 * np.abs(scaling).max()
+    other = np.random.default_rng(0).normal(size=scaling.shape)
+    other -= (other @ scaling) / (scaling @ scaling) * scaling          # orthogonal to the scaling
+    np.testing.assert_allclose(without_uniform_scale(other, mean), other, atol=1e-9)
+    np.testing.assert_allclose(without_uniform_scale(np.stack([other + scaling, 2 * other]), mean),
+                               np.stack([other, 2 * other]), atol=1e-9)

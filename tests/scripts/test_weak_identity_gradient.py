@@ -14,17 +14,6 @@ def _script():
     return load_script("weak_identity_gradient")
 
 
-def test_scale_free_removes_a_uniform_scaling_and_nothing_else():
-    script, mean = _script(), default_face_model().mean_shape.astype(np.float64)
-    scaling = 0.05 * (mean - mean.mean(axis=0)).ravel()
-    assert np.abs(script.scale_free(scaling, mean)).max() < 1e-9 * np.abs(scaling).max() + 1e-12
-    rng = np.random.default_rng(0)
-    other = rng.normal(size=scaling.shape)
-    other -= (other @ scaling) / (scaling @ scaling) * scaling          # orthogonal to the scaling
-    np.testing.assert_allclose(script.scale_free(other, mean), other, atol=1e-9)
-    np.testing.assert_allclose(script.scale_free(other + scaling, mean), other, atol=1e-9)
-
-
 def test_the_pose_substitutions_split_every_views_pose_into_rotation_xy_and_depth():
     subs = _script().SUBSTITUTIONS
     parts = np.concatenate([subs["true_rotation"], subs["true_xy"], subs["true_depth"]])

@@ -485,6 +485,11 @@ def test_train_only_moves_the_named_head_and_nothing_else(synth4, lite_checkpoin
 
     r = CliRunner().invoke(command, args + ["--epochs", "2", "--resume", "--train-only", "rednet_fc.conv2_exp."])
     assert r.exit_code == 2 and "a resumed run keeps what it trains" in r.output, r.output
+    r = CliRunner().invoke(command, args + ["--epochs", "2", "--resume"])       # keeps the run's own freeze
+    assert r.exit_code == 0, r.output
+    resumed = load_file(str(out / "checkpoint.safetensors"))
+    moved = {k for k in parameters if not torch.equal(after[k].float(), resumed[k].float())}
+    assert moved == {"rednet_fc.conv2_id.weight", "rednet_fc.conv2_id.bias"}, sorted(moved)[:8]
     r = CliRunner().invoke(command, args + ["--epochs", "1", "--out", str(tmp_path / "x"), "--train-only", "no_such."])
     assert r.exit_code == 2 and "no parameter of this network starts with it" in r.output, r.output
     assert not (tmp_path / "x" / "checkpoint.safetensors").exists()
