@@ -18,7 +18,8 @@ the identity signal a network trained on these losses receives.
         --triplets 24 --landmark-noise 2 --json out.json
 
 It also reports, over every triplet under --data, the network's identity R² (vertex space, as
-``dfmvr eval``) and the same with the uniform scaling projected out (``identity_r2``).
+``dfmvr eval``), the same with the uniform scaling projected out, and the plain R² had the network
+predicted the mean face's size (``identity_r2``: what its size reading is worth, against the mean).
 
 One torch thread; about 2.5 s per triplet of --triplets.
 """
@@ -89,15 +90,18 @@ def identity_descent_cosines(loss, face_model, predicted: np.ndarray, truth: np.
 
 
 def identity_r2(face_model, predicted: np.ndarray, truth: np.ndarray) -> dict:
-    """Identity R² of [N, 269] predictions as ``dfmvr eval`` reports it (``shape_r2``), and the same
-    with the uniform scaling projected out of every offset (``without_uniform_scale``): how much of
-    the identity a network reads apart from the size, which an aligned crop does not show."""
+    """Identity R² of [N, 269] predictions as ``dfmvr eval`` reports it, plain and with the uniform
+    scaling projected out (``shape_r2``'s ``identity_size_free``: how much of the identity a network
+    reads apart from the size, which an aligned crop does not show), and ``identity_at_mean_size``: the
+    plain R² with the uniform scaling projected out of the predictions only (their size set to the mean
+    face's). Above the plain R²: the network's size reading costs more than not reading it."""
+    r2 = shape_r2(face_model, COEFFS.split(predicted), COEFFS.split(truth))
     identity = _SHARED["identity"]
-    p, t = (without_uniform_scale(identity_offsets(face_model, c[:, identity]), face_model.mean_shape)
-            for c in (predicted, truth))
-    scale_free = float(1.0 - ((p - t) ** 2).sum() / ((t - t.mean(axis=0)) ** 2).sum())
-    return {"identity": shape_r2(face_model, COEFFS.split(predicted), COEFFS.split(truth))["identity"],
-            "identity_scale_free": scale_free}
+    p = without_uniform_scale(identity_offsets(face_model, predicted[:, identity]), face_model.mean_shape)
+    t = identity_offsets(face_model, truth[:, identity])
+    at_mean_size = float(1.0 - ((p - t) ** 2).sum() / ((t - t.mean(axis=0)) ** 2).sum())
+    return {"identity": r2["identity"], "identity_scale_free": r2["identity_size_free"],
+            "identity_at_mean_size": at_mean_size}
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -131,8 +131,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
         click.echo(f"model better than {baseline.replace('_', ' ')} by {gain['mean_mm']:.4f} mm per triplet "
                    f"(95% interval {low:.4f} to {high:.4f}), on {gain['better_fraction']:.0%} of triplets")
     for method, r2 in report.get("coefficient_r2", {}).items():   # synthetic data: true coefficients known
-        click.echo(f"R² of the true coefficients, {method.replace('_', ' ')}: identity {r2['identity']:.3f}  "
-                   f"expression {r2['expression']:.3f}")
+        click.echo(f"R² of the true coefficients, {method.replace('_', ' ')}: identity {r2['identity']:.3f} "
+                   f"(size-free {r2['identity_size_free']:.3f})  expression {r2['expression']:.3f}")
     pose = report.get("pose")
     if pose:
         for method, label in (("model", "model"), ("refined", "refined"), ("slot_prior", "slot prior")):

@@ -104,6 +104,10 @@ _PATH = click.Path(path_type=Path)
                    "face, squared (cm^2): needs no ground truth. Aligned crops show every face at about one size; "
                    "without a prior the weak losses trade face size for camera distance (docs/training.md, "
                    "\"Weak supervision alone\").")
+@click.option("--size-prior-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the identity's uniform-scale component (mean squared vertex displacement, mm^2): a prior "
+                   "on the face's size, which the photos cannot show; needs no ground truth. Measured on weak-only runs: "
+                   "it pins the size and costs the rest of the identity (docs/training.md, \"A prior on the size\").")
 @click.option("--train-only", "train_only", multiple=True, metavar="PREFIX",
               help="Train only the parameters whose names start with PREFIX (repeatable; e.g. rednet_fc.conv2_id. "
                    "for the identity head), with --init: a heads-only phase. Everything else is frozen (its "
@@ -132,7 +136,7 @@ _PATH = click.Path(path_type=Path)
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
             supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, slot_breaks, no_view_dropout, no_augment,
-            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
+            bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, size_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
     if stage == "parse" and init:
@@ -172,7 +176,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                           supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight,
                           supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight,
-                          depth_prior=depth_prior_weight)
+                          depth_prior=depth_prior_weight, size_prior=size_prior_weight)
     if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,

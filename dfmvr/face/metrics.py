@@ -36,7 +36,7 @@ from .model import MorphableModel
 __all__ = [
     "SEVEN_POINTS_IBUG", "NOSE_TIP_OF_SEVEN", "OUTER_EYE_CORNERS_OF_SEVEN", "closest_points_on_triangles",
     "MeshDistance", "crop_scan", "evaluate_reconstruction", "summarize", "paired_improvement", "shape_r2",
-    "rotation_error_deg", "slot_prior", "pose_errors", "face_size", "without_uniform_scale",
+    "rotation_error_deg", "slot_prior", "pose_errors", "face_size", "uniform_scale_direction", "without_uniform_scale",
     "translation_breakdown",
 ]
 
@@ -346,7 +346,12 @@ def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coeffic
 
     Why beside the mm metric: the mm error mixes identity, expression and the whole face, so a model
     can beat the mean face by a little without recovering identity at all (the case of the tiny demo;
-    see docs/training.md)."""
+    see docs/training.md).
+
+    ``identity_size_free``: the identity's R² with the uniform scaling of the mean shape projected out
+    of every offset (``without_uniform_scale``). The size is 18 % of the identity's variance and an
+    aligned crop does not show it (docs/refine.md, "Size and distance"): this is how much of the rest
+    a model reads, the number to compare a weakly supervised model by."""
     def offsets(group: str, c: Coefficients) -> np.ndarray:   # [N, V, 3]: that group's part of the shape
         identity, expression = c.identity, c.expression
         if group == "identity":
@@ -360,6 +365,10 @@ def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coeffic
         p, t = offsets(group, predicted), offsets(group, truth)
         spread = float(((t - t.mean(axis=0)) ** 2).sum())
         out[group] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
+        if group == "identity":
+            p, t = (without_uniform_scale(x.reshape(len(x), -1), face_model.mean_shape) for x in (p, t))
+            spread = float(((t - t.mean(axis=0)) ** 2).sum())
+            out["identity_size_free"] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
     return out
 
 
@@ -406,12 +415,18 @@ def face_size(shapes: np.ndarray) -> np.ndarray:
     return np.sqrt((centred ** 2).sum(-1).mean(-1))
 
 
+def uniform_scale_direction(mean_shape: np.ndarray) -> np.ndarray:
+    """Unit [V * 3] vertex-space direction of a uniform scaling of ``mean_shape`` [V, 3] about its
+    centroid: the face's size, which an aligned crop does not show (docs/refine.md, "Size and distance")."""
+    direction = (np.asarray(mean_shape, np.float64) - np.asarray(mean_shape, np.float64).mean(axis=0)).ravel()
+    return direction / np.linalg.norm(direction)
+
+
 def without_uniform_scale(changes: np.ndarray, mean_shape: np.ndarray) -> np.ndarray:
     """[..., V * 3] vertex-space shape changes with their component along a uniform scaling of
     ``mean_shape`` [V, 3] about its centroid projected out: the part of a shape an aligned crop shows
     (a face's absolute size it does not; docs/refine.md, "Size and distance")."""
-    direction = (np.asarray(mean_shape, np.float64) - np.asarray(mean_shape, np.float64).mean(axis=0)).ravel()
-    direction /= np.linalg.norm(direction)
+    direction = uniform_scale_direction(mean_shape)
     changes = np.asarray(changes, np.float64)
     return changes - (changes @ direction)[..., None] * direction
 

@@ -227,6 +227,34 @@ def test_shape_r2_reads_zero_for_the_mean_and_grows_with_the_explained_part():
     assert r2(truth + rng.normal(size=truth.shape) * 3)["identity"] < -5     # worse than predicting the mean
 
 
+def test_shape_r2_size_free_forgives_a_size_error_and_nothing_else():
+    """A prediction that is the truth scaled 1.05 about the mean's centroid (a size error only) scores
+    well below 1 plainly and ~1 with the uniform scaling projected out; random errors cost both."""
+    from dfmvr.face.geometry import face_shape
+    from dfmvr.face.layout import COEFFS
+    from dfmvr.face.synthetic import default_face_model
+
+    fm = default_face_model()
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(40, COEFFS.size)).astype(np.float32)
+    ident = COEFFS.shared_slices()["identity"]
+    shapes = face_shape(fm, truth[:, ident], np.zeros((len(truth), COEFFS.expression), np.float32)).astype(np.float64)
+    centre = fm.mean_shape.mean(axis=0)
+    scaled = (shapes - centre) * 1.05 + centre - fm.mean_shape
+    basis = fm.id_basis.reshape(-1, fm.id_basis.shape[-1]).astype(np.float64)
+    coef, *_ = np.linalg.lstsq(basis, scaled.reshape(len(truth), -1).T, rcond=None)   # the scaled shapes' identity
+    sized = truth.copy()
+    sized[:, ident] = coef.T
+    got = shape_r2(fm, COEFFS.split(sized), COEFFS.split(truth))
+    assert got["identity"] < 0.7                     # 5 % too large costs half the plain R² here
+    assert got["identity_size_free"] > 0.99          # the basis holds the scaling up to a residue
+    noisy = shape_r2(fm, COEFFS.split(truth + rng.normal(scale=0.7, size=truth.shape).astype(np.float32)),
+                     COEFFS.split(truth))
+    assert noisy["identity_size_free"] < 0.8 and noisy["identity"] < 0.8
+    exact = shape_r2(fm, COEFFS.split(truth), COEFFS.split(truth))
+    assert exact["identity_size_free"] == pytest.approx(1.0, abs=1e-12)
+
+
 def test_without_uniform_scale_removes_a_uniform_scaling_and_nothing_else():
     from dfmvr.face.metrics import without_uniform_scale
     from dfmvr.face.synthetic import default_face_model

@@ -55,27 +55,37 @@ def test_at_the_mean_identity_the_loss_points_to_the_truth_and_a_depth_error_is_
     assert shifted["true_rotation"]["all"] == pytest.approx(shifted["prediction"]["all"], abs=1e-6)
 
 
-def test_identity_r2_matches_dfmvr_eval_and_forgives_only_the_size():
-    """The plain R² is shape_r2's; a prediction that is the truth scaled about the mean's centroid (a
-    size error only) scores below 1 plainly and 1 with the scale projected out."""
-    from dfmvr.face.geometry import face_shape
+def test_identity_r2_is_dfmvr_evals():
+    """Both numbers are shape_r2's (what dfmvr eval reports): the plain identity R² and the size-free one."""
     from dfmvr.face.metrics import shape_r2
 
     script, fm = _script(), default_face_model()
     rng = np.random.default_rng(3)
     truth = rng.normal(size=(40, COEFFS.size)).astype(np.float32)
     noisy = truth + rng.normal(scale=0.7, size=truth.shape).astype(np.float32)
-    want = shape_r2(fm, COEFFS.split(noisy), COEFFS.split(truth))["identity"]
-    assert script.identity_r2(fm, noisy, truth)["identity"] == pytest.approx(want, abs=1e-6)
-    # a size error alone: identity offsets of (truth's shape scaled 1.05 about the centroid), least squares
+    want = shape_r2(fm, COEFFS.split(noisy), COEFFS.split(truth))
+    got = script.identity_r2(fm, noisy, truth)
+    assert (got["identity"], got["identity_scale_free"]) == (want["identity"], want["identity_size_free"])
+    assert got["identity_scale_free"] != got["identity"]
+
+
+def test_identity_at_mean_size_costs_a_right_size_and_forgives_a_wrong_one():
+    """The plain R² with the predictions' size set to the mean face's: below 1 for the exact truth (its
+    size is lost), and above the plain R² for a prediction whose only error is a 5 % size error."""
+    from dfmvr.face.geometry import face_shape
+
+    script, fm = _script(), default_face_model()
+    truth = np.random.default_rng(4).normal(size=(40, COEFFS.size)).astype(np.float32)
+    exact = script.identity_r2(fm, truth, truth)
+    assert exact["identity"] == pytest.approx(1.0) and 0.3 < exact["identity_at_mean_size"] < 0.95
     ident = COEFFS.shared_slices()["identity"]
-    shapes = face_shape(fm, truth[:, ident], np.zeros_like(truth[:, COEFFS.shared_slices()["expression"]])).astype(np.float64)
+    shapes = face_shape(fm, truth[:, ident], np.zeros((len(truth), COEFFS.expression), np.float32)).astype(np.float64)
     centre = fm.mean_shape.mean(axis=0)
     scaled = (shapes - centre) * 1.05 + centre - fm.mean_shape
     basis = fm.id_basis.reshape(-1, fm.id_basis.shape[-1]).astype(np.float64)
     coef, *_ = np.linalg.lstsq(basis, scaled.reshape(len(truth), -1).T, rcond=None)
     sized = truth.copy()
     sized[:, ident] = coef.T
-    got = script.identity_r2(fm, sized, truth)
-    assert got["identity"] < 0.7                     # 5 % too large costs half the plain R² here
-    assert got["identity_scale_free"] > 0.99         # the basis holds the scaling up to a residue
+    wrong = script.identity_r2(fm, sized, truth)
+    assert wrong["identity_at_mean_size"] > wrong["identity"]
+    assert wrong["identity_at_mean_size"] == pytest.approx(exact["identity_at_mean_size"], abs=0.02)

@@ -438,9 +438,10 @@ def test_parser_labels_ignore_the_data_label_maps(synth4, tmp_path):
         assert ("labels" in trainer.card.provenance) == ignore
 
 
-def test_depth_prior_weight_reaches_the_loss_and_the_card(synth4, tmp_path):
-    """--depth-prior-weight (a weak term: no ground truth) is logged with the step's terms and recorded
-    in the card's loss weights, its centre in the provenance; off by default."""
+def test_depth_and_size_prior_weights_reach_the_loss_and_the_card(synth4, tmp_path):
+    """--depth-prior-weight and --size-prior-weight (weak terms: no ground truth) are logged with the
+    step's terms and recorded in the card's loss weights, the depth's centre in the provenance; off by
+    default."""
     from click.testing import CliRunner
 
     from dfmvr.cli.train import command
@@ -448,18 +449,19 @@ def test_depth_prior_weight_reaches_the_loss_and_the_card(synth4, tmp_path):
     args = ["--data", str(synth4), "--epochs", "1", "--batch", "1", "--max-steps", "1", "--quiet"]
     for weight in (None, 0.5):
         out = tmp_path / f"run{weight}"
-        extra = [] if weight is None else ["--depth-prior-weight", str(weight)]
+        extra = [] if weight is None else ["--depth-prior-weight", str(weight), "--size-prior-weight", str(2 * weight)]
         r = CliRunner().invoke(command, args + ["--out", str(out)] + extra)
         assert r.exit_code == 0, r.output
         _, card, _ = load_checkpoint(out / "checkpoint.safetensors")
         assert card.loss_weights["depth_prior"] == (weight or 0.0)
+        assert card.loss_weights["size_prior"] == 2 * (weight or 0.0)
         # the centre: where the crop alignment puts the mean face (synth.dataset.aligned_mean_face_pose)
         centre = card.provenance.get("depth_prior_centre_dm")
         assert (centre is None) == (weight is None)
         if centre is not None:
             assert len(centre) == 3 and all(-1.5 < z < -0.3 for z in centre), centre
         steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert ("depth_prior" in steps[0]) == (weight is not None), steps[0]
+        assert ("depth_prior" in steps[0]) == ("size_prior" in steps[0]) == (weight is not None), steps[0]
 
 
 def test_train_only_moves_the_named_head_and_nothing_else(synth4, lite_checkpoint, tmp_path):

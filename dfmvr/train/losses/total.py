@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ...face.layout import COEFFS
+from ...face.metrics import uniform_scale_direction
 from ...face.meshio import MM_PER_MODEL_UNIT
 from ...synth.face_torch import FaceModelTorch
 from ...synth.render import render_mesh
@@ -83,6 +84,13 @@ class LossWeights:
     # face from a farther one, and a weak-only run from scratch drifted ~19 cm too far
     # (docs/training.md, "Weak supervision alone"). A prior on where the head is, not on its shape.
     depth_prior: float = 0.0
+    # Weak (needs no ground truth): the identity's uniform-scale component, the mean squared vertex
+    # displacement (mm²) of its projection on a uniform scaling of the mean shape. The size is what
+    # the photos cannot show (docs/refine.md, "Size and distance"), and weak-only runs predict sizes
+    # that cost more identity R² than the mean size would; every other identity direction stays free.
+    # Measured: held while training, it also costs the rest of the identity (docs/training.md, "A
+    # prior on the size"); off by default.
+    size_prior: float = 0.0
     landmark_emphasis: float = 20.0       # weight of nose 28-30 and inner mouth 60-67
     landmark_eyes: bool = False           # also emphasise the eyes 36-47 (the official code)
     photo_dilation: int = 10              # the features' dilation (pixels, square) in the weight map
@@ -119,6 +127,10 @@ class TrainingLoss(nn.Module):
         # not given: the Deep3D convention (its camera at distance 10 expects translation z near 0).
         centre = torch.zeros(COEFFS.views) if depth_centre is None else torch.as_tensor(depth_centre, dtype=torch.float32)
         self.register_buffer("depth_centre", centre.reshape(COEFFS.views), persistent=False)
+        # The identity's uniform-scale component is identity @ size_row (model units along a unit
+        # vertex-space direction): the basis is linear, so one row does it.
+        direction = torch.from_numpy(uniform_scale_direction(face.mean_shape.detach().cpu().numpy())).to(face.id_basis)
+        self.register_buffer("size_row", face.id_basis.T @ direction, persistent=False)
         self.register_buffer("lm_weights", landmark_weights(self.weights.landmark_emphasis,
                                                             self.weights.landmark_eyes), persistent=False)
         self.prdl = None
@@ -184,6 +196,8 @@ class TrainingLoss(nn.Module):
                                       raster=None if rendered is None else rendered.raster)
         if w.depth_prior > 0:
             terms["depth_prior"] = self.depth_prior_term(coefficients, view_mask, self.depth_centre)
+        if w.size_prior > 0:
+            terms["size_prior"] = self.size_prior_term(c.identity, self.size_row, self.face.mean_shape.shape[0])
         if w.supervised > 0 and batch.get("gt_coefficients") is not None:
             terms["supervised"] = self.supervised_term(coefficients, batch["gt_coefficients"], view_mask)
         if w.supervised_pose > 0 and batch.get("gt_coefficients") is not None:
@@ -226,6 +240,13 @@ class TrainingLoss(nn.Module):
         offset = COEFFS.split(pred).translation[..., 2] - centre.to(pred.dtype)
         depth = (offset * (MM_PER_MODEL_UNIT / 10.0)).pow(2)                                       # [B, V]
         return mean_over_present_views(depth, view_mask)
+
+    @staticmethod
+    def size_prior_term(identity: torch.Tensor, size_row: torch.Tensor, vertices: int) -> torch.Tensor:
+        """Mean over the batch of the identity's uniform-scale component as a mean squared vertex
+        displacement (mm²): |c d|² / V for its component c along the unit direction d."""
+        component = (identity @ size_row) * MM_PER_MODEL_UNIT                                      # [B]
+        return component.pow(2).mean() / vertices
 
     @staticmethod
     def supervised_pose_term(pred: torch.Tensor, gt: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor:

@@ -211,6 +211,45 @@ def test_depth_prior_reads_translation_z_from_its_centre_in_centimetres_of_prese
     assert "depth_prior" not in off             # off by default (the official recipe)
 
 
+def test_size_prior_reads_the_identitys_uniform_scale_component_and_nothing_else(face, face_model, synthetic_batch):
+    """No ground truth read: the term is the identity offset's component along a uniform scaling of the
+    mean shape, as a mean squared vertex displacement (mm²), computed here from the vertices themselves;
+    zero for the mean identity; identity changes orthogonal to the size, the expression and the pose do
+    not move it, and its gradient reaches only the identity."""
+    from dfmvr.face.geometry import face_shape
+    from dfmvr.face.meshio import MM_PER_MODEL_UNIT
+    from dfmvr.face.metrics import uniform_scale_direction
+
+    gt = synthetic_batch["gt_coefficients"]
+    batch = {k: v for k, v in synthetic_batch.items() if k != "gt_coefficients"}
+    loss = TrainingLoss(face, LossWeights(size_prior=1.0))
+    identity = COEFFS.split(gt).identity.numpy()
+    offsets = (face_shape(face_model, identity, np.zeros((len(identity), COEFFS.expression), np.float32))
+               - face_model.mean_shape).reshape(len(identity), -1).astype(np.float64)
+    component = offsets @ uniform_scale_direction(face_model.mean_shape) * MM_PER_MODEL_UNIT
+    expected = float((component ** 2).mean() / face_model.mean_shape.shape[0])
+    assert expected > 0.1
+    c = COEFFS.split(gt.clone())
+    c.expression += 0.5
+    c.rotation += 0.2
+    c.translation[..., 2] += 0.3
+    pred = _join(c).requires_grad_(True)
+    _, terms = loss(pred, batch)
+    assert float(terms["size_prior"]) == pytest.approx(expected, rel=1e-3)
+    terms["size_prior"].backward()
+    grad = COEFFS.split(pred.grad)
+    assert torch.any(grad.identity != 0)
+    for other in ("expression", "texture", "lighting", "rotation", "translation"):
+        assert torch.all(getattr(grad, other) == 0), other
+    row = loss.size_row / loss.size_row.norm()
+    sideways = torch.randn(COEFFS.identity, generator=torch.Generator().manual_seed(0))
+    c.identity = c.identity + 3.0 * (sideways - (sideways @ row) * row)     # orthogonal to the size
+    assert float(loss(_join(c), batch)[1]["size_prior"]) == pytest.approx(expected, rel=1e-3)
+    c.identity = torch.zeros_like(c.identity)
+    assert float(loss(_join(c), batch)[1]["size_prior"]) == pytest.approx(0.0, abs=1e-9)
+    assert "size_prior" not in TrainingLoss(face)(gt, batch)[1]      # off by default (the official recipe)
+
+
 def test_supervised_shape_aligned_forgives_scale_and_position_but_not_shape(face, synthetic_batch):
     """A predicted shape that is the truth scaled by 1.1 and moved reads ~0 after the closed-form
     alignment (the plain term does not: control); a change of shape still counts, exactly as much as
