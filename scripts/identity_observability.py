@@ -41,10 +41,15 @@ from dfmvr.face.model import MorphableModel
 RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 
+def synthetic_folders(root: Path, limit: int | None = None) -> list[Path]:
+    """The triplet folders under ``root`` that hold a gt.npz, sorted (the order ``TripletDataset``
+    reads them in), the first ``limit`` only if given."""
+    return sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())[:limit]
+
+
 def read_truth(root: Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """-> landmarks [N, 3, 68, 2], coefficients [N, 269] of every triplet folder under ``root`` (the
-    first ``limit`` in sorted order, the order ``TripletDataset`` reads them in)."""
-    folders = sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())[:limit]
+    """-> landmarks [N, 3, 68, 2], coefficients [N, 269] of the triplets ``synthetic_folders`` lists."""
+    folders = synthetic_folders(root, limit)
     arrays = [np.load(p / "gt.npz") for p in folders]
     return (np.stack([a["landmarks"] for a in arrays]).astype(np.float64),
             np.stack([a["coefficients"] for a in arrays]).astype(np.float32))
@@ -79,13 +84,12 @@ def graph_labels(onnx_path: Path):
     return labels
 
 
-def label_features(root: Path, grid: int = LABEL_GRID, read=true_labels) -> np.ndarray:
+def label_features(root: Path, grid: int = LABEL_GRID, read=true_labels, limit: int | None = None) -> np.ndarray:
     """-> [N, 3 * grid * grid * NUM_PARSE_CLASSES] float32: the label maps (``read(folder)``, default
-    the true ones) of every triplet under ``root``, sampled at the centres of a grid x grid tiling and
-    one-hot per class."""
-    folders = sorted(p for p in root.iterdir() if (p / "gt.npz").is_file())
+    the true ones) of the triplets ``synthetic_folders`` lists, sampled at the centres of a grid x grid
+    tiling and one-hot per class."""
     rows = []
-    for folder in folders:
+    for folder in synthetic_folders(root, limit):
         labels = read(folder)                                                # [3, S, S] uint8
         step = labels.shape[-1] // grid
         sampled = labels[:, step // 2::step, step // 2::step][:, :grid, :grid]
@@ -182,7 +186,7 @@ def main() -> None:
         read = graph_labels(args.labels_from) if args.labels_from else true_labels
         report["labels_source"] = str(args.labels_from) if args.labels_from else "true (gt.npz)"
         grid = args.label_grid
-        features = {split: label_features(root, grid, read=read)[:len(truth[split])] for split, root in roots.items()}
+        features = {split: label_features(root, grid, read=read, limit=len(truth[split])) for split, root in roots.items()}
         report[f"labels_{grid}x{grid}_three_views"] = ridge_scores(face_model, features, truth)
         report[f"labels_{grid}x{grid}_front_view"] = ridge_scores(
             face_model, {k: v.reshape(len(v), 3, -1)[:, 1] for k, v in features.items()}, truth)

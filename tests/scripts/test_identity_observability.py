@@ -56,6 +56,8 @@ def test_label_features_sample_the_label_maps_one_hot(tmp_path):
     assert np.all(per_position.sum(-1) == 1)
     want = maps["000000"][2, 3 + 7 * 5, 3 + 7 * 11]          # the right view's cell (5, 11), row 0 = folder 000000
     assert per_position[0, 2, 5, 11].argmax() == want
+    first = script.label_features(tmp_path, grid=32, limit=1)           # --train-limit: the first folder only
+    assert first.shape == (1, got.shape[1]) and np.array_equal(first[0], got[0])
 
 
 def test_graph_labels_are_the_shipped_graphs_parse_of_the_photos():
