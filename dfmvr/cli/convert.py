@@ -1,5 +1,6 @@
 """``dfmvr convert``: foreign checkpoints -> dfmvr checkpoints (``official``: the DF-MVR weights;
-``half``: a dfmvr checkpoint stored in float16 for shipping)."""
+``half``: a dfmvr checkpoint stored in float16 for shipping; ``mean-size``: a checkpoint whose identity
+head predicts the mean face's size)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import OutputPath, exit_codes
+from .options import OutputPath, exit_codes, face_model_option
 from .settings import HELP_SETTINGS
 
 _EXIT_CODES = exit_codes(c3=None)
@@ -15,7 +16,8 @@ _EXIT_CODES = exit_codes(c3=None)
 
 @click.group(context_settings=HELP_SETTINGS, epilog=_EXIT_CODES)
 def command():
-    """Convert foreign checkpoints (the official DF-MVR weights) to dfmvr's format, or store one in float16."""
+    """Convert foreign checkpoints (the official DF-MVR weights) to dfmvr's format, store one in float16,
+    or set its predicted face size to the mean face's."""
 
 
 @command.command("official", context_settings=HELP_SETTINGS, epilog=_EXIT_CODES)
@@ -76,3 +78,37 @@ def half(checkpoint: Path, out: Path, sample_statistics: bool):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, float16 storage of {checkpoint})")
+
+
+@command.command("mean-size", context_settings=HELP_SETTINGS, epilog=_EXIT_CODES)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=OutputPath("file"),
+              help="Output checkpoint (.safetensors, float32 weights).")
+@face_model_option
+def mean_size(checkpoint: Path, out: Path, face_model: Path | None):
+    """Make CHECKPOINT predict every face at the mean face's size (CHECKPOINT may be 'default').
+
+    An aligned crop shows a face's shape, not its absolute size (a larger face farther away looks the
+    same), so a network trained on the weak losses alone reads the size worse than not reading it. This
+    folds a fixed linear map into the identity head: each predicted identity loses its component along
+    a uniform scaling of the mean shape, and nothing else moves more than that needs. The graph keeps
+    its shape; export and run it as any checkpoint. For a network trained with 3D supervision, which
+    does read the size, it costs accuracy: compare both with 'dfmvr eval' (docs/training.md, "A prior
+    on the size").
+    """
+    from dfmvr.face.selection import select_face_model
+    from dfmvr.models.checkpoint import load_checkpoint, save_checkpoint
+    from dfmvr.models.mean_size import MEAN_SIZE_KEY, fold_mean_size
+
+    if out.suffix != ".safetensors":
+        raise click.BadParameter("the output must end in .safetensors", param_hint="--out")
+    model, card, _ = load_checkpoint(checkpoint, load_train_state=False)
+    fm, where = select_face_model(face_model, card=card)
+    try:
+        record = fold_mean_size(model, fm)
+    except ValueError as exc:
+        raise click.ClickException(f"{where}: {exc}") from exc
+    card.provenance = {**(card.provenance or {}), MEAN_SIZE_KEY: record}
+    save_checkpoint(out, model, card)
+    click.echo(f"wrote {out}: identity set to the mean face's size ({where}; the identity basis holds "
+               f"{record['scaling_in_identity_basis']:.4f} of a uniform scaling)")

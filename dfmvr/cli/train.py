@@ -31,7 +31,8 @@ _PATH = click.Path(path_type=Path)
 @click.option("--stage", default="main", show_default=True, type=click.Choice(["main", "parse", "heads"]),
               help="main: the reconstruction network; parse: the BiSeNet parser on label maps; heads: refit "
                    "the --init network's identity, expression and rotation heads by ridge regression on DATA "
-                   "(synthetic, with gt.npz), strength chosen on --val; everything else unchanged.")
+                   "(synthetic, with gt.npz; or any triplets with landmarks: --targets landmark-fit), strength "
+                   "chosen on --val; everything else unchanged.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="Passes over DATA; the learning-rate schedule spans them all.")
 @batch_size_option(4, per="per training step, in each process")
@@ -116,6 +117,10 @@ _PATH = click.Path(path_type=Path)
 @click.option("--class-balanced", "class_balanced", is_flag=True,
               help="--stage parse: weigh the cross entropy by 1/sqrt(class pixel frequency), so the small parts "
                    "(eyes, brows, lips) the landmarks sit on count more.")
+@click.option("--targets", "targets", default="truth", show_default=True, type=click.Choice(["truth", "landmark-fit"]),
+              help="--stage heads: what the heads are fitted to. truth: each triplet's gt.npz coefficients; "
+                   "landmark-fit: each triplet fitted to its own 2D landmarks (the data's, plus --landmark-noise), "
+                   "no ground truth read: weak supervision (dfmvr/train/landmark_fit.py).")
 @click.option("--slot-breaks", "slot_breaks", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="--stage heads: add this fraction of the triplets again with their slots broken (a photo in "
                    "another view's slot, the pose truth following it), so the refit heads read each view's pose "
@@ -135,7 +140,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, slot_breaks, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, targets, slot_breaks, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, size_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -147,6 +152,10 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         raise click.UsageError("--train-only freezes part of the main stage's network; drop it with --stage " + stage)
     if slot_breaks and stage != "heads":
         raise click.UsageError("--slot-breaks adds rows to the heads' refit; add --stage heads")
+    if targets != "truth" and stage != "heads":
+        raise click.UsageError("--targets chooses what the heads' refit fits; add --stage heads")
+    if targets != "truth" and slot_breaks:
+        raise click.UsageError("--slot-breaks needs the true pose of each photo; drop it with --targets " + targets)
     if stage == "heads":
         if not init or not val:
             raise click.UsageError("--stage heads refits a trained network: give it --init CHECKPOINT and "
@@ -154,7 +163,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         from ..train.head_refit import run_head_refit
 
         path, report = run_head_refit(init, data, val, out, face_model_path=face_model,
-                                      progress=(lambda _: None) if quiet else click.echo, slot_breaks=slot_breaks)
+                                      progress=(lambda _: None) if quiet else click.echo, slot_breaks=slot_breaks,
+                                      targets=targets, landmark_noise=landmark_noise)
         for group, r in report["groups"].items():
             click.echo(f"{group}: selection set {r['select_before']} -> {r['select_after']} "
                        f"({'refit, strength ' + format(r['strength'], 'g') if r['refit'] else 'kept'})")

@@ -15,6 +15,10 @@ ridge regression on the standardised inputs, its strength chosen on the selectio
 standardisation folds back into the conv's weight and bias, so the network and the exported graph
 keep their shape. A group keeps its trained head when no strength beats it on the selection set.
 Only the heads change; everything before them is untouched.
+
+Without ground truth (``--targets landmark-fit``), the targets are each triplet's fit to its own 2D
+landmarks (``landmark_fit.py``): what the weak landmark term says the face is, one triplet at a time.
+The strength is then chosen by agreement with the selection triplets' fits, so nothing reads gt.npz.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from dfmvr.models.heads import head_names
 
 from .schedule import VIEW_PATTERNS
 
-__all__ = ["DEFAULT_GROUPS", "HEAD_GROUPS", "RIDGE_STRENGTHS", "SLOT_BREAK_SEEDS", "HeadFeatures", "head_features",
+__all__ = ["DEFAULT_GROUPS", "HEAD_GROUPS", "TARGETS", "RIDGE_STRENGTHS", "SLOT_BREAK_SEEDS", "HeadFeatures", "head_features",
            "held_out_scores", "joined", "ridge_fit", "group_columns", "refit_heads", "run_head_refit",
            "slot_broken_rows", "training_mix_features"]
 
@@ -45,6 +49,7 @@ HEAD_GROUPS = {"identity": ("conv2_id",), "expression": ("conv2_exp",), "texture
                "translation": tuple(f"conv2_offset{part}{sfx}" for sfx in VIEW_SUFFIXES for part in ("_xy", "_z"))}
 RIDGE_STRENGTHS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)   # on standardised inputs; 1e3 won for the demo
 DEFAULT_GROUPS = ("identity", "expression", "rotation")
+TARGETS = ("truth", "landmark-fit")   # what the heads are fitted to (run_head_refit)
 SLOT_BREAK_SEEDS = {"train": 1, "select": 2}   # separate random_breaks draws for the fit and the selection rows
 # Translation is left out by default: on the demo the ridge lowered its coefficient MSE on the selection
 # set but raised dfmvr eval's median translation error (29.9 -> 30.7 mm there, 24.3 -> 24.9 held out).
@@ -64,9 +69,12 @@ class HeadFeatures:
 
 
 @torch.no_grad()
-def head_features(model, dataset, batch: int = 16, view_masks: np.ndarray | None = None) -> HeadFeatures:
+def head_features(model, dataset, batch: int = 16, view_masks: np.ndarray | None = None,
+                  targets: np.ndarray | None = None) -> HeadFeatures:
     """One eval-mode pass over ``dataset`` (a TripletDataset without augmentation); ``view_masks``
-    [N, 3] bool: the views fed per triplet (a missing view is zeros, as in training and inference)."""
+    [N, 3] bool: the views fed per triplet (a missing view is zeros, as in training and inference).
+    ``targets`` [N, COEFFS.size]: what the heads are fitted to instead of the triplets' true
+    coefficients, which are then never read (``--targets landmark-fit``)."""
     regressor = model.rednet_fc
     seen: list[torch.Tensor] = []
     hook = regressor.conv2_id.register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
@@ -76,7 +84,7 @@ def head_features(model, dataset, batch: int = 16, view_masks: np.ndarray | None
     try:
         for start in range(0, len(dataset), batch):
             items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
-            if any("coefficients" not in it for it in items):
+            if targets is None and any("coefficients" not in it for it in items):
                 raise InputError(dataset.root, "refitting the heads needs each triplet's true coefficients "
                                  "(gt.npz) and this data has none", "use synthetic triplets (dfmvr data synth)")
             images = torch.stack([it["images"] for it in items])
@@ -84,22 +92,25 @@ def head_features(model, dataset, batch: int = 16, view_masks: np.ndarray | None
                 mask = torch.from_numpy(view_masks[start:start + len(items)])
                 images = images * mask[:, :, None, None, None].to(images.dtype)
             outputs.append(model(images)[0].double().numpy())
-            truth.append(torch.stack([it["coefficients"] for it in items]).double().numpy())
+            truth.append(targets[start:start + len(items)].astype(np.float64) if targets is not None
+                         else torch.stack([it["coefficients"] for it in items]).double().numpy())
     finally:
         hook.remove()
         model.train(was_training)
     return HeadFeatures(torch.cat(seen).double().numpy(), np.concatenate(truth), np.concatenate(outputs))
 
 
-def training_mix_features(model, dataset, batch: int = 16) -> HeadFeatures:
+def training_mix_features(model, dataset, batch: int = 16, targets: np.ndarray | None = None) -> HeadFeatures:
     """Every triplet with all three views, and the first half again with views missing (the six
     patterns of the single-view training in turn): the 2 : 1 mix of ``schedule.sample_view_masks``.
     Why: heads fit on all-view inputs alone read a front view alone badly (measured on the demo:
-    front-only identity R² 0.28 with the trained heads, 0.03 after an all-view-only refit)."""
-    full = head_features(model, dataset, batch)
+    front-only identity R² 0.28 with the trained heads, 0.03 after an all-view-only refit).
+    ``targets``: per triplet, in place of the truth (``head_features``)."""
+    full = head_features(model, dataset, batch, targets=targets)
     half = dataset.subset(0, max(1, len(dataset) // 2))
     masks = VIEW_PATTERNS[np.arange(len(half)) % len(VIEW_PATTERNS)]
-    return joined(full, head_features(model, half, batch, view_masks=masks))
+    return joined(full, head_features(model, half, batch, view_masks=masks,
+                                      targets=None if targets is None else targets[:len(half)]))
 
 
 def slot_broken_rows(model, dataset, count: int, seed: int) -> HeadFeatures:
@@ -197,13 +208,28 @@ def refit_heads(model, train: HeadFeatures, select: HeadFeatures, face_model: Mo
     return report
 
 
+def _landmark_fit_targets(dataset, face_model: MorphableModel, card, progress) -> np.ndarray:
+    """Per-triplet landmark fits of ``dataset`` (no ground truth read; dfmvr/train/landmark_fit.py)."""
+    from .landmark_fit import landmark_fits
+
+    progress(f"fitting each of {len(dataset)} triplets to its own landmarks (no ground truth)")
+    try:
+        return landmark_fits(dataset, face_model, card.camera_obj())
+    except ValueError as exc:
+        raise InputError(dataset.root, str(exc), "give every triplet its 2D landmarks (a detector's)") from exc
+
+
 def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_model_path=None,
-                   progress=print, slot_breaks: float = 0.0) -> tuple[Path, dict]:
+                   progress=print, slot_breaks: float = 0.0, targets: str = "truth",
+                   landmark_noise: float = 0.0) -> tuple[Path, dict]:
     """``dfmvr-train --stage heads``: load ``init``, refit ``groups`` on ``data`` (strength chosen on
     ``select``), write OUT/checkpoint.safetensors (float32, the card's provenance records the refit)
     and OUT/heads.json. ``slot_breaks`` > 0 adds that fraction of each set's triplets again with their
     slots broken at random (dfmvr/train/slot_breaks.py), so the heads read the pose from the photo
-    rather than the slot. -> (checkpoint path, report)."""
+    rather than the slot. ``targets``: "truth" (the triplets' gt.npz coefficients) or "landmark-fit"
+    (each triplet's fit to its own 2D landmarks, with ``landmark_noise`` px of detector-like error:
+    weak supervision; the strength is then chosen by agreement with the selection triplets' fits, and
+    no ground truth is read). -> (checkpoint path, report)."""
     import json
     import time
 
@@ -212,24 +238,35 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
 
     from .data import TripletDataset
 
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, not {targets!r}")
+    if targets != "truth" and slot_breaks:
+        raise ValueError("slot-broken rows need the true pose of each photo; they cannot be added to landmark-fit targets")
     model, card, _ = load_checkpoint(init, load_train_state=False)
     face_model, _ = select_face_model(face_model_path, card=card, data=data)
     start = time.perf_counter()
     features, counts = {}, {}
     for name, root in (("train", data), ("select", select)):
-        dataset = TripletDataset(root)
+        dataset = TripletDataset(root, landmark_noise_px=landmark_noise)
         if len(dataset) == 0:
             raise InputError(root, "no triplet folders", "point --data/--val at folders made by dfmvr data synth")
+        fitted = None if targets == "truth" else _landmark_fit_targets(dataset, face_model, card, progress)
         progress(f"head inputs of {len(dataset)} triplets in {root} (all views, then half with views missing)")
-        features[name], counts[name] = training_mix_features(model, dataset), len(dataset)
+        features[name], counts[name] = training_mix_features(model, dataset, targets=fitted), len(dataset)
         broken = round(slot_breaks * len(dataset))
         if broken:
             progress(f"and {broken} of them with their slots broken")
             features[name] = joined(features[name], slot_broken_rows(model, dataset, broken, SLOT_BREAK_SEEDS[name]))
     report = {"init": str(init), "data": str(data), "triplets": counts["train"], "slot_breaks": slot_breaks,
-              "rows": len(features["train"].inputs), "select": str(select), "select_triplets": counts["select"],
-              "select_rows": len(features["select"].inputs),
+              "targets": targets, "rows": len(features["train"].inputs), "select": str(select),
+              "select_triplets": counts["select"], "select_rows": len(features["select"].inputs),
               "groups": refit_heads(model, features["train"], features["select"], face_model, groups=groups)}
+    if targets == "landmark-fit":
+        from .landmark_fit import landmark_fit_config
+
+        report["landmark_fit"] = {"landmark_noise_px": landmark_noise,
+                                  **{k: v for k, v in landmark_fit_config().to_dict().items()
+                                     if k in ("steps", "pose_fraction", "lr", "loss_weights")}}
     report["seconds"] = round(time.perf_counter() - start, 1)
     card.provenance = {**card.provenance, "head_refit": {k: v for k, v in report.items() if k != "seconds"}}
     out = Path(out)

@@ -184,3 +184,52 @@ def test_slot_breaks_belong_to_the_heads_stage(tmp_path):
 
     result = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--slot-breaks", "0.5"])
     assert result.exit_code == 2 and "--stage heads" in result.output
+
+
+def _unlabelled_copy(synth4, root):
+    """synth4 as a user's photos: the three crops and a detector's landmarks (landmarks.npz), no gt.npz."""
+    import shutil
+
+    for folder in sorted(p for p in synth4.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for view in ("left", "front", "right"):
+            shutil.copy(folder / f"{view}.png", root / folder.name / f"{view}.png")
+        gt = np.load(folder / "gt.npz")
+        np.savez(root / folder.name / "landmarks.npz", landmarks=gt["landmarks"], landmarks_visible=gt["landmarks_visible"])
+    shutil.copy(synth4 / "face_model.npz", root / "face_model.npz")
+    return root
+
+
+def _dfmvr_train(capsys, args) -> tuple[int, str]:
+    """``dfmvr-train ARGS`` as the console script runs it (errors -> their exit codes): (code, output)."""
+    from dfmvr.cli import invoke
+    from dfmvr.cli.train import command
+
+    with pytest.raises(SystemExit) as exc:
+        invoke(command, args)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out + captured.err
+
+
+def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, lite_checkpoint, tmp_path, capsys,
+                                                                       one_torch_thread):
+    photos = _unlabelled_copy(synth4, tmp_path / "photos")
+    out = tmp_path / "heads"
+    args = ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(photos), "--val", str(photos),
+            "--out", str(out), "--quiet"]
+    code, output = _dfmvr_train(capsys, args)                      # the default targets need gt.npz
+    assert code == 2 and "true coefficients" in output and not out.exists()
+    code, output = _dfmvr_train(capsys, args + ["--targets", "landmark-fit", "--landmark-noise", "2"])
+    assert code == 0, output
+    report = json.loads((out / "heads.json").read_text())
+    assert report["targets"] == "landmark-fit" and report["landmark_fit"]["landmark_noise_px"] == 2.0
+    assert report["landmark_fit"]["loss_weights"]["photo"] == 0.0
+    model, card, _ = load_checkpoint(out / "checkpoint.safetensors", load_train_state=False)
+    assert card.provenance["head_refit"]["targets"] == "landmark-fit"
+    original, _, _ = load_checkpoint(lite_checkpoint, load_train_state=False)
+    refit = [g for g, r in report["groups"].items() if r["refit"]]
+    assert "identity" in refit                                     # a random head agrees with no fit
+    assert not torch.equal(model.rednet_fc.conv2_id.weight, original.rednet_fc.conv2_id.weight)
+    assert torch.equal(model.uuunet.enc_0[0].weight, original.uuunet.enc_0[0].weight)
+    code, output = _dfmvr_train(capsys, args + ["--targets", "landmark-fit", "--slot-breaks", "0.5"])
+    assert code == 2 and "--slot-breaks" in output
