@@ -18,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_KEYS_TSV = REPO / "tests" / "data" / "official_dfmvr_state_dict.tsv"
 
 
+def run_cli(command, args, capsys, prog_name=None) -> tuple[int, str]:
+    """Run a click ``command`` as its console script does (``dfmvr.cli.invoke``: errors become their exit
+    codes and messages) -> (exit code, stdout + stderr)."""
+    from dfmvr.cli import invoke
+
+    with pytest.raises(SystemExit) as exc:
+        invoke(command, [str(a) for a in args], prog_name=prog_name)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out + captured.err
+
+
 def load_script(name: str):
     """scripts/<name>.py as a module (the scripts are run as files, not installed as a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")

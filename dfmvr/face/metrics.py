@@ -351,7 +351,10 @@ def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coeffic
     ``identity_size_free``: the identity's R² with the uniform scaling of the mean shape projected out
     of every offset (``without_uniform_scale``). The size is 18 % of the identity's variance and an
     aligned crop does not show it (docs/refine.md, "Size and distance"): this is how much of the rest
-    a model reads, the number to compare a weakly supervised model by."""
+    a model reads, the number to compare a weakly supervised model by. ``identity_at_mean_size``: the plain
+    identity R² with the scaling projected out of the predictions only (each predicted face set to the mean
+    face's size, as ``dfmvr convert mean-size`` does): above ``identity``, the model's size reading costs
+    more than not reading it."""
     def offsets(group: str, c: Coefficients) -> np.ndarray:   # [N, V, 3]: that group's part of the shape
         identity, expression = c.identity, c.expression
         if group == "identity":
@@ -366,9 +369,13 @@ def shape_r2(face_model: MorphableModel, predicted: Coefficients, truth: Coeffic
         spread = float(((t - t.mean(axis=0)) ** 2).sum())
         out[group] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
         if group == "identity":
-            p, t = (without_uniform_scale(x.reshape(len(x), -1), face_model.mean_shape) for x in (p, t))
-            spread = float(((t - t.mean(axis=0)) ** 2).sum())
-            out["identity_size_free"] = 1.0 - float(((p - t) ** 2).sum()) / spread if spread > 0 else float("nan")
+            p, t = (x.reshape(len(x), -1) for x in (p, t))
+            p_free = without_uniform_scale(p, face_model.mean_shape)
+            out["identity_at_mean_size"] = 1.0 - float(((p_free - t) ** 2).sum()) / spread if spread > 0 else float("nan")
+            t_free = without_uniform_scale(t, face_model.mean_shape)
+            spread_free = float(((t_free - t_free.mean(axis=0)) ** 2).sum())
+            out["identity_size_free"] = (1.0 - float(((p_free - t_free) ** 2).sum()) / spread_free
+                                         if spread_free > 0 else float("nan"))
     return out
 
 

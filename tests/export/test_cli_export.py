@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from dfmvr.cli import invoke
 from dfmvr.cli.export import command
+from tests.conftest import run_cli
 
 
 def _run(args, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        invoke(command, [str(a) for a in args], prog_name="dfmvr-export")
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out + captured.err
+    return run_cli(command, args, capsys, prog_name="dfmvr-export")
 
 
 def test_help_lists_the_options(capsys):

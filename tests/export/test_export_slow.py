@@ -7,8 +7,8 @@ import json
 import onnx
 import pytest
 
-from dfmvr.cli import invoke
 from dfmvr.cli.export import command
+from tests.conftest import run_cli
 from dfmvr.export.involution_onnx import involution_nodes
 from dfmvr.export.onnx_export import read_card
 from dfmvr.export.tensorrt_build import tensorrt_unavailable
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run(args, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        invoke(command, [str(a) for a in args], prog_name="dfmvr-export")
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out + captured.err
+    return run_cli(command, args, capsys, prog_name="dfmvr-export")
 
 
 def test_engine_demanded_without_tensorrt_exits_3_after_writing_the_onnx(tmp_path, capsys):

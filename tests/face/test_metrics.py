@@ -253,6 +253,14 @@ def test_shape_r2_size_free_forgives_a_size_error_and_nothing_else():
     assert noisy["identity_size_free"] < 0.8 and noisy["identity"] < 0.8
     exact = shape_r2(fm, COEFFS.split(truth), COEFFS.split(truth))
     assert exact["identity_size_free"] == pytest.approx(1.0, abs=1e-12)
+    # at the mean size: the predictions lose their size, the truth keeps it
+    assert exact["identity_at_mean_size"] < 0.95                     # the truth's own sizes are lost
+    from dfmvr.face.size import mean_size_projection
+
+    mean_sized = truth.copy()
+    mean_sized[:, ident] = truth[:, ident] @ mean_size_projection(fm).matrix.T     # truths of the mean size
+    wrong_size = shape_r2(fm, COEFFS.split(sized - truth + mean_sized), COEFFS.split(mean_sized))
+    assert wrong_size["identity"] < 0.7 and wrong_size["identity_at_mean_size"] > 0.99
 
 
 def test_without_uniform_scale_removes_a_uniform_scaling_and_nothing_else():

@@ -16,6 +16,7 @@ from dfmvr.face.model import MorphableModel  # noqa: E402
 from dfmvr.face.size import identity_size_component, mean_size_projection  # noqa: E402
 from dfmvr.models.checkpoint import load_checkpoint  # noqa: E402
 from dfmvr.models.mean_size import MEAN_SIZE_KEY  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
 
 
 def _predict(path, images):
@@ -52,24 +53,15 @@ def test_the_folded_head_predicts_the_mean_size_and_nothing_else_moves(tmp_path,
     np.testing.assert_allclose(_predict(again, images), after, rtol=1e-5, atol=1e-6 * np.abs(after).max())
 
 
-def _exit_and_error(capsys, *args) -> tuple[int, str]:
-    """Run ``dfmvr convert ARGS`` as the console script does (its error handling included)."""
-    from dfmvr.cli import invoke
-
-    with pytest.raises(SystemExit) as exc:
-        invoke(command, list(args))
-    return exc.value.code, capsys.readouterr().err
-
-
 def test_bad_input_exits_2_naming_the_file_and_writes_nothing(tmp_path, lite_checkpoint, capsys):
     from dfmvr.face.synthetic import synthetic_face_model
 
     out = tmp_path / "out.safetensors"
-    code, err = _exit_and_error(capsys, "mean-size", str(tmp_path / "missing.safetensors"), "--out", str(out))
+    code, err = run_cli(command, ["mean-size", tmp_path / "missing.safetensors", "--out", out], capsys)
     assert code == 2 and "missing.safetensors" in err and "not found" in err
     other = synthetic_face_model(seed=6, num_vertices=400).save(tmp_path / "other.npz")
-    code, err = _exit_and_error(capsys, "mean-size", str(lite_checkpoint), "--out", str(out), "--face-model", str(other))
+    code, err = run_cli(command, ["mean-size", lite_checkpoint, "--out", out, "--face-model", other], capsys)
     assert code == 2 and "other.npz" in err
-    code, err = _exit_and_error(capsys, "mean-size", str(lite_checkpoint), "--out", str(tmp_path / "out.pt"))
+    code, err = run_cli(command, ["mean-size", lite_checkpoint, "--out", tmp_path / "out.pt"], capsys)
     assert code == 2 and ".safetensors" in err
     assert not out.exists() and not (tmp_path / "out.pt").exists()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dfmvr.face.layout import COEFFS
 from tests.conftest import load_script
 
 torch = pytest.importorskip("torch")
 
 
-def test_scores_forgive_the_size_only_at_the_mean_size(synth4):
-    """The probe's extra column: a prediction whose only error is a size error scores ~1 at the mean size
-    only when the truth has the mean size; the exact truth scores 1 plainly."""
+def test_scores_are_dfmvr_evals_r2_and_the_rotation_error(synth4):
+    """The exact truth scores 1 plainly and size-free, 0° of rotation, and below 1 at the mean size
+    (its own sizes are lost); a rotated view costs the rotation column."""
     from dfmvr.face.model import MorphableModel
 
     probe = load_script("landmark_fit_probe")
@@ -20,7 +21,13 @@ def test_scores_forgive_the_size_only_at_the_mean_size(synth4):
     truth = np.random.default_rng(0).normal(size=(12, 269)).astype(np.float32)
     exact = probe.scores(fm, truth, truth)
     assert exact["identity"] == pytest.approx(1.0, abs=1e-9) and exact["rotation_median_deg"] == pytest.approx(0, abs=1e-3)
+    assert exact["identity_size_free"] == pytest.approx(1.0, abs=1e-9)
     assert exact["identity_at_mean_size"] < exact["identity"]          # the truth's own sizes are lost
+    rotation = COEFFS.split(truth).rotation.copy()
+    rotation[..., 1] += np.radians(5.0)                                # every view 5° more yaw
+    moved = COEFFS.split(truth)
+    moved = type(moved)(moved.identity, moved.expression, moved.texture, moved.lighting, rotation, moved.translation)
+    assert probe.scores(fm, COEFFS.join(moved), truth)["rotation_median_deg"] == pytest.approx(5.0, abs=0.05)
 
 
 @pytest.mark.slow      # two fits and a ridge on 4 triplets (~10 s)

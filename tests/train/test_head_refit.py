@@ -200,26 +200,18 @@ def _unlabelled_copy(synth4, root):
     return root
 
 
-def _dfmvr_train(capsys, args) -> tuple[int, str]:
-    """``dfmvr-train ARGS`` as the console script runs it (errors -> their exit codes): (code, output)."""
-    from dfmvr.cli import invoke
-    from dfmvr.cli.train import command
-
-    with pytest.raises(SystemExit) as exc:
-        invoke(command, args)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out + captured.err
-
-
 def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, lite_checkpoint, tmp_path, capsys,
                                                                        one_torch_thread):
+    from dfmvr.cli.train import command as train_command
+    from tests.conftest import run_cli
+
     photos = _unlabelled_copy(synth4, tmp_path / "photos")
     out = tmp_path / "heads"
     args = ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(photos), "--val", str(photos),
             "--out", str(out), "--quiet"]
-    code, output = _dfmvr_train(capsys, args)                      # the default targets need gt.npz
+    code, output = run_cli(train_command, args, capsys)                      # the default targets need gt.npz
     assert code == 2 and "true coefficients" in output and not out.exists()
-    code, output = _dfmvr_train(capsys, args + ["--targets", "landmark-fit", "--landmark-noise", "2"])
+    code, output = run_cli(train_command, args + ["--targets", "landmark-fit", "--landmark-noise", "2"], capsys)
     assert code == 0, output
     report = json.loads((out / "heads.json").read_text())
     assert report["targets"] == "landmark-fit" and report["landmark_fit"]["landmark_noise_px"] == 2.0
@@ -231,5 +223,18 @@ def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, l
     assert "identity" in refit                                     # a random head agrees with no fit
     assert not torch.equal(model.rednet_fc.conv2_id.weight, original.rednet_fc.conv2_id.weight)
     assert torch.equal(model.uuunet.enc_0[0].weight, original.uuunet.enc_0[0].weight)
-    code, output = _dfmvr_train(capsys, args + ["--targets", "landmark-fit", "--slot-breaks", "0.5"])
+    # the refit identity head reproduces the photos' own landmark fits (computed here separately), the
+    # trained one does not: the heads were fitted to the fits, not to anything else
+    from dfmvr.face.layout import COEFFS
+    from dfmvr.face.metrics import shape_r2
+    from dfmvr.train.landmark_fit import landmark_fits
+
+    noisy = TripletDataset(photos, landmark_noise_px=2.0)
+    fm = MorphableModel.load(photos / "face_model.npz")
+    fits = COEFFS.split(landmark_fits(noisy, fm, card.camera_obj()))
+    agreement = {name: shape_r2(fm, COEFFS.split(head_features(net, noisy, targets=np.zeros((4, COEFFS.size))).predicted
+                                                 .astype(np.float32)), fits)["identity"]
+                 for name, net in (("refit", model), ("trained", original))}
+    assert agreement["refit"] > 0.5 and agreement["trained"] < 0.2, agreement
+    code, output = run_cli(train_command, args + ["--targets", "landmark-fit", "--slot-breaks", "0.5"], capsys)
     assert code == 2 and "--slot-breaks" in output
