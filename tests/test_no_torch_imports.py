@@ -121,3 +121,13 @@ def test_eval_onnx_runs_with_torch_blocked(tmp_path):
     assert "EXIT 0 LEAKED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     doc = json.loads(report.read_text())
     assert doc["num_triplets"] == 1 and doc["model"]["mean_mm"] > 0
+
+
+def test_data_prepare_runs_with_torch_blocked(tmp_path):
+    """``dfmvr data prepare`` (a user's photos -> training triplets) is torch-free: it runs where
+    ``dfmvr-run`` runs, before any training machine is involved."""
+    result = _cli_with_torch_blocked(["data", "prepare", str(REPO / "examples" / "triplet"), "--aligned",
+                                      "--out", str(tmp_path / "data"), "--quiet"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "EXIT 0 LEAKED []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "data" / "triplet" / "landmarks.npz").is_file()

@@ -20,7 +20,7 @@ __all__ = ["main", "train_entry", "export_entry", "run_entry", "bench_entry", "S
 
 # name -> (module, one-line help shown in `dfmvr --help` without importing the module)
 SUBCOMMANDS = {
-    "data": ("dfmvr.cli.data", "Build face models and synthetic multi-view datasets."),
+    "data": ("dfmvr.cli.data", "Build face models, synthetic multi-view datasets and training sets from your own photos."),
     "train": ("dfmvr.cli.train", "Train DF-MVR (or its parse net) with weak supervision."),
     "eval": ("dfmvr.cli.eval", "Evaluate reconstructions with the NoW-style protocol (mm)."),
     "export": ("dfmvr.cli.export", "Export to one ONNX graph (+ TensorRT engine where possible)."),

@@ -1,4 +1,5 @@
-"""``dfmvr data``: face models (``face-model``) and synthetic multi-view datasets (``synth``)."""
+"""``dfmvr data``: face models (``face-model``), synthetic multi-view datasets (``synth``) and training
+sets from a user's own photos (``prepare``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .settings import HELP_SETTINGS
 _SUB = {
     "face-model": ("dfmvr.cli.data_face_model", "Build a face model: synthetic, BFM front .mat, or BFM2009."),
     "synth": ("dfmvr.cli.data_synth", "Render a synthetic multi-view dataset with exact ground truth."),
+    "prepare": ("dfmvr.cli.data_prepare", "Your own multi-view photos -> a training set for the weak losses."),
 }
 
 
@@ -31,4 +33,4 @@ class _LazyData(click.Group):
 
 @click.group(cls=_LazyData, context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
 def command():
-    """Build face models and synthetic multi-view datasets."""
+    """Build face models, synthetic multi-view datasets and training sets from your own photos."""

@@ -57,13 +57,21 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
               help="With --refine: also refine from the mean face (identity, expression and texture zeroed; "
                    "the network's pose and light) for the same steps: what the network's shape is worth "
                    "as a starting point.")
+@click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              metavar="PX", help="With --refine: add Gaussian error of PX pixels per coordinate to the data's 2D "
+                                 "landmarks before the refinement fits them (a detector's error on synthetic data; "
+                                 "drawn per triplet as dfmvr-train --landmark-noise draws it).")
+@click.option("--refine-labels", "refine_labels", type=click.Choice(["data", "network"]), default="data",
+              show_default=True, help="With --refine: the parse labels it fits. data: the folder's labels.npz "
+                                      "(else gt.npz); network: the network's own parse labels, as dfmvr-run "
+                                      "--refine uses (what a user's photos have).")
 @click.option("--slot-order", type=str, default=None, metavar="V,V,V",
               help="Give the left, front and right slots the photos of these views instead, e.g. "
                    "'front,front,front' or 'right,front,left' (the pose truth follows the photo): does the "
                    "model read each view's pose from the photo or from the slot?")
 @quiet_option
 def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, refine_steps,
-            refine_device, refine_from_mean_face, slot_order, quiet):
+            refine_device, refine_from_mean_face, landmark_noise, refine_labels, slot_order, quiet):
     """Score a model on DATA: mean / median / RMSE point-to-surface error in mm (NoW protocol),
     next to the mean face and the same model given only the front view."""
     if (checkpoint is None) == (onnx is None):
@@ -71,6 +79,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     from ..eval import OnnxPredictor, evaluate_dataset
 
     slot_order = _parse_slot_order(slot_order)
+    if refine_steps == 0 and (landmark_noise > 0 or refine_labels != "data"):
+        raise click.UsageError("--landmark-noise and --refine-labels choose what --refine fits; add --refine N")
 
     if onnx is not None:
         if str(onnx) == "default":
@@ -98,7 +108,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
                           RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
     report = evaluate_dataset(predictor, data, fm, limit=limit, batch=batch, progress=not quiet,
                               refiner=refiner, refine_from_mean_face=refine_from_mean_face,
-                              slot_order=slot_order, icp_iterations=icp_iterations)
+                              slot_order=slot_order, landmark_noise=landmark_noise, refine_labels=refine_labels,
+                              icp_iterations=icp_iterations)
     if refiner is not None:
         report["refine"]["config"] = refiner.config.to_dict()
     report["source"] = source
@@ -118,6 +129,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
         click.echo(f"refined     {_fmt(report['refined'])}  ({refine_steps} steps, "
                    f"{r['seconds_per_triplet']:.2f} s per triplet, weak loss {r['loss_before_mean']:.4f} -> "
                    f"{r['loss_after_mean']:.4f})")
+        click.echo(f"            fitted to landmarks: {report['refine_inputs']['landmarks']}; "
+                   f"labels: {report['refine_inputs']['labels']}")
     if "refined_mean_face" in report:
         click.echo(f"refined from mean face  {_fmt(report['refined_mean_face'])}")
     click.echo(f"front only  {_fmt(report['baselines']['front_only'])}")

@@ -26,7 +26,7 @@ import click
 
 __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_model_option", "onnx_option",
            "engine_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
-           "refine_device_option", "FACE_MODEL_HELP"]
+           "refine_device_option", "detector_option", "FACE_MODEL_HELP"]
 
 # code -> its meaning in every command; a command may say more about a code, or leave one out.
 EXIT_CODES = {
@@ -124,6 +124,13 @@ def threads_option(f):
     return click.option("--threads", type=click.IntRange(min=1), default=None,
                         help="Intra-op threads (ONNX Runtime, and torch where it runs); default: the "
                              "library's own, about one per core.")(f)
+
+
+def detector_option(f):
+    return click.option("--detector", type=click.Choice(["dlib", "face-alignment"]), default="dlib", show_default=True,
+                        help="Face and landmark detector (without --aligned): 'dlib' (HOG detector and 68-point "
+                             "predictor, offline; the 'detect' extra) or 'face-alignment' (2D-FAN; needs torch and "
+                             "downloads its weights on first use; the 'face-alignment' extra).")(f)
 
 
 def refine_device_option(f):

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .options import (OutputPath, batch_size_option, engine_option, exit_codes, face_model_option, onnx_option,
-                      quiet_option, threads_option, refine_device_option)
+                      quiet_option, threads_option, refine_device_option, detector_option)
 from .settings import HELP_SETTINGS
 
 __all__ = ["command"]
@@ -35,10 +35,7 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
               help="Output folder. Every triplet, a single one too, is written to OUT/<triplet name>/ "
                    "(the triplet folder's name); a batch also writes OUT/summary.json.")
 @click.option("--aligned", is_flag=True, help="Inputs are already 224x224 aligned crops: skip detection.")
-@click.option("--detector", type=click.Choice(["dlib", "face-alignment"]), default="dlib", show_default=True,
-              help="Face and landmark detector (without --aligned): 'dlib' (HOG detector and 68-point "
-                   "predictor, offline; the 'detect' extra) or 'face-alignment' (2D-FAN; needs torch and "
-                   "downloads its weights on first use; the 'face-alignment' extra).")
+@detector_option
 @click.option("--format", "formats", default=DEFAULT_FORMATS, show_default=True,
               help="Comma-separated outputs: obj, ply, npz, json, png, jpg (the overlay as JPEG: ~4x faster "
                    "to encode than png; docs/runtime.md).")
@@ -119,22 +116,11 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
 
         pipe.refiner = Refiner(pipe.face_model, pipe.camera,
                                RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
-    bar = None
-    if not quiet and not single:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(triplets), unit="triplet", desc="reconstructing", file=sys.stderr, dynamic_ncols=True)
-
-    def progress(name, ok):
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{'ok' if ok else 'FAILED'} {name}"[:40])
-
+    bar = TripletBar(len(triplets), "reconstructing", show=not quiet and not single)
     with pipe:
-        summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=progress,
+        summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=bar,
                            overlap=not no_overlap)
-    if bar is not None:
-        bar.close()
+    bar.close()
     if not quiet:
         _print_fallbacks(summary.fallbacks)
         _print_slot_doubts(summary.slot_doubts)
@@ -152,6 +138,27 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         click.echo(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.done)} triplets failed "
                    f"(listed above and in {Path(out) / 'summary.json'})", err=True)
         sys.exit(2)
+
+
+class TripletBar:
+    """A progress bar over triplets on stderr (none when ``show`` is false); called as the pipelines'
+    ``progress(name, ok)``."""
+
+    def __init__(self, total: int, desc: str, show: bool):
+        self._bar = None
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="triplet", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, name: str, ok: bool) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"{'ok' if ok else 'FAILED'} {name}"[:40])
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _quiet_opencv() -> None:

@@ -121,6 +121,16 @@ _PATH = click.Path(path_type=Path)
               help="--stage heads: what the heads are fitted to. truth: each triplet's gt.npz coefficients; "
                    "landmark-fit: each triplet fitted to its own 2D landmarks (the data's, plus --landmark-noise), "
                    "no ground truth read: weak supervision (dfmvr/train/landmark_fit.py).")
+@click.option("--groups", "groups", default=None, metavar="G,G,...",
+              help="--stage heads: the coefficient groups whose heads are refit, of identity, expression, texture, "
+                   "lighting, rotation, translation (default: identity, expression, rotation; "
+                   "head_refit.DEFAULT_GROUPS). Translation is left out by default: refit to the truth it "
+                   "raised the demo's held-out translation error; refit to landmark fits it lowered a weak run's "
+                   "(docs/training.md).")
+@click.option("--fits", "fits_from", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="--stage heads --targets landmark-fit: reuse the landmark fits an earlier such run saved "
+                   "(its OUT/landmark_fits.npz) instead of fitting every triplet again; refused unless they are "
+                   "the fits of the same triplet folders with the same settings (face model, noise, fit).")
 @click.option("--slot-breaks", "slot_breaks", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="--stage heads: add this fraction of the triplets again with their slots broken (a photo in "
                    "another view's slot, the pose truth following it), so the refit heads read each view's pose "
@@ -140,7 +150,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, targets, slot_breaks, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, targets, groups, fits_from, slot_breaks, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, size_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -154,6 +164,9 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         raise click.UsageError("--slot-breaks adds rows to the heads' refit; add --stage heads")
     if targets != "truth" and stage != "heads":
         raise click.UsageError("--targets chooses what the heads' refit fits; add --stage heads")
+    groups = _parse_groups(groups, stage)
+    if fits_from is not None and (stage != "heads" or targets != "landmark-fit"):
+        raise click.UsageError("--fits reuses stored landmark fits; it needs --stage heads --targets landmark-fit")
     if targets != "truth" and slot_breaks:
         raise click.UsageError("--slot-breaks needs the true pose of each photo; drop it with --targets " + targets)
     if stage == "heads":
@@ -164,7 +177,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
 
         path, report = run_head_refit(init, data, val, out, face_model_path=face_model,
                                       progress=(lambda _: None) if quiet else click.echo, slot_breaks=slot_breaks,
-                                      targets=targets, landmark_noise=landmark_noise)
+                                      targets=targets, landmark_noise=landmark_noise, fits_from=fits_from,
+                                      **({"groups": groups} if groups else {}))
         for group, r in report["groups"].items():
             click.echo(f"{group}: selection set {r['select_before']} -> {r['select_after']} "
                        f"({'refit, strength ' + format(r['strength'], 'g') if r['refit'] else 'kept'})")
@@ -220,3 +234,19 @@ if __name__ == "__main__":   # torchrun -m dfmvr.cli.train ...
     from . import invoke
 
     invoke(command, prog_name="dfmvr-train")
+
+
+def _parse_groups(text: str | None, stage: str) -> tuple[str, ...] | None:
+    """``--groups`` -> the head groups to refit (``head_refit.HEAD_GROUPS`` names), None for the default;
+    only with --stage heads."""
+    if text is None:
+        return None
+    if stage != "heads":
+        raise click.UsageError("--groups chooses the heads the refit fits; add --stage heads")
+    from ..train.head_refit import HEAD_GROUPS
+
+    groups = tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip()))
+    unknown = [g for g in groups if g not in HEAD_GROUPS]
+    if unknown or not groups:
+        raise click.UsageError(f"--groups: {', '.join(unknown) or 'none given'}; choose from {', '.join(HEAD_GROUPS)}")
+    return groups

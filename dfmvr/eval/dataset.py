@@ -26,7 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..card import GRAPH_OUTPUTS
 from ..errors import InputError
+from ..face.detector_noise import draw_landmark_noise
 from ..face.geometry import face_shape
 from ..face.layout import COEFFS, VIEWS
 from ..face.meshio import MM_PER_MODEL_UNIT, read_landmarks, read_mesh
@@ -40,6 +42,7 @@ __all__ = ["EvalSample", "find_eval_folders", "load_eval_sample", "with_slot_ord
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SCAN_LANDMARK_NAMES = ("scan_landmarks.txt", "scan_landmarks.pts", "scan_landmarks.pp", "scan_landmarks.npy")
 METHODS = ("model", "front_only", "mean_face")
+REFINE_LABELS = ("data", "network")     # where --refine's parse labels come from (evaluate_dataset)
 
 
 @dataclass
@@ -197,8 +200,13 @@ class OnnxPredictor:
         self.runner = OnnxrtRunner(path, threads=threads).activate()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (coefficients [B, 269] float32, the graph's parse labels [B, 3, H, W] uint8)."""
         out = self.runner.infer({self._input: np.ascontiguousarray(images, np.float32)})
-        return np.asarray(out["coefficients"], np.float32)
+        coefficients, labels = (out[name] for name in GRAPH_OUTPUTS)
+        return np.asarray(coefficients, np.float32), np.asarray(labels).astype(np.uint8)
 
 
 def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSample, **metric) -> dict:
@@ -210,7 +218,8 @@ def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSamp
 
 def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
                      batch: int = 4, baselines: bool = True, progress: bool = False, refiner=None,
-                     refine_from_mean_face: bool = False, slot_order=None, **metric) -> dict:
+                     refine_from_mean_face: bool = False, slot_order=None, landmark_noise: float = 0.0,
+                     refine_labels: str = "data", **metric) -> dict:
     """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
 
     predictor: callable images [B, 3, 3, H, W] float32 (normalised per ``predictor.card``) ->
@@ -235,6 +244,12 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     the seconds per triplet. ``refine_from_mean_face`` adds ``refined_mean_face``: the same refinement
     started from the mean face (identity, expression, texture zeroed; the network's pose and light).
 
+    landmark_noise (``--landmark-noise PX``): Gaussian error added to each triplet's 2D landmarks
+    (``face.detector_noise``: the same draw as training's for the same folder), what ``--refine`` then
+    fits: a detector's error on synthetic data. refine_labels (``--refine-labels``): "data" (the
+    folder's labels.npz / gt.npz) or "network" (the predictor's own parse labels, as ``dfmvr-run
+    --refine`` uses; the predictor needs ``predict``). The report records both under ``refine_inputs``.
+
     slot_order (``--slot-order``): three view indices; slot k is given view ``slot_order[k]``'s photo
     and the pose truth follows the photo (``with_slot_order``), so ``pose`` says whether the network
     reads each view's pose from the photo or from the slot. The shapes' truth does not change. Recorded
@@ -253,19 +268,32 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     if progress:
         from tqdm import tqdm
         iterator = tqdm(iterator, desc="eval", unit="batch")
+    if refine_labels not in REFINE_LABELS:
+        raise ValueError(f"refine_labels must be one of {REFINE_LABELS}, not {refine_labels!r}")
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
+        if landmark_noise > 0:
+            for index, s in enumerate(samples, start):
+                if s.landmarks is not None:
+                    s.landmarks = (s.landmarks + draw_landmark_noise(s.landmarks.shape, landmark_noise, 0, index)
+                                   ).astype(np.float32)
         if slot_order is not None:
             samples = [with_slot_order(s, slot_order) for s in samples]
         x = card.normalise(np.stack([s.images for s in samples]))
-        preds = {"model": predictor(x)}
+        labels = None
+        if refiner is not None and refine_labels == "network":
+            coeffs, labels = predictor.predict(x)
+            preds = {"model": coeffs}
+        else:
+            preds = {"model": predictor(x)}
         if refiner is not None:
-            preds["refined"] = _refine_batch(refiner, preds["model"], samples, refine_log)
+            preds["refined"] = _refine_batch(refiner, preds["model"], samples, refine_log, labels)
             if refine_from_mean_face:
                 start_mean = preds["model"].copy()
                 for block in ("identity", "expression", "texture"):
                     start_mean[:, COEFFS.shared_slices()[block]] = 0.0
-                preds["refined_mean_face"] = _refine_batch(refiner, start_mean, samples, {k: [] for k in refine_log})
+                preds["refined_mean_face"] = _refine_batch(refiner, start_mean, samples,
+                                                           {k: [] for k in refine_log}, labels)
         if baselines:
             front = np.zeros_like(x)
             front[:, VIEWS.index("front")] = x[:, VIEWS.index("front")]
@@ -286,6 +314,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     if slot_order is not None:
         out["slot_order"] = [VIEWS[v] for v in slot_order]
     if refiner is not None:
+        out["refine_inputs"] = {"landmarks": "the data's" + (f", plus {landmark_noise:g} px of Gaussian error per "
+                                                               "coordinate (face.detector_noise, seed 0)"
+                                                               if landmark_noise > 0 else ""),
+                                "labels": {"data": "the data's (labels.npz, else gt.npz)",
+                                           "network": "the network's own parse labels"}[refine_labels]}
         out["refined"] = summarize([r["refined"] for r in rows])
         if refine_from_mean_face:
             out["refined_mean_face"] = summarize([r["refined_mean_face"] for r in rows])
@@ -324,8 +357,10 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     return out
 
 
-def _refine_batch(refiner, coeffs: np.ndarray, samples: list[EvalSample], log: dict) -> np.ndarray:
-    """One eval batch through ``refiner`` with the samples' weak inputs only; returns [B, 269]."""
+def _refine_batch(refiner, coeffs: np.ndarray, samples: list[EvalSample], log: dict,
+                  network_labels: np.ndarray | None = None) -> np.ndarray:
+    """One eval batch through ``refiner`` with the samples' weak inputs only (``network_labels``
+    [B, 3, H, W]: the network's parse labels instead of the samples'); returns [B, 269]."""
     n, v = len(samples), samples[0].images.shape[0]
     size = samples[0].images.shape[1]
     landmarks, visible = np.zeros((n, v, 68, 2), np.float32), np.zeros((n, v, 68), bool)
@@ -335,8 +370,11 @@ def _refine_batch(refiner, coeffs: np.ndarray, samples: list[EvalSample], log: d
             landmarks[i], visible[i] = s.landmarks, s.landmark_visible
         if s.labels is not None:
             labels[i] = s.labels
-    result = refiner(coeffs, np.stack([s.images for s in samples]), landmarks, visible,
-                     labels if any(s.labels is not None for s in samples) else None)
+    if network_labels is not None:
+        labels = network_labels
+    elif not any(s.labels is not None for s in samples):
+        labels = None
+    result = refiner(coeffs, np.stack([s.images for s in samples]), landmarks, visible, labels)
     log["loss_before"] += [float(x) for x in result.loss_before]
     log["loss_after"] += [float(x) for x in result.loss_after]
     log["seconds"].append(float(result.seconds))

@@ -29,7 +29,7 @@ from .artifacts import Artifact, load_artifact, load_face_model
 from .inputs import Triplet, TripletProblem, decode_image
 from .runners import Runner, runner_for
 
-__all__ = ["StageTimes", "Prepared", "Reconstruction", "RunSummary", "Pipeline", "DEVICES"]
+__all__ = ["StageTimes", "Prepared", "prepare_triplet", "Reconstruction", "RunSummary", "Pipeline", "DEVICES"]
 
 DEVICES = ("cpu", "cuda")
 
@@ -103,6 +103,37 @@ class RunSummary:
     slot_doubts: dict = field(default_factory=dict)  # done triplet name -> {view: yaw}, outputs.slot_doubts
     wall: float = 0.0                               # seconds for the whole run
     times: StageTimes = field(default_factory=StageTimes)   # summed over done triplets
+
+
+def prepare_triplet(triplet: Triplet, size: int, detector=None, keep_photos: bool = False) -> Prepared:
+    """Decode a triplet's photos and align them to ``size`` x ``size`` crops (``Pipeline.prepare``, and
+    ``dfmvr data prepare``). ``detector``: None when the photos are already aligned crops (each must
+    then be ``size`` x ``size``; InputError naming the file otherwise); else the face and its 68
+    landmarks are found in each view (``detect.detect_triplet``: a view where no detector finds the
+    face is covered from the other views) and the crop is aligned on their five points."""
+    start = time.perf_counter()
+    paths = [triplet.paths[view] for view in VIEWS]
+    images = [decode_image(path) for path in paths]
+    detections = None
+    if detector is None:
+        for path, image in zip(paths, images):
+            if image.shape[:2] != (size, size):
+                raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} pixels; with --aligned "
+                                 f"every view must be a {size}x{size} crop",
+                                 "drop --aligned to detect and align the face automatically")
+        crops, sims = images, [None] * len(images)
+    else:
+        from .detect import detect_triplet
+
+        # one triplet at a time: a view without a face found is covered from the other views
+        detections = detect_triplet(detector, images, paths)
+        crops, sims = [], []
+        for path, image, found in zip(paths, images, detections):
+            crop, sim = align_image(image, five_points_from_68(found.landmarks), size=size, source=path)
+            crops.append(crop)
+            sims.append(sim)
+    times = StageTimes(decode_align=time.perf_counter() - start)
+    return Prepared(triplet, np.stack(crops), images if keep_photos else None, sims, times, detections)
 
 
 class Pipeline:
@@ -195,29 +226,7 @@ class Pipeline:
     # --- stages ----------------------------------------------------------------------------
     def prepare(self, triplet: Triplet) -> Prepared:
         """Stage 1, decode + align: the three photos -> crops [V, S, S, 3] uint8."""
-        start = time.perf_counter()
-        paths = [triplet.paths[view] for view in VIEWS]
-        images = [decode_image(path) for path in paths]
-        detections = None
-        if self.aligned:
-            for path, image in zip(paths, images):
-                if image.shape[:2] != (self.size, self.size):
-                    raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} pixels; with --aligned "
-                                     f"every view must be a {self.size}x{self.size} crop",
-                                     "drop --aligned to detect and align the face automatically")
-            crops, sims = images, [None] * len(images)
-        else:
-            from .detect import detect_triplet
-
-            # one triplet at a time: a view without a face found is covered from the other views
-            detections = detect_triplet(self.detector, images, paths)
-            crops, sims = [], []
-            for path, image, found in zip(paths, images, detections):
-                crop, sim = align_image(image, five_points_from_68(found.landmarks), size=self.size, source=path)
-                crops.append(crop)
-                sims.append(sim)
-        times = StageTimes(decode_align=time.perf_counter() - start)
-        return Prepared(triplet, np.stack(crops), images if self.keep_photos else None, sims, times, detections)
+        return prepare_triplet(triplet, self.size, None if self.aligned else self.detector, self.keep_photos)
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
         """Stage 2: uint8 crops [B, V, S, S, 3] -> graph input [B, V, 3, S, S] float32 (card mean/std)."""

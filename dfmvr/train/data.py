@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..card import IMAGE_SIZE, INPUT_MEAN, INPUT_STD    # the model card's normalisation and crop size
 from ..errors import InputError
+from ..face.detector_noise import draw_landmark_noise
 from ..face.layout import COEFFS, NUM_PARSE_CLASSES, VIEWS
 
 __all__ = ["TripletDataset", "IMAGE_SUFFIXES", "find_triplets", "read_rgb", "color_jitter", "gaussian_blur",
@@ -204,8 +205,7 @@ class TripletDataset(Dataset):
         visible = _checked(where("landmarks_visible"), arrays, "landmarks_visible", (v, 68))
         item["has_landmarks"] = torch.tensor(landmarks is not None)
         if landmarks is not None and self.landmark_noise_px > 0:
-            noise = np.random.default_rng([self.noise_seed, index]).normal(0.0, self.landmark_noise_px, landmarks.shape)
-            landmarks = landmarks + noise
+            landmarks = landmarks + draw_landmark_noise(landmarks.shape, self.landmark_noise_px, self.noise_seed, index)
         item["landmarks"] = (torch.from_numpy(landmarks.astype(np.float32)) if landmarks is not None
                              else torch.zeros(v, 68, 2))
         item["landmarks_visible"] = (torch.from_numpy(visible.astype(bool)) if visible is not None

@@ -208,20 +208,33 @@ def refit_heads(model, train: HeadFeatures, select: HeadFeatures, face_model: Mo
     return report
 
 
-def _landmark_fit_targets(dataset, face_model: MorphableModel, card, progress) -> np.ndarray:
-    """Per-triplet landmark fits of ``dataset`` (no ground truth read; dfmvr/train/landmark_fit.py)."""
-    from .landmark_fit import landmark_fits
+def _folder_names(dataset) -> list[str]:
+    """The dataset's triplet folders relative to its root: what identifies a stored fit's triplet."""
+    return [Path(f).relative_to(dataset.root).as_posix() for f in dataset.folders]
 
+
+def _landmark_fit_targets(dataset, face_model: MorphableModel, card, progress, set_name: str,
+                          fits_from=None) -> tuple[np.ndarray, dict]:
+    """-> (per-triplet landmark fits of ``dataset``, their ``landmark_fit.fit_settings``). The fits are
+    computed (no ground truth read; dfmvr/train/landmark_fit.py), or read from ``fits_from``, a file an
+    earlier run wrote, when it holds the fits of the same triplets with the same settings
+    (``landmark_fit.load_fits``: InputError otherwise)."""
+    from .landmark_fit import fit_settings, landmark_fits, load_fits
+
+    settings = fit_settings(face_model, card.camera_obj(), dataset.landmark_noise_px, dataset.noise_seed)
+    if fits_from is not None:
+        progress(f"the landmark fits of {len(dataset)} triplets from {fits_from}")
+        return load_fits(fits_from, set_name, _folder_names(dataset), settings), settings
     progress(f"fitting each of {len(dataset)} triplets to its own landmarks (no ground truth)")
     try:
-        return landmark_fits(dataset, face_model, card.camera_obj())
+        return landmark_fits(dataset, face_model, card.camera_obj()), settings
     except ValueError as exc:
         raise InputError(dataset.root, str(exc), "give every triplet its 2D landmarks (a detector's)") from exc
 
 
 def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_model_path=None,
                    progress=print, slot_breaks: float = 0.0, targets: str = "truth",
-                   landmark_noise: float = 0.0) -> tuple[Path, dict]:
+                   landmark_noise: float = 0.0, fits_from=None) -> tuple[Path, dict]:
     """``dfmvr-train --stage heads``: load ``init``, refit ``groups`` on ``data`` (strength chosen on
     ``select``), write OUT/checkpoint.safetensors (float32, the card's provenance records the refit)
     and OUT/heads.json. ``slot_breaks`` > 0 adds that fraction of each set's triplets again with their
@@ -229,7 +242,9 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
     rather than the slot. ``targets``: "truth" (the triplets' gt.npz coefficients) or "landmark-fit"
     (each triplet's fit to its own 2D landmarks, with ``landmark_noise`` px of detector-like error:
     weak supervision; the strength is then chosen by agreement with the selection triplets' fits, and
-    no ground truth is read). -> (checkpoint path, report)."""
+    no ground truth is read; the fits are saved as OUT/landmark_fits.npz, and ``fits_from``, such a file
+    from an earlier run, reuses them where the triplets and the fit's settings are the same).
+    -> (checkpoint path, report)."""
     import json
     import time
 
@@ -242,15 +257,20 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
         raise ValueError(f"targets must be one of {TARGETS}, not {targets!r}")
     if targets != "truth" and slot_breaks:
         raise ValueError("slot-broken rows need the true pose of each photo; they cannot be added to landmark-fit targets")
+    if fits_from is not None and targets != "landmark-fit":
+        raise ValueError("stored landmark fits serve only landmark-fit targets")
     model, card, _ = load_checkpoint(init, load_train_state=False)
     face_model, _ = select_face_model(face_model_path, card=card, data=data)
     start = time.perf_counter()
-    features, counts = {}, {}
+    features, counts, fits, settings = {}, {}, {}, None
     for name, root in (("train", data), ("select", select)):
         dataset = TripletDataset(root, landmark_noise_px=landmark_noise)
         if len(dataset) == 0:
             raise InputError(root, "no triplet folders", "point --data/--val at folders made by dfmvr data synth")
-        fitted = None if targets == "truth" else _landmark_fit_targets(dataset, face_model, card, progress)
+        fitted = None
+        if targets == "landmark-fit":
+            fitted, settings = _landmark_fit_targets(dataset, face_model, card, progress, name, fits_from)
+            fits[name] = (_folder_names(dataset), fitted)
         progress(f"head inputs of {len(dataset)} triplets in {root} (all views, then half with views missing)")
         features[name], counts[name] = training_mix_features(model, dataset, targets=fitted), len(dataset)
         broken = round(slot_breaks * len(dataset))
@@ -261,15 +281,15 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
               "targets": targets, "rows": len(features["train"].inputs), "select": str(select),
               "select_triplets": counts["select"], "select_rows": len(features["select"].inputs),
               "groups": refit_heads(model, features["train"], features["select"], face_model, groups=groups)}
+    out = Path(out)
     if targets == "landmark-fit":
-        from .landmark_fit import landmark_fit_config
+        from .landmark_fit import FITS_FILE, save_fits
 
-        report["landmark_fit"] = {"landmark_noise_px": landmark_noise,
-                                  **{k: v for k, v in landmark_fit_config().to_dict().items()
-                                     if k in ("steps", "pose_fraction", "lr", "loss_weights")}}
+        report["landmark_fit"] = {**{k: v for k, v in settings.items() if k not in ("face_model", "camera")},
+                                  **({"fits_from": str(fits_from)} if fits_from is not None else {})}
+        save_fits(out / FITS_FILE, fits, settings)        # the same settings for both sets
     report["seconds"] = round(time.perf_counter() - start, 1)
     card.provenance = {**card.provenance, "head_refit": {k: v for k, v in report.items() if k != "seconds"}}
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "heads.json", json.dumps(report, indent=1) + "\n")
     path = save_checkpoint(out / "checkpoint.safetensors", model, card)    # last: the recipe's marker

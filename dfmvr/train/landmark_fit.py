@@ -27,13 +27,15 @@ from ..synth.dataset import aligned_mean_face_pose
 from .data import INPUT_MEAN, INPUT_STD
 from .refine import Refiner, RefineConfig
 
-__all__ = ["FIT_STEPS", "COEFFICIENT_REG", "READS", "landmark_fit_config", "landmark_fits", "mean_face_start"]
+__all__ = ["FIT_STEPS", "COEFFICIENT_REG", "READS", "FITS_FILE", "landmark_fit_config", "landmark_fits",
+           "mean_face_start", "fit_settings", "save_fits", "load_fits"]
 
 FIT_STEPS = 200
 COEFFICIENT_REG = 1e-3        # on 32 selection triplets (2 px noise): 3e-4 / 1e-3 / 3e-3 / 1e-2 gave size-free
                               # identity R² 0.51 / 0.56 / 0.53 / 0.43, expression 0.65 / 0.75 / 0.78 / 0.77
                               # (scripts/landmark_fit_probe.py)
 READS = ("images", "landmarks", "landmarks_visible", "has_landmarks")   # the only item keys read
+FITS_FILE = "landmark_fits.npz"   # what --stage heads --targets landmark-fit writes beside its checkpoint
 
 
 def landmark_fit_config(steps: int = FIT_STEPS, coefficient_reg: float = COEFFICIENT_REG, threads=None) -> RefineConfig:
@@ -74,3 +76,56 @@ def landmark_fits(dataset, face_model: MorphableModel, camera: Camera, batch: in
         if progress is not None:
             progress(start + len(items), len(dataset))
     return np.concatenate(fits).astype(np.float32)
+
+
+def fit_settings(face_model: MorphableModel, camera: Camera, landmark_noise_px: float, noise_seed: int,
+                 config: RefineConfig | None = None) -> dict:
+    """Everything a triplet's landmark fit depends on besides its photos and landmarks: two fits with the
+    same settings of the same triplet folder are the same fit (``load_fits`` checks it)."""
+    config = config or landmark_fit_config()
+    return {"face_model": face_model.identity(), "camera": camera.to_dict(),
+            "landmark_noise_px": float(landmark_noise_px), "noise_seed": int(noise_seed),
+            **{k: v for k, v in config.to_dict().items() if k in ("steps", "pose_fraction", "lr", "loss_weights")}}
+
+
+def save_fits(path, sets: dict, settings: dict) -> None:
+    """Write ``sets`` {name: (triplet folder names, fits [N, COEFFS.size])} and ``settings`` to ``path``
+    (.npz, atomically)."""
+    import json
+
+    from ..atomic import atomic_path
+
+    arrays = {}
+    for name, (folders, fits) in sets.items():
+        arrays[f"{name}_folders"] = np.asarray([str(f) for f in folders])
+        arrays[f"{name}_fits"] = np.asarray(fits, np.float32)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, settings=np.asarray(json.dumps(settings, sort_keys=True)), **arrays)
+
+
+def load_fits(path, name: str, folders, settings: dict) -> np.ndarray:
+    """The fits of set ``name`` stored in ``path`` by ``save_fits``, [len(folders), COEFFS.size] float32.
+    Raises InputError (exit 2) naming the file when it cannot be read, holds no such set, was fitted
+    with other ``settings`` or to other triplet folders (names, in order)."""
+    import json
+
+    from ..errors import InputError
+
+    fix = "drop --fits to fit the triplets again"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["settings"]))
+            names, fits = [str(f) for f in z[f"{name}_folders"]], z[f"{name}_fits"]
+    except KeyError as exc:
+        raise InputError(path, f"holds no landmark fits of the {name} set ({exc})", fix) from exc
+    except Exception as exc:
+        raise InputError(path, f"is not a landmark-fits file ({exc})", fix) from exc
+    want = json.loads(json.dumps(settings, sort_keys=True))
+    if stored != want:
+        differ = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+        raise InputError(path, f"was fitted with other settings ({', '.join(differ)} differ)", fix)
+    folders = [str(f) for f in folders]
+    if names != folders or fits.shape != (len(folders), COEFFS.size):
+        raise InputError(path, f"holds the fits of {len(names)} other triplet folders for the {name} set, "
+                         f"not these {len(folders)}", fix)
+    return fits.astype(np.float32)

@@ -42,3 +42,43 @@ def test_eval_refine_without_torch_exits_2_naming_the_extra(synth4):
     r = run_python(code, block_torch=True)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "--refine" in r.stderr and "pip install 'dfmvr[train]'" in r.stderr
+
+
+@needs_default
+def test_refine_fits_noisy_landmarks_and_the_network_labels_when_asked(synth4, tmp_path, capsys):
+    """--landmark-noise / --refine-labels network: the refiner is handed the data's landmarks plus the
+    same per-triplet error training draws (--landmark-noise there), and the network's own parse labels."""
+    import numpy as np
+
+    from dfmvr.cli.eval import command as eval_command
+    from dfmvr.eval import OnnxPredictor, evaluate_dataset
+    from dfmvr.eval.dataset import find_eval_folders, load_eval_sample
+    from dfmvr.face.model import MorphableModel
+    from dfmvr.train.data import TripletDataset
+    from dfmvr.train.refine import RefineConfig, Refiner
+    from tests.conftest import run_cli
+
+    face_model = MorphableModel.load(synth4 / "face_model.npz")
+    predictor = OnnxPredictor(DEFAULT_ONNX, threads=1)
+    real = Refiner(face_model, predictor.card.camera_obj(), RefineConfig(steps=1, progress=False))
+    seen = []
+
+    def refiner(coeffs, images, landmarks, visible, labels):       # the real refiner, its inputs recorded
+        seen.append((landmarks.copy(), labels.copy()))
+        return real(coeffs, images, landmarks, visible, labels)
+
+    report = evaluate_dataset(predictor, synth4, face_model, limit=2, batch=2, baselines=False, refiner=refiner,
+                              landmark_noise=2.0, refine_labels="network", icp_iterations=0)
+    (landmarks, labels), = seen
+    samples = [load_eval_sample(f, face_model) for f in find_eval_folders(synth4)[:2]]
+    training = TripletDataset(synth4, landmark_noise_px=2.0)
+    for i, sample in enumerate(samples):
+        error = landmarks[i] - sample.landmarks
+        assert 1.5 < error.std() < 2.5                                                    # 2 px per coordinate
+        np.testing.assert_allclose(landmarks[i], training[i]["landmarks"].numpy(), atol=1e-4)   # training's draw
+    _, network_labels = predictor.predict(predictor.card.normalise(np.stack([s.images for s in samples])))
+    np.testing.assert_array_equal(labels, network_labels)
+    assert not np.array_equal(labels, np.stack([s.labels for s in samples]))              # not the exact maps
+    assert "2 px" in report["refine_inputs"]["landmarks"] and "network" in report["refine_inputs"]["labels"]
+    code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--landmark-noise", "2"], capsys)
+    assert code == 2 and "--refine" in output

@@ -1,6 +1,7 @@
 """The closed-form head refit (dfmvr/train/head_refit.py, ``dfmvr-train --stage heads``)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def _unlabelled_copy(synth4, root):
 
 
 def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, lite_checkpoint, tmp_path, capsys,
-                                                                       one_torch_thread):
+                                                                       one_torch_thread, monkeypatch):
     from dfmvr.cli.train import command as train_command
     from tests.conftest import run_cli
 
@@ -238,3 +239,34 @@ def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, l
     assert agreement["refit"] > 0.5 and agreement["trained"] < 0.2, agreement
     code, output = run_cli(train_command, args + ["--targets", "landmark-fit", "--slot-breaks", "0.5"], capsys)
     assert code == 2 and "--slot-breaks" in output
+    # the fits are saved; --fits reuses them without fitting again, and gives the same heads
+    import dfmvr.train.landmark_fit as landmark_fit_module
+
+    stored = out / "landmark_fits.npz"
+    with np.load(stored) as z:
+        assert list(z["train_folders"]) == [f.name for f in noisy.folders] and z["select_fits"].shape == (4, COEFFS.size)
+    monkeypatch.setattr(landmark_fit_module, "landmark_fits", lambda *a, **k: pytest.fail("fitted again"))
+    again = ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(photos), "--val", str(photos),
+             "--targets", "landmark-fit", "--landmark-noise", "2", "--fits", str(stored), "--quiet"]
+    code, output = run_cli(train_command, again + ["--out", str(tmp_path / "again"), "--groups", "identity,translation"],
+                           capsys)
+    assert code == 0, output
+    reused, _, _ = load_checkpoint(tmp_path / "again" / "checkpoint.safetensors", load_train_state=False)
+    torch.testing.assert_close(reused.rednet_fc.conv2_id.weight, model.rednet_fc.conv2_id.weight)
+    assert sorted(json.loads((tmp_path / "again" / "heads.json").read_text())["groups"]) == ["identity", "translation"]
+    torch.testing.assert_close(reused.rednet_fc.conv2_exp.weight, original.rednet_fc.conv2_exp.weight)  # not refit
+    code, output = run_cli(train_command, again + ["--out", str(tmp_path / "z"), "--groups", "identity,shape"], capsys)
+    assert code == 2 and "shape" in output and "translation" in output
+    # other settings, or other triplets, are refused with the file named
+    code, output = run_cli(train_command, [a if a != "2" else "3" for a in again] + ["--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "landmark_fits.npz" in output and "landmark_noise_px" in output and not (tmp_path / "x").exists()
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for folder in noisy.folders[:3]:
+        shutil.copytree(folder, fewer / folder.name)
+    shutil.copy(photos / "face_model.npz", fewer / "face_model.npz")
+    code, output = run_cli(train_command, [a if a != str(photos) else str(fewer) for a in again]
+                           + ["--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "other triplet folders" in output
+    code, output = run_cli(train_command, args + ["--fits", str(stored)], capsys)
+    assert code == 2 and "--fits" in output
