@@ -230,12 +230,6 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         click.echo(f"{trainer.ckpt_path} ({shown})")
 
 
-if __name__ == "__main__":   # torchrun -m dfmvr.cli.train ...
-    from . import invoke
-
-    invoke(command, prog_name="dfmvr-train")
-
-
 def _parse_groups(text: str | None, stage: str) -> tuple[str, ...] | None:
     """``--groups`` -> the head groups to refit (``head_refit.HEAD_GROUPS`` names), None for the default;
     only with --stage heads."""
@@ -250,3 +244,10 @@ def _parse_groups(text: str | None, stage: str) -> tuple[str, ...] | None:
     if unknown or not groups:
         raise click.UsageError(f"--groups: {', '.join(unknown) or 'none given'}; choose from {', '.join(HEAD_GROUPS)}")
     return groups
+
+
+if __name__ == "__main__":   # torchrun -m dfmvr.cli.train ...
+    from . import invoke
+
+    invoke(command, prog_name="dfmvr-train")
+
