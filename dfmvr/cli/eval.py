@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .options import (batch_size_option, exit_codes, face_model_option, json_option, onnx_option, quiet_option,
-                      refine_device_option)
+                      refine_device_option, refine_landmark_weight_option, refine_config)
 from .settings import HELP_SETTINGS
 
 from ..atomic import atomic_write_text
@@ -53,6 +53,7 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
                    "triplet with the weak losses only (photo, 2D landmarks, regularisers; docs/refine.md). "
                    "Needs torch (the 'train' extra). Each --batch of triplets is one optimisation.")
 @refine_device_option
+@refine_landmark_weight_option
 @click.option("--refine-from-mean-face", is_flag=True,
               help="With --refine: also refine from the mean face (identity, expression and texture zeroed; "
                    "the network's pose and light) for the same steps: what the network's shape is worth "
@@ -71,7 +72,7 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
                    "model read each view's pose from the photo or from the slot?")
 @quiet_option
 def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, refine_steps,
-            refine_device, refine_from_mean_face, landmark_noise, refine_labels, slot_order, quiet):
+            refine_device, refine_landmark_weight, refine_from_mean_face, landmark_noise, refine_labels, slot_order, quiet):
     """Score a model on DATA: mean / median / RMSE point-to-surface error in mm (NoW protocol),
     next to the mean face and the same model given only the front view."""
     if (checkpoint is None) == (onnx is None):
@@ -79,8 +80,9 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     from ..eval import OnnxPredictor, evaluate_dataset
 
     slot_order = _parse_slot_order(slot_order)
-    if refine_steps == 0 and (landmark_noise > 0 or refine_labels != "data"):
-        raise click.UsageError("--landmark-noise and --refine-labels choose what --refine fits; add --refine N")
+    if refine_steps == 0 and (landmark_noise > 0 or refine_labels != "data" or refine_landmark_weight is not None):
+        raise click.UsageError("--landmark-noise, --refine-labels and --refine-landmark-weight set up --refine; "
+                               "add --refine N")
 
     if onnx is not None:
         if str(onnx) == "default":
@@ -102,10 +104,10 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     refiner = None
     if refine_steps > 0:
         require("torch", "train", "--refine")
-        from ..train.refine import RefineConfig, Refiner
+        from ..train.refine import Refiner
 
         refiner = Refiner(fm, predictor.card.camera_obj(),
-                          RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
+                          refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet))
     report = evaluate_dataset(predictor, data, fm, limit=limit, batch=batch, progress=not quiet,
                               refiner=refiner, refine_from_mean_face=refine_from_mean_face,
                               slot_order=slot_order, landmark_noise=landmark_noise, refine_labels=refine_labels,

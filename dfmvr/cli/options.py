@@ -26,7 +26,8 @@ import click
 
 __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_model_option", "onnx_option",
            "engine_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
-           "refine_device_option", "detector_option", "FACE_MODEL_HELP"]
+           "refine_device_option", "refine_landmark_weight_option", "refine_config", "detector_option",
+           "FACE_MODEL_HELP"]
 
 # code -> its meaning in every command; a command may say more about a code, or leave one out.
 EXIT_CODES = {
@@ -128,7 +129,7 @@ def threads_option(f):
 
 def detector_option(f):
     return click.option("--detector", type=click.Choice(["dlib", "face-alignment"]), default="dlib", show_default=True,
-                        help="Face and landmark detector (without --aligned): 'dlib' (HOG detector and 68-point "
+                        help="Face and landmark detector: 'dlib' (HOG detector and 68-point "
                              "predictor, offline; the 'detect' extra) or 'face-alignment' (2D-FAN; needs torch and "
                              "downloads its weights on first use; the 'face-alignment' extra).")(f)
 
@@ -136,6 +137,22 @@ def detector_option(f):
 def refine_device_option(f):
     return click.option("--refine-device", default="cpu", show_default=True,
                         help="torch device of the --refine optimisation: cpu, cuda, cuda:1, ...")(f)
+
+
+def refine_landmark_weight_option(f):
+    return click.option("--refine-landmark-weight", "refine_landmark_weight", default=None,
+                        type=click.FloatRange(min=0), metavar="W",
+                        help="With --refine: the weight of the 2D landmark term. Default 0.001 "
+                             "(refine.RUN_LANDMARK_WEIGHT), 20x below the training recipe's 0.02, which over-trusts "
+                             "a detector's error (docs/refine.md, 'How much to trust the landmarks').")(f)
+
+
+def refine_config(steps: int, device: str, landmark_weight: float | None, progress: bool):
+    """The ``RefineConfig`` of ``--refine N [--refine-device D] [--refine-landmark-weight W]`` (needs torch)."""
+    from ..train.refine import RUN_LANDMARK_WEIGHT, RefineConfig
+
+    weight = RUN_LANDMARK_WEIGHT if landmark_weight is None else float(landmark_weight)
+    return RefineConfig(steps=steps, device=device, progress=progress, loss_weights={"landmark_2d": weight})
 
 
 def json_option(f):

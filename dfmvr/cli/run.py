@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from .options import (OutputPath, batch_size_option, engine_option, exit_codes, face_model_option, onnx_option,
-                      quiet_option, threads_option, refine_device_option, detector_option)
+                      quiet_option, threads_option, refine_device_option, detector_option,
+                      refine_landmark_weight_option, refine_config)
 from .settings import HELP_SETTINGS
 
 __all__ = ["command"]
@@ -54,13 +55,14 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
                    "losses (photo, the detector's 2D landmarks, regularisers; labels from the parse net). "
                    "Needs torch (the 'train' extra); docs/refine.md. Each --batch is one optimisation.")
 @refine_device_option
+@refine_landmark_weight_option
 @click.option("--no-overlap", "no_overlap", is_flag=True, envvar="DFMVR_NO_OVERLAP",
               help="Run the stages one after another. By default decode + align of the next batch and writing "
                    "of the previous one run in threads while the network runs (same outputs, same summary "
                    "order); this is for debugging and timing single stages. Env: DFMVR_NO_OVERLAP=1.")
 @quiet_option
 def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, backend, threads, resume,
-            refine_steps, refine_device, no_overlap, quiet):
+            refine_steps, refine_device, refine_landmark_weight, no_overlap, quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
     With neither --onnx nor --engine, the bundled demo model runs.
@@ -90,6 +92,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
                              "drop --engine / --device cuda, or use --backend onnxruntime")
         for module in ("openvino", "onnx"):            # a clear exit 2 before any model loads
             require(module, "openvino", "--backend openvino")
+    if refine_landmark_weight is not None and refine_steps == 0:
+        raise click.UsageError("--refine-landmark-weight sets up --refine; add --refine N")
     triplets, problems = discover_triplets(inputs)
     single = len(triplets) + len(problems) == 1
     if resume:
@@ -112,10 +116,10 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
                                      detector=detector, device=device, threads=threads,
                                      keep_photos=needs_photos(fmts), backend=backend)
     if refine_steps > 0:
-        from ..train.refine import RefineConfig, Refiner
+        from ..train.refine import Refiner
 
         pipe.refiner = Refiner(pipe.face_model, pipe.camera,
-                               RefineConfig(steps=refine_steps, device=refine_device, progress=not quiet))
+                               refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet))
     bar = TripletBar(len(triplets), "reconstructing", show=not quiet and not single)
     with pipe:
         summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=bar,

@@ -66,7 +66,9 @@ class RefiningPipeline(Pipeline):
         for i, rec in enumerate(recs):
             rec.coeffs = refined.select(i)
             rec.mesh = MeshResult(**{f.name: getattr(mesh, f.name)[i:i + 1] for f in fields(MeshResult)})
-            rec.refine = {**result.record(i), "landmarks": found[i][1], "labels": "parse net (network output)"}
+            rec.refine = {**result.record(i), "landmarks": found[i][1], "labels": "parse net (network output)",
+                          # the weights changed from the recipe's (--refine-landmark-weight), if any
+                          "loss_weights": dict(getattr(getattr(self.refiner, "config", None), "loss_weights", {}))}
         return recs
 
     @staticmethod

@@ -37,7 +37,7 @@ from ..synth.face_torch import FaceModelTorch
 from .losses.photo import photo_weight_map
 from .losses.total import LossWeights, TrainingLoss
 
-__all__ = ["RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "weak_weights",
+__all__ = ["RUN_LANDMARK_WEIGHT", "RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "weak_weights",
            "WEAK_BATCH_KEYS", "GROUND_TRUTH_WEIGHTS"]
 
 # The only batch keys a refinement may hand to the loss (see TrainingLoss.forward).
@@ -45,6 +45,14 @@ WEAK_BATCH_KEYS = ("photos", "labels", "landmarks", "landmark_visible", "photo_w
 # Loss weights that read ground truth or a torch parse net: always 0 in a refinement.
 GROUND_TRUTH_WEIGHTS = ("landmark_3d", "supervised", "supervised_shape", "supervised_shape_aligned",
                         "supervised_expression", "keypoint_2d", "mask")
+
+
+# The 2D landmark weight of ``dfmvr-run --refine`` and ``dfmvr eval --refine`` (``--refine-landmark-weight``):
+# 20x below the training recipe's 0.02, which over-trusts a detector. Held out (64 synthetic triplets, refine
+# 200, the network's parse labels; docs/refine.md, "How much to trust the landmarks"): landmarks with 2 px of
+# error per coordinate 0.341 -> 0.225 mm, with 8 px 2.035 (worse than the network) -> 0.314 mm. The API's
+# RefineConfig keeps the recipe's weight (the landmark fits of --targets landmark-fit were tuned against it).
+RUN_LANDMARK_WEIGHT = 1e-3
 
 
 def weak_weights(prdl: float = 0.0, **overrides) -> LossWeights:

@@ -82,3 +82,20 @@ def test_refine_fits_noisy_landmarks_and_the_network_labels_when_asked(synth4, t
     assert "2 px" in report["refine_inputs"]["landmarks"] and "network" in report["refine_inputs"]["labels"]
     code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--landmark-noise", "2"], capsys)
     assert code == 2 and "--refine" in output
+    # --refine-landmark-weight reaches the fit's loss weights (recorded in the report's config); by default
+    # the run's weight, not the training recipe's, and the help says which
+    from dfmvr.train.losses.total import LossWeights
+    from dfmvr.train.refine import RUN_LANDMARK_WEIGHT
+
+    for given, expected in ((["--refine-landmark-weight", "0.004"], 0.004), ([], RUN_LANDMARK_WEIGHT)):
+        out = tmp_path / f"weighted{expected}.json"
+        code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--limit", "1", "--refine", "1",
+                                              *given, "--icp-iterations", "0", "--json", out, "--quiet"], capsys)
+        assert code == 0, output
+        assert json.loads(out.read_text())["refine"]["config"]["loss_weights"] == {"landmark_2d": expected}
+    assert RUN_LANDMARK_WEIGHT < LossWeights().landmark_2d
+    code, output = run_cli(eval_command, ["--help"], capsys)
+    assert f"Default {RUN_LANDMARK_WEIGHT:g}" in " ".join(output.split())
+    code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine-landmark-weight", "0.001"],
+                           capsys)
+    assert code == 2 and "--refine N" in output

@@ -28,7 +28,7 @@ def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
         # 10 steps, not fewer: from the demo's start the first Adam steps overshoot (measured on this
         # triplet with the demo of 2026-12-04: weak loss 2.11 -> 2.88 after 3 steps, 1.05 after 10)
         run_entry([str(EXAMPLE), "--aligned", "--refine", "10", "--out", str(tmp_path / "out"),
-                   "--format", "json,npz", "--threads", "1", "--quiet"])
+                   "--format", "json,npz", "--threads", "1", "--quiet", "--refine-landmark-weight", "0.005"])
     assert exc.value.code == 0, capsys.readouterr().err[-2000:]
     doc = json.loads((tmp_path / "out" / "triplet" / "result.json").read_text())
     r = doc["refine"]
@@ -37,6 +37,7 @@ def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
     assert len(r["coefficients"]) == len(r["network_coefficients"]) == COEFFS.size
     assert r["coefficients"] != r["network_coefficients"]
     assert r["landmarks"].startswith("none") and r["labels"].startswith("parse net")
+    assert r["loss_weights"] == {"landmark_2d": 0.005}           # --refine-landmark-weight reached the fit
     # the written coefficients and poses are the refined ones
     with np.load(tmp_path / "out" / "triplet" / "coeffs.npz") as z:
         np.testing.assert_allclose(z["coefficients"], r["coefficients"], rtol=1e-6, atol=1e-6)
