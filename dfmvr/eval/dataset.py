@@ -245,7 +245,8 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     started from the mean face (identity, expression, texture zeroed; the network's pose and light).
 
     landmark_noise (``--landmark-noise PX``): Gaussian error added to each triplet's 2D landmarks
-    (``face.detector_noise``: the same draw as training's for the same folder), what ``--refine`` then
+    (``face.detector_noise``, seed 0: the draw ``dfmvr-train --landmark-noise`` makes for the same folder
+    at its default ``--seed 0``), what ``--refine`` then
     fits: a detector's error on synthetic data. refine_labels (``--refine-labels``): "data" (the
     folder's labels.npz / gt.npz) or "network" (the predictor's own parse labels, as ``dfmvr-run
     --refine`` uses; the predictor needs ``predict``). The report records both under ``refine_inputs``.
