@@ -19,16 +19,20 @@ from .face.camera import Camera
 from .face.layout import COEFFS, PARSE_CLASSES, VIEWS, CoefficientLayout
 from .face.model import MorphableModel, identity_matches
 
-__all__ = ["ModelCard", "CARD_FORMAT", "CARD_VERSION", "GRAPH_INPUT", "GRAPH_OUTPUTS",
+__all__ = ["ModelCard", "CARD_FORMAT", "CARD_VERSION", "GRAPH_INPUT", "GRAPH_OUTPUTS", "GRAPH_KEYPOINTS",
            "ONNX_METADATA_KEY", "INPUT_MEAN", "INPUT_STD", "IMAGE_SIZE", "engine_card_path"]
 
 CARD_FORMAT = "dfmvr-model-card"
 CARD_VERSION = 1
 # Exported graph I/O. Input: "images" float32 [B, V=3, 3, 224, 224], RGB normalised with the card's
 # mean/std, views in VIEWS order, a missing view all zeros. Outputs: "coefficients" float32 [B, 269]
-# in COEFFS layout; "labels" uint8 [B, V, 224, 224] parse classes.
+# in COEFFS layout; "labels" uint8 [B, V, 224, 224] parse classes. Optional third output, present
+# when the network predicts landmarks (``DFMVRNet.predicts_keypoints``, the bundled demo does):
+# "keypoints" float32 [B, V, K=68, 2], each view's landmarks in crop pixels (x right, y down), what
+# ``dfmvr-run --refine`` fits when no detector ran (docs/refine.md).
 GRAPH_INPUT = "images"
 GRAPH_OUTPUTS = ("coefficients", "labels")
+GRAPH_KEYPOINTS = "keypoints"
 ONNX_METADATA_KEY = "dfmvr.model_card"
 # The network's input normalisation and crop size, the one home of these numbers: a new card's
 # defaults, and what training feeds the network. x_normalised = (rgb01 - INPUT_MEAN) / INPUT_STD,

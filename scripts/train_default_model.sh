@@ -51,7 +51,7 @@ fi
 #    them; the mask loss is off (it doubles the step time).
 #    The run grew while its held-out curve kept falling: planned for 2 epochs, resumed to 4, 8 and
 #    16. The landmark target (--keypoints 68 --keypoint-weight 1000: each view's encoder also predicts
-#    its 68 2D landmarks, a training-only head, not in the exported graph; dfmvr/models/lite.py) was
+#    its 68 2D landmarks, a training-only target that the exported graph also outputs; dfmvr/models/lite.py) was
 #    added after a 600-step ablation and this whole recipe run with and without it (docs/training.md,
 #    "A landmark target for the encoders"). Each resume stretches the cosine learning-rate schedule from that step on (a warm restart,
 #    recorded in the card under provenance.schedule_changes); all four invocations are replayed here

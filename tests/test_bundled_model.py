@@ -38,7 +38,8 @@ def _example_images(card: ModelCard) -> np.ndarray:
 def test_the_bundle_is_complete_small_and_self_consistent():
     files = {p.name: p.stat().st_size for p in DEFAULT_DIR.iterdir() if p.is_file()}
     assert {"model.safetensors", "model.onnx", "face_model.npz"} <= set(files)
-    assert sum(files.values()) < 17e6, files               # shipped in the wheel: keep it small (16.9 MB now)
+    # shipped in the wheel: keep it small (17.6 MB now; 0.7 MB of it the keypoint heads, the refinement's landmarks)
+    assert sum(files.values()) < 18e6, files
     card = ModelCard.from_json(read_onnx_metadata(DEFAULT_ONNX)[ONNX_METADATA_KEY])
     assert card.variant == "lite"
     assert card.provenance.get("weights_rounded_to") == "float16"
@@ -58,10 +59,14 @@ def test_onnx_graph_matches_the_checkpoint_in_torch_on_the_example():
     assert onnx_card.to_dict() == card.to_dict()
     x = _example_images(card)
     with torch.no_grad():
-        want = model(torch.from_numpy(x))[0].numpy()
-    got = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
-    assert np.abs(got - want).max() < 1e-3
-    assert mesh_difference_mm(MorphableModel.load(DEFAULT_FACE_MODEL), card, want, got)[0] < 0.01   # mm
+        want, _, want_points = (t.numpy() for t in model.forward_with_keypoints(torch.from_numpy(x)))
+        np.testing.assert_array_equal(model(torch.from_numpy(x))[0].numpy(), want)   # the same coefficients
+    session = ort.InferenceSession(str(DEFAULT_ONNX), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": x})))
+    assert list(got) == ["coefficients", "labels", "keypoints"]      # the demo's graph has the optional third
+    assert np.abs(got["coefficients"] - want).max() < 1e-3
+    assert mesh_difference_mm(MorphableModel.load(DEFAULT_FACE_MODEL), card, want, got["coefficients"])[0] < 0.01
+    assert np.abs(got["keypoints"] - want_points).max() < 0.01                    # px on the 224-px crop
 
 
 def test_the_shipped_evaluation_reproduces_on_regenerated_held_out_triplets(tmp_path):
@@ -155,3 +160,18 @@ def test_the_shipped_model_reads_each_views_pose_from_its_photo(sources):
         truth = COEFFS.split(z["coefficients"][None].astype(np.float32)).with_views(sources)
     errors = rotation_error_deg(COEFFS.split(got).rotation, truth.rotation)[0]
     assert errors.max() < SLOT_BROKEN_MAX_DEG, errors
+
+
+def test_the_contract_check_takes_the_keypoints_output_only_third():
+    pytest.importorskip("torch")          # dfmvr.export's involution schema registration
+    import onnx
+
+    from dfmvr.export.onnx_export import ExportError, check_exported_model
+
+    graph = onnx.load(str(DEFAULT_ONNX))
+    check_exported_model(graph)                                   # coefficients, labels, keypoints
+    outputs = list(graph.graph.output)
+    del graph.graph.output[:]
+    graph.graph.output.extend([outputs[0], outputs[2], outputs[1]])    # keypoints where labels belong
+    with pytest.raises(ExportError, match="graph I/O"):
+        check_exported_model(graph)

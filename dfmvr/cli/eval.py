@@ -66,13 +66,19 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
               show_default=True, help="With --refine: the parse labels it fits. data: the folder's labels.npz "
                                       "(else gt.npz); network: the network's own parse labels, as dfmvr-run "
                                       "--refine uses (what a user's photos have).")
+@click.option("--refine-landmarks", "refine_landmarks", type=click.Choice(["data", "network", "none"]), default="data",
+              show_default=True, help="With --refine: the 2D landmarks it fits. data: the folder's (with "
+                                      "--landmark-noise); network: the model's own keypoints (its graph's "
+                                      "'keypoints' output), as dfmvr-run --refine fits them by default; none: "
+                                      "no landmark term (an ablation).")
 @click.option("--slot-order", type=str, default=None, metavar="V,V,V",
               help="Give the left, front and right slots the photos of these views instead, e.g. "
                    "'front,front,front' or 'right,front,left' (the pose truth follows the photo): does the "
                    "model read each view's pose from the photo or from the slot?")
 @quiet_option
 def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, refine_steps,
-            refine_device, refine_landmark_weight, refine_from_mean_face, landmark_noise, refine_labels, slot_order, quiet):
+            refine_device, refine_landmark_weight, refine_from_mean_face, landmark_noise, refine_labels,
+            refine_landmarks, slot_order, quiet):
     """Score a model on DATA: mean / median / RMSE point-to-surface error in mm (NoW protocol),
     next to the mean face and the same model given only the front view."""
     if (checkpoint is None) == (onnx is None):
@@ -80,9 +86,13 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     from ..eval import OnnxPredictor, evaluate_dataset
 
     slot_order = _parse_slot_order(slot_order)
-    if refine_steps == 0 and (landmark_noise > 0 or refine_labels != "data" or refine_landmark_weight is not None):
-        raise click.UsageError("--landmark-noise, --refine-labels and --refine-landmark-weight set up --refine; "
-                               "add --refine N")
+    if refine_steps == 0 and (landmark_noise > 0 or refine_labels != "data" or refine_landmarks != "data"
+                              or refine_landmark_weight is not None):
+        raise click.UsageError("--landmark-noise, --refine-labels, --refine-landmarks and --refine-landmark-weight "
+                               "set up --refine; add --refine N")
+    if refine_landmarks != "data" and landmark_noise > 0:
+        raise click.UsageError(f"--landmark-noise adds error to the data's landmarks, not to --refine-landmarks "
+                               f"{refine_landmarks}")
 
     if onnx is not None:
         if str(onnx) == "default":
@@ -111,6 +121,7 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
     report = evaluate_dataset(predictor, data, fm, limit=limit, batch=batch, progress=not quiet,
                               refiner=refiner, refine_from_mean_face=refine_from_mean_face,
                               slot_order=slot_order, landmark_noise=landmark_noise, refine_labels=refine_labels,
+                              refine_landmarks=refine_landmarks,
                               icp_iterations=icp_iterations)
     if refiner is not None:
         report["refine"]["config"] = refiner.config.to_dict()

@@ -26,7 +26,8 @@ import click
 
 __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_model_option", "onnx_option",
            "engine_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
-           "refine_device_option", "refine_landmark_weight_option", "refine_config", "detector_option",
+           "refine_device_option", "refine_landmark_weight_option", "refine_landmarks_option", "refine_config",
+           "detector_option",
            "FACE_MODEL_HELP"]
 
 # code -> its meaning in every command; a command may say more about a code, or leave one out.
@@ -145,6 +146,16 @@ def refine_landmark_weight_option(f):
                         help="With --refine: the weight of the 2D landmark term. Default 0.001 "
                              "(refine.RUN_LANDMARK_WEIGHT), 20x below the training recipe's 0.02, which over-trusts "
                              "a detector's error (docs/refine.md, 'How much to trust the landmarks').")(f)
+
+
+def refine_landmarks_option(f):
+    from ..runtime.refine import LANDMARK_SOURCES
+
+    return click.option("--refine-landmarks", "refine_landmarks", type=click.Choice(LANDMARK_SOURCES), default=None,
+                        help="With --refine: the 2D landmarks it fits. network: the graph's own keypoints "
+                             "(its 'keypoints' output; the bundled demo has it); detector: the detector's 68 points "
+                             "(not with --aligned). Default auto: network when the graph has keypoints, else "
+                             "detector (docs/refine.md, 'Which landmarks').")(f)
 
 
 def refine_config(steps: int, device: str, landmark_weight: float | None, progress: bool):

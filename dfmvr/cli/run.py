@@ -15,7 +15,7 @@ import click
 
 from .options import (OutputPath, batch_size_option, engine_option, exit_codes, face_model_option, onnx_option,
                       quiet_option, threads_option, refine_device_option, detector_option,
-                      refine_landmark_weight_option, refine_config)
+                      refine_landmark_weight_option, refine_landmarks_option, refine_config)
 from .settings import HELP_SETTINGS
 
 __all__ = ["command"]
@@ -52,17 +52,19 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
               help="Skip triplets whose output folder exists (folders are only ever complete).")
 @click.option("--refine", "refine_steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="After the network, refine each triplet by N steps of analysis-by-synthesis with the weak "
-                   "losses (photo, the detector's 2D landmarks, regularisers; labels from the parse net). "
+                   "losses (photo, 2D landmarks: the network's own or the detector's, regularisers; labels from "
+                   "the parse net). "
                    "Needs torch (the 'train' extra); docs/refine.md. Each --batch is one optimisation.")
 @refine_device_option
 @refine_landmark_weight_option
+@refine_landmarks_option
 @click.option("--no-overlap", "no_overlap", is_flag=True, envvar="DFMVR_NO_OVERLAP",
               help="Run the stages one after another. By default decode + align of the next batch and writing "
                    "of the previous one run in threads while the network runs (same outputs, same summary "
                    "order); this is for debugging and timing single stages. Env: DFMVR_NO_OVERLAP=1.")
 @quiet_option
 def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, backend, threads, resume,
-            refine_steps, refine_device, refine_landmark_weight, no_overlap, quiet):
+            refine_steps, refine_device, refine_landmark_weight, refine_landmarks, no_overlap, quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
     With neither --onnx nor --engine, the bundled demo model runs.
@@ -94,6 +96,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
             require(module, "openvino", "--backend openvino")
     if refine_landmark_weight is not None and refine_steps == 0:
         raise click.UsageError("--refine-landmark-weight sets up --refine; add --refine N")
+    if refine_landmarks is not None and refine_steps == 0:
+        raise click.UsageError("--refine-landmarks sets up --refine; add --refine N")
     triplets, problems = discover_triplets(inputs)
     single = len(triplets) + len(problems) == 1
     if resume:
@@ -120,8 +124,11 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
 
         pipe.refiner = Refiner(pipe.face_model, pipe.camera,
                                refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet))
+        pipe.landmark_source = refine_landmarks or "auto"
     bar = TripletBar(len(triplets), "reconstructing", show=not quiet and not single)
     with pipe:
+        if refine_steps > 0:
+            pipe.check_landmark_source()     # exit 2 before the first triplet when it has none to fit
         summary = pipe.run(triplets, out, fmts, batch=batch, problems=problems, progress=bar,
                            overlap=not no_overlap)
     bar.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..card import GRAPH_OUTPUTS
+from ..card import GRAPH_KEYPOINTS, GRAPH_OUTPUTS
 from ..errors import InputError
 from ..face.detector_noise import draw_landmark_noise
 from ..face.geometry import face_shape
@@ -43,6 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SCAN_LANDMARK_NAMES = ("scan_landmarks.txt", "scan_landmarks.pts", "scan_landmarks.pp", "scan_landmarks.npy")
 METHODS = ("model", "front_only", "mean_face")
 REFINE_LABELS = ("data", "network")     # where --refine's parse labels come from (evaluate_dataset)
+REFINE_LANDMARKS = ("data", "network", "none")  # where --refine's 2D landmarks come from (evaluate_dataset)
 
 
 @dataclass
@@ -202,11 +203,14 @@ class OnnxPredictor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (coefficients [B, 269] float32, the graph's parse labels [B, 3, H, W] uint8)."""
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """-> (coefficients [B, 269] float32, the graph's parse labels [B, 3, H, W] uint8, its keypoints
+        [B, 3, 68, 2] float32 crop px or None when the graph has no such output)."""
         out = self.runner.infer({self._input: np.ascontiguousarray(images, np.float32)})
         coefficients, labels = (out[name] for name in GRAPH_OUTPUTS)
-        return np.asarray(coefficients, np.float32), np.asarray(labels).astype(np.uint8)
+        keypoints = out.get(GRAPH_KEYPOINTS)
+        return (np.asarray(coefficients, np.float32), np.asarray(labels).astype(np.uint8),
+                None if keypoints is None else np.asarray(keypoints, np.float32))
 
 
 def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSample, **metric) -> dict:
@@ -219,7 +223,7 @@ def _score(vertices_dm: np.ndarray, face_model: MorphableModel, sample: EvalSamp
 def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int | None = None,
                      batch: int = 4, baselines: bool = True, progress: bool = False, refiner=None,
                      refine_from_mean_face: bool = False, slot_order=None, landmark_noise: float = 0.0,
-                     refine_labels: str = "data", **metric) -> dict:
+                     refine_labels: str = "data", refine_landmarks: str = "data", **metric) -> dict:
     """Score ``predictor`` (and the two baselines) on every triplet under ``root``.
 
     predictor: callable images [B, 3, 3, H, W] float32 (normalised per ``predictor.card``) ->
@@ -249,7 +253,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     at its default ``--seed 0``), what ``--refine`` then
     fits: a detector's error on synthetic data. refine_labels (``--refine-labels``): "data" (the
     folder's labels.npz / gt.npz) or "network" (the predictor's own parse labels, as ``dfmvr-run
-    --refine`` uses; the predictor needs ``predict``). The report records both under ``refine_inputs``.
+    --refine`` uses; the predictor needs ``predict``). refine_landmarks (``--refine-landmarks``): "data"
+    (the folder's, with ``landmark_noise``) or "network" (the predictor's own keypoints, all marked
+    visible, as ``dfmvr-run --refine`` fits them by default; the graph needs its ``keypoints`` output) or
+    "none" (no landmark term: an ablation; ``dfmvr-run`` refuses to refine without landmarks).
+    The report records the inputs under ``refine_inputs``.
 
     slot_order (``--slot-order``): three view indices; slot k is given view ``slot_order[k]``'s photo
     and the pose truth follows the photo (``with_slot_order``), so ``pose`` says whether the network
@@ -271,8 +279,15 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         iterator = tqdm(iterator, desc="eval", unit="batch")
     if refine_labels not in REFINE_LABELS:
         raise ValueError(f"refine_labels must be one of {REFINE_LABELS}, not {refine_labels!r}")
+    if refine_landmarks not in REFINE_LANDMARKS:
+        raise ValueError(f"refine_landmarks must be one of {REFINE_LANDMARKS}, not {refine_landmarks!r}")
+    if refine_landmarks != "data" and landmark_noise > 0:
+        raise ValueError(f"landmark_noise is the data's landmarks' error: not with refine_landmarks={refine_landmarks!r}")
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
+        if refine_landmarks == "none":
+            for s in samples:
+                s.landmarks = s.landmark_visible = None
         if landmark_noise > 0:
             for index, s in enumerate(samples, start):
                 if s.landmarks is not None:
@@ -282,9 +297,16 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
             samples = [with_slot_order(s, slot_order) for s in samples]
         x = card.normalise(np.stack([s.images for s in samples]))
         labels = None
-        if refiner is not None and refine_labels == "network":
-            coeffs, labels = predictor.predict(x)
+        if refiner is not None and "network" in (refine_labels, refine_landmarks):
+            coeffs, network_labels, keypoints = predictor.predict(x)
             preds = {"model": coeffs}
+            labels = network_labels if refine_labels == "network" else None
+            if refine_landmarks == "network":
+                if keypoints is None:
+                    raise InputError(getattr(predictor, "source", None), "refine_landmarks 'network': the model "
+                                     "predicts no keypoints", "use the data's landmarks")
+                for s, points in zip(samples, keypoints):
+                    s.landmarks, s.landmark_visible = points, np.ones(points.shape[:2], bool)
         else:
             preds = {"model": predictor(x)}
         if refiner is not None:
@@ -315,9 +337,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     if slot_order is not None:
         out["slot_order"] = [VIEWS[v] for v in slot_order]
     if refiner is not None:
-        out["refine_inputs"] = {"landmarks": "the data's" + (f", plus {landmark_noise:g} px of Gaussian error per "
-                                                               "coordinate (face.detector_noise, seed 0)"
-                                                               if landmark_noise > 0 else ""),
+        data_landmarks = "the data's" + (f", plus {landmark_noise:g} px of Gaussian error per coordinate "
+                                         "(face.detector_noise, seed 0)" if landmark_noise > 0 else "")
+        out["refine_inputs"] = {"landmarks": {"data": data_landmarks,
+                                              "network": "the network's own keypoints (all marked visible)",
+                                              "none": "none (no landmark term)"}[refine_landmarks],
                                 "labels": {"data": "the data's (labels.npz, else gt.npz)",
                                            "network": "the network's own parse labels"}[refine_labels]}
         out["refined"] = summarize([r["refined"] for r in rows])

@@ -8,6 +8,7 @@ atomic write. The written graph honours ``dfmvr.card``'s I/O contract:
     input  "images"        float32 [B, 3 views, 3, 224, 224]  normalised RGB, dynamic B
     output "coefficients"  float32 [B, 269]                   COEFFS layout
     output "labels"        uint8   [B, 3, 224, 224]           parse classes
+    output "keypoints"     float32 [B, 3, 68, 2]              crop px; only a network that predicts them
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from pathlib import Path
 import onnx
 
 from ..atomic import atomic_path
-from ..card import GRAPH_INPUT, GRAPH_OUTPUTS, ONNX_METADATA_KEY, ModelCard
+from ..card import GRAPH_INPUT, GRAPH_KEYPOINTS, GRAPH_OUTPUTS, ONNX_METADATA_KEY, ModelCard
 from ..errors import DfmvrError, InputError
 from ..face.layout import NUM_VIEWS
 from ..kernels.op import INVOLUTION
 from .involution_onnx import (OPSET, attach_involution_function, involution_nodes,
                               involution_translation, register_involution_schema)
 
-__all__ = ["ExportError", "OnnxExportResult", "export_onnx", "graph_wrapper", "read_card",
+__all__ = ["ExportError", "OnnxExportResult", "export_onnx", "graph_outputs", "graph_wrapper", "read_card",
            "check_exported_model"]
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,17 @@ class OnnxExportResult:
     simplified: bool                # onnxslim ran (and its result passed the checks)
 
 
+def graph_outputs(model) -> list[str]:
+    """The output names of ``model``'s graph: the contract's two, and ``keypoints`` when it predicts them."""
+    return list(GRAPH_OUTPUTS) + ([GRAPH_KEYPOINTS] if getattr(model, "predicts_keypoints", False) else [])
+
+
 def graph_wrapper(model):
-    """Wrap a DFMVRNet so that its outputs match the graph contract (labels as uint8)."""
+    """Wrap a DFMVRNet so that its outputs match the graph contract (labels as uint8, keypoints when the
+    network predicts them: ``graph_outputs``)."""
     import torch
+
+    keypoints = GRAPH_KEYPOINTS in graph_outputs(model)
 
     class _ExportedGraph(torch.nn.Module):
         def __init__(self, net):
@@ -58,6 +67,9 @@ def graph_wrapper(model):
             self.net = net
 
         def forward(self, images):
+            if keypoints:
+                coefficients, labels, points = self.net.forward_with_keypoints(images)
+                return coefficients.float(), labels.to(torch.uint8), points.float()
             coefficients, labels = self.net(images)
             return coefficients.float(), labels.to(torch.uint8)
 
@@ -78,7 +90,7 @@ def _torch_export(model, image_size: int, opset: int) -> onnx.ModelProto:
         program = torch.onnx.export(
             graph_wrapper(model), (example,), dynamo=True, opset_version=opset,
             custom_translation_table={torch_op: involution_translation},
-            input_names=[GRAPH_INPUT], output_names=list(GRAPH_OUTPUTS),
+            input_names=[GRAPH_INPUT], output_names=graph_outputs(model),
             dynamic_shapes=({0: batch},), optimize=True, verbose=False,
         )
     log.debug("torch.onnx.export log:\n%s", sink.getvalue())
@@ -113,8 +125,10 @@ def check_exported_model(model: onnx.ModelProto, expect_involutions: int | None 
     outputs = [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output]
     want_in = [(GRAPH_INPUT, onnx.TensorProto.FLOAT)]
     want_out = [(GRAPH_OUTPUTS[0], onnx.TensorProto.FLOAT), (GRAPH_OUTPUTS[1], onnx.TensorProto.UINT8)]
-    if inputs != want_in or outputs != want_out:
-        raise ExportError(f"{stage}: graph I/O is {inputs} -> {outputs}, expected {want_in} -> {want_out}")
+    with_keypoints = want_out + [(GRAPH_KEYPOINTS, onnx.TensorProto.FLOAT)]      # the optional third
+    if inputs != want_in or outputs not in (want_out, with_keypoints):
+        raise ExportError(f"{stage}: graph I/O is {inputs} -> {outputs}, expected {want_in} -> {want_out} "
+                          f"(and optionally {with_keypoints[-1]})")
     found = len(involution_nodes(model))
     if expect_involutions is not None and found != expect_involutions:
         raise ExportError(f"{stage}: {found} {INVOLUTION.qualname} nodes, expected {expect_involutions}")

@@ -1,7 +1,7 @@
 """Parity reports: the exported graph (ONNX Runtime, TensorRT) against the torch model, on real inputs.
 
 A runner is a callable ``images [B, 3, 3, 224, 224] float32 -> (coefficients [B, 269] float32, labels
-[B, 3, 224, 224] uint8)``. The exported graphs and engines are run by the RUNTIME's runners
+[B, 3, 224, 224] uint8, keypoints [B, 3, 68, 2] float32 px or None)`` (the graph's optional third output). The exported graphs and engines are run by the RUNTIME's runners
 (``dfmvr.runtime.runners``, wrapped by ``RunnerCall``), so the parity gate certifies the same code path
 that ``dfmvr-run`` uses. The reference is the torch model run by the training side's runner of the same
 family (``RunnerCall(dfmvr.models.runner.TorchRunner(model))``). ``compare`` measures a
@@ -9,6 +9,7 @@ candidate against the reference:
 
 - max / mean absolute error of the coefficients;
 - label agreement (fraction of equal pixels);
+- the keypoints' largest distance in crop pixels, when the reference has them (the candidate must too);
 - the resulting mesh difference in millimetres: both coefficient sets go through
   ``dfmvr.face.geometry.assemble_mesh`` with the card's camera and a face model (the synthetic model by
   default), and the per-vertex distance of the posed vertices (decimetres x 100) is reported.
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..card import GRAPH_INPUT, GRAPH_OUTPUTS, ModelCard
+from ..card import GRAPH_INPUT, GRAPH_KEYPOINTS, GRAPH_OUTPUTS, ModelCard
 from ..face.geometry import assemble_mesh
 from ..face.layout import NUM_VIEWS
 from ..face.meshio import MM_PER_MODEL_UNIT
@@ -45,12 +46,18 @@ class Tolerance:
     coefficients_max_abs: float | None     # None: reported, not gated
     mesh_max_mm: float
     labels_min_agreement: float
+    # the graph's keypoints (the refinement's landmarks), px on the 224-px crop; None: reported only
+    keypoints_max_px: float | None = None
 
 
-FP32_TOLERANCE = Tolerance(coefficients_max_abs=1e-4, mesh_max_mm=0.01, labels_min_agreement=0.999)
+FP32_TOLERANCE = Tolerance(coefficients_max_abs=1e-4, mesh_max_mm=0.01, labels_min_agreement=0.999,
+                           keypoints_max_px=0.01)
 # fp16 weights and activations: ~1e-3 relative per layer through ~100 layers; gate on what matters
 # (the mesh) and report the raw coefficient error.
-FP16_TOLERANCE = Tolerance(coefficients_max_abs=None, mesh_max_mm=1.0, labels_min_agreement=0.98)
+# Keypoints: half a pixel, a fifth of the demo's own landmark error (2.5 px RMS), which the refinement
+# fits at a weight that shrugs off 8 px of detector noise (docs/refine.md).
+FP16_TOLERANCE = Tolerance(coefficients_max_abs=None, mesh_max_mm=1.0, labels_min_agreement=0.98,
+                           keypoints_max_px=0.5)
 # int8 (dfmvr.export.int8): 8-bit activations cannot meet the fp32 gates (one uint8 step is ~0.4 % of a
 # tensor's calibrated range, and the error compounds through ~100 layers). Gate on the mesh at the same
 # 1 mm as fp16: DF-MVR's published lead over its baselines is 0.1-0.3 mm of mean NoW error (1.40 vs
@@ -70,6 +77,7 @@ class ParityReport:
     coefficients_max_abs: float | None = None
     coefficients_mean_abs: float | None = None
     labels_agreement: float | None = None
+    keypoints_max_px: float | None = None      # None: the graph has no keypoints output
     mesh_max_mm: float | None = None
     mesh_mean_mm: float | None = None
     face_model: str = ""
@@ -84,14 +92,14 @@ class ParityReport:
 
 class RunnerCall:
     """A runtime runner (``dfmvr.runtime.runners.Runner``) as a parity runner: images -> (coefficients,
-    labels). Activated on construction; ``close()`` deactivates it."""
+    labels, keypoints or None). Activated on construction; ``close()`` deactivates it."""
 
     def __init__(self, runner):
         self.runner = runner.activate()
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         out = self.runner.infer({GRAPH_INPUT: np.ascontiguousarray(images, np.float32)})
-        return out[GRAPH_OUTPUTS[0]], out[GRAPH_OUTPUTS[1]]
+        return out[GRAPH_OUTPUTS[0]], out[GRAPH_OUTPUTS[1]], out.get(GRAPH_KEYPOINTS)
 
     def close(self) -> None:
         self.runner.deactivate()
@@ -138,13 +146,14 @@ def mesh_difference_mm(face_model: MorphableModel, card: ModelCard, coefficients
     return float(dist.max()), float(dist.mean())
 
 
-def compare(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarray, np.ndarray],
-            card: ModelCard, face_model: MorphableModel, backend: str, precision: str = "fp32",
-            tolerance: Tolerance | None = None, reference_name: str = "torch") -> ParityReport:
-    """Compare a candidate's outputs with the reference's (both (coefficients, labels) numpy)."""
+def compare(reference: tuple, candidate: tuple, card: ModelCard, face_model: MorphableModel, backend: str,
+            precision: str = "fp32", tolerance: Tolerance | None = None,
+            reference_name: str = "torch") -> ParityReport:
+    """Compare a candidate's outputs with the reference's (both (coefficients, labels[, keypoints]) numpy;
+    keypoints None or absent: the graph has none)."""
     tol = tolerance or _TOLERANCES.get(precision, FP32_TOLERANCE)
-    ref_c, ref_l = reference
-    cand_c, cand_l = candidate
+    (ref_c, ref_l), ref_k = reference[:2], (reference[2] if len(reference) > 2 else None)
+    (cand_c, cand_l), cand_k = candidate[:2], (candidate[2] if len(candidate) > 2 else None)
     report = ParityReport(backend=backend, reference=reference_name, precision=precision,
                           batch=int(ref_c.shape[0]), face_model=face_model.name, tolerance=asdict(tol))
     if cand_c.shape != ref_c.shape or cand_l.shape != ref_l.shape:
@@ -156,6 +165,15 @@ def compare(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarra
     report.coefficients_max_abs, report.coefficients_mean_abs = float(err.max()), float(err.mean())
     report.labels_agreement = float(np.mean(cand_l == ref_l))
     report.mesh_max_mm, report.mesh_mean_mm = mesh_difference_mm(face_model, card, ref_c, cand_c)
+    if ref_k is not None:
+        if cand_k is None or np.shape(cand_k) != np.shape(ref_k):
+            report.failures.append(f"keypoints {None if cand_k is None else np.shape(cand_k)} where the reference "
+                                   f"has {np.shape(ref_k)}")
+        else:
+            dist = np.linalg.norm(np.asarray(cand_k, np.float64) - ref_k, axis=-1)
+            report.keypoints_max_px = float(dist.max())
+            if tol.keypoints_max_px is not None and not report.keypoints_max_px <= tol.keypoints_max_px:
+                report.failures.append(f"keypoints {report.keypoints_max_px:.3g} px > {tol.keypoints_max_px:g} px")
     if not np.isfinite(cand_c).all():
         report.failures.append("non-finite coefficients")
     if tol.coefficients_max_abs is not None and not report.coefficients_max_abs <= tol.coefficients_max_abs:
@@ -190,7 +208,8 @@ def check_reports(reports: list[ParityReport]) -> None:
 
 def format_table(reports: list[ParityReport]) -> str:
     """A fixed-width table of the reports, one row per backend."""
-    head = f"{'backend':<24} {'prec':<5} {'coef max':>10} {'coef mean':>10} {'labels':>8} {'mesh max mm':>12} {'mesh mean mm':>12}  result"
+    head = (f"{'backend':<24} {'prec':<5} {'coef max':>10} {'coef mean':>10} {'labels':>8} {'kp max px':>10} "
+            f"{'mesh max mm':>12} {'mesh mean mm':>12}  result")
     rows = [head, "-" * len(head)]
     def fmt(value, spec: str) -> str:
         width = int(spec.split(".")[0])
@@ -200,6 +219,7 @@ def format_table(reports: list[ParityReport]) -> str:
         result = f"skipped: {r.skipped}" if r.skipped else ("ok" if r.passed else "FAIL: " + "; ".join(r.failures))
         rows.append(f"{r.backend:<24} {r.precision:<5} {fmt(r.coefficients_max_abs, '10.3g')} "
                     f"{fmt(r.coefficients_mean_abs, '10.3g')} {fmt(r.labels_agreement, '8.5f')} "
+                    f"{fmt(r.keypoints_max_px, '10.3g')} "
                     f"{fmt(r.mesh_max_mm, '12.3g')} {fmt(r.mesh_mean_mm, '12.3g')}  {result}")
     return "\n".join(rows)
 

@@ -96,6 +96,27 @@ class DFMVRNet(nn.Module):
         coefficients = self.rednet_fc(feature)
         return coefficients, labels
 
+    @property
+    def predicts_keypoints(self) -> bool:
+        """Whether the network predicts each view's 2D landmarks (the lite design's keypoint heads, or
+        the official design's keypoint readout): the exported graph then has a ``keypoints`` output."""
+        if isinstance(self.uuunet, LiteFusion):
+            return bool(self.uuunet.keypoints)
+        return getattr(self.rednet_fc, "keypoint_readout", None) is not None
+
+    def forward_with_keypoints(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``forward`` plus keypoints [B, 3 views, K, 2] in input pixels (x right, y down), in any mode;
+        the coefficients are ``forward``'s. ValueError when the network predicts none."""
+        if not self.predicts_keypoints:
+            raise ValueError("this network predicts no keypoints (architecture unet.keypoints / "
+                             "rednet.keypoints = 0)")
+        x, labels = self.view_inputs(images)
+        if isinstance(self.uuunet, LiteFusion):
+            feature, keypoints = self.uuunet.fuse_with_keypoints(x[:, 0], x[:, 1], x[:, 2])
+            return self.rednet_fc(feature), labels, keypoints
+        coefficients = self.rednet_fc(self.uuunet(x[:, 0], x[:, 1], x[:, 2]))
+        return coefficients, labels, self.rednet_fc.last_keypoints   # the readout the heads read
+
     def view_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, 3, H, W] -> (what the fusion reads [B, 3, 4, H, W]: RGB + label index, labels)."""
         if images.dim() != 5 or images.shape[1] != NUM_VIEWS or images.shape[2] != 3:

@@ -23,7 +23,8 @@ the 14 x 14 map, soft-argmax), supervised by ``gt.npz``'s landmarks (``dfmvr-tra
 --keypoint-weight W``). Why: expression is the network's weakest number, a ridge regression on the
 exact landmarks reaches 0.96 of it, and label maps localise the mouth poorly (docs/training.md,
 "Weighting expression up"); the target asks the encoders to say where the parts are. The heads do not
-read the keypoints, and in eval mode they are not computed, so the exported graph is unchanged.
+read the keypoints, and in eval mode the forward pass does not compute them; the exported graph
+outputs them (``fuse_with_keypoints``) as the refinement's landmarks, beside the unchanged coefficients.
 
 Module names: ``uuunet`` holds the encoders and gates (``enc_{v}``, ``att_{v}``), ``rednet_fc`` the
 regressor and the heads with the official head names, so the ONNX contract, the coefficient layout and
@@ -132,8 +133,18 @@ class LiteFusion(nn.Module):
     def forward(self, x0: Tensor, x1: Tensor, x2: Tensor) -> Tensor:
         feats = self.encode(x0, x1, x2)
         self.last_keypoints = None
-        if self.keypoints and self.training:      # a training target only: not in eval or export
+        if self.keypoints and self.training:      # the training target (the export asks: fuse_with_keypoints)
             self.last_keypoints = self.keypoints_of(feats)
+        return self.fuse(feats)
+
+    def fuse_with_keypoints(self, x0: Tensor, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        """(the fused map, keypoints [B, views, K, 2] px) in any mode: what the exported graph's
+        ``keypoints`` output is made of (the refinement's detector-free landmarks)."""
+        feats = self.encode(x0, x1, x2)
+        return self.fuse(feats), self.keypoints_of(feats)
+
+    def fuse(self, feats: list[Tensor]) -> Tensor:
+        """Each view's encoder map -> the fused map (the side views gated by the front one)."""
         front = feats[self.front]
         gated = [front if v == self.front else getattr(self, f"att_{v}")(front, f) for v, f in enumerate(feats)]
         return torch.cat(gated, dim=1)

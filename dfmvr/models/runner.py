@@ -2,8 +2,9 @@
 
 ``TorchRunner`` has the runtime runners' lifecycle -- ``activate`` / ``infer`` / ``deactivate``, a context
 manager -- and the exported graph's signature: ``infer({"images": [B, 3, 3, S, S] float32})`` returns
-``{"coefficients": [B, 269] float32, "labels": [B, 3, S, S] uint8}`` (``dfmvr.card.GRAPH_INPUT`` /
-``GRAPH_OUTPUTS``). It is the reference of the export's parity reports: ``dfmvr.export.parity.RunnerCall``
+``{"coefficients": [B, 269] float32, "labels": [B, 3, S, S] uint8}`` and, for a network that predicts
+them, ``"keypoints": [B, 3, 68, 2] float32`` px (``dfmvr.card.GRAPH_INPUT`` / ``GRAPH_OUTPUTS`` /
+``GRAPH_KEYPOINTS``). It is the reference of the export's parity reports: ``dfmvr.export.parity.RunnerCall``
 adapts it exactly as it adapts the runtime's ``OnnxrtRunner`` and ``TensorrtRunner``.
 
 Activation puts the model in eval mode on ``device``; deactivation gives the model back in the mode
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
+from ..card import GRAPH_INPUT, GRAPH_KEYPOINTS, GRAPH_OUTPUTS
 from ..errors import InputError
 from ..runtime.runners import Runner
 
@@ -42,10 +43,17 @@ class TorchRunner(Runner):
         if GRAPH_INPUT not in feed:
             raise InputError(None, f"torch runner input '{GRAPH_INPUT}' was not fed")
         images = torch.from_numpy(np.ascontiguousarray(feed[GRAPH_INPUT], np.float32)).to(self.device)
+        keypoints = None
         with torch.inference_mode():
-            coefficients, labels = self.model(images)
-        return {GRAPH_OUTPUTS[0]: coefficients.float().cpu().numpy(),
-                GRAPH_OUTPUTS[1]: labels.to(torch.uint8).cpu().numpy()}
+            if getattr(self.model, "predicts_keypoints", False):
+                coefficients, labels, keypoints = self.model.forward_with_keypoints(images)
+            else:
+                coefficients, labels = self.model(images)
+        out = {GRAPH_OUTPUTS[0]: coefficients.float().cpu().numpy(),
+               GRAPH_OUTPUTS[1]: labels.to(torch.uint8).cpu().numpy()}
+        if keypoints is not None:
+            out[GRAPH_KEYPOINTS] = keypoints.float().cpu().numpy()
+        return out
 
     def _deactivate(self):
         if self._was_training:

@@ -150,7 +150,9 @@ def _write_npz(path: Path, pipe, rec) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **blocks, coefficients=pipe.layout.join(rec.coeffs)[0], labels=rec.labels,
                  landmarks_crop=rec.mesh.landmarks[0], landmarks_photo=landmarks_on_photo(rec),
-                 views=np.array(VIEWS))
+                 views=np.array(VIEWS),
+                 # the network's own landmarks of each view (crop px), when the graph outputs them
+                 **({} if rec.keypoints is None else {"keypoints_crop": rec.keypoints}))
 
 
 def _front_mesh(rec) -> tuple[np.ndarray, np.ndarray]:

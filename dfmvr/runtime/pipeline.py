@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
+from ..card import GRAPH_INPUT, GRAPH_KEYPOINTS, GRAPH_OUTPUTS
 from ..errors import InputError, UnavailableError
 from ..face.align import align_image, five_points_from_68
 from ..face.geometry import MeshResult
@@ -93,6 +93,7 @@ class Reconstruction:
     mesh: MeshResult
     labels: np.ndarray           # [V, S, S] uint8 parse classes
     times: StageTimes
+    keypoints: np.ndarray | None = None   # [V, 68, 2] crop px: the graph's keypoints output, if it has one
 
 
 @dataclass
@@ -232,8 +233,9 @@ class Pipeline:
         """Stage 2: uint8 crops [B, V, S, S, 3] -> graph input [B, V, 3, S, S] float32 (card mean/std)."""
         return self.card.normalise(crops)
 
-    def infer(self, images: np.ndarray) -> tuple[Coefficients, np.ndarray]:
-        """Stage 3, the network: [B, V, 3, S, S] -> (Coefficients batch B, labels [B, V, S, S] uint8)."""
+    def infer(self, images: np.ndarray) -> tuple[Coefficients, np.ndarray, np.ndarray | None]:
+        """Stage 3, the network: [B, V, 3, S, S] -> (Coefficients batch B, labels [B, V, S, S] uint8,
+        keypoints [B, V, K, 2] float32 crop px, or None when the graph has no such output)."""
         out = self.runner.infer({GRAPH_INPUT: images})
         flat = np.asarray(out[GRAPH_OUTPUTS[0]], np.float32)
         if flat.ndim != 2 or flat.shape[0] != images.shape[0]:
@@ -242,7 +244,14 @@ class Pipeline:
         labels = out.get(GRAPH_OUTPUTS[1])
         labels = (np.zeros(images.shape[:2] + images.shape[3:], np.uint8) if labels is None
                   else np.asarray(labels).astype(np.uint8, copy=False))
-        return self.layout.split(flat), labels
+        keypoints = out.get(GRAPH_KEYPOINTS)
+        if keypoints is not None:
+            keypoints = np.asarray(keypoints, np.float32)
+            if keypoints.shape[:2] != images.shape[:2] or keypoints.ndim != 4 or keypoints.shape[-1] != 2:
+                raise InputError(self.artifact.path, f"network output '{GRAPH_KEYPOINTS}' has shape "
+                                 f"{keypoints.shape}, expected [{images.shape[0]}, {images.shape[1]}, K, 2]",
+                                 "re-export the model")
+        return self.layout.split(flat), labels, keypoints
 
     def assemble(self, coeffs: Coefficients) -> MeshResult:
         """Stage 4: coefficients -> posed, lit mesh per view (CpuMeshAssembler, equal to
@@ -259,7 +268,7 @@ class Pipeline:
         t0 = time.perf_counter()
         images = self.normalise(np.stack([p.crops for p in prepared]))
         t1 = time.perf_counter()
-        coeffs, labels = self.infer(images)
+        coeffs, labels, keypoints = self.infer(images)
         t2 = time.perf_counter()
         mesh = self.assemble(coeffs)
         t3 = time.perf_counter()
@@ -268,7 +277,8 @@ class Pipeline:
             times = StageTimes(decode_align=p.times.decode_align, normalise=(t1 - t0) / n,
                                network=(t2 - t1) / n, assembly=(t3 - t2) / n)
             one = MeshResult(**{f.name: getattr(mesh, f.name)[i:i + 1] for f in fields(MeshResult)})
-            out.append(Reconstruction(p, coeffs.select(i), one, labels[i], times))
+            out.append(Reconstruction(p, coeffs.select(i), one, labels[i], times,
+                                      None if keypoints is None else keypoints[i]))
         return out
 
     def write(self, rec: Reconstruction, out_root, formats) -> Path:

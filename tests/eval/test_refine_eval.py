@@ -76,7 +76,7 @@ def test_refine_fits_noisy_landmarks_and_the_network_labels_when_asked(synth4, t
         error = landmarks[i] - sample.landmarks
         assert 1.5 < error.std() < 2.5                                                    # 2 px per coordinate
         np.testing.assert_allclose(landmarks[i], training[i]["landmarks"].numpy(), atol=1e-4)   # training's draw
-    _, network_labels = predictor.predict(predictor.card.normalise(np.stack([s.images for s in samples])))
+    _, network_labels, _ = predictor.predict(predictor.card.normalise(np.stack([s.images for s in samples])))
     np.testing.assert_array_equal(labels, network_labels)
     assert not np.array_equal(labels, np.stack([s.labels for s in samples]))              # not the exact maps
     assert "2 px" in report["refine_inputs"]["landmarks"] and "network" in report["refine_inputs"]["labels"]
@@ -99,3 +99,45 @@ def test_refine_fits_noisy_landmarks_and_the_network_labels_when_asked(synth4, t
     code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine-landmark-weight", "0.001"],
                            capsys)
     assert code == 2 and "--refine N" in output
+
+
+@needs_default
+def test_refine_fits_the_networks_own_keypoints_when_asked(synth4, capsys):
+    """--refine-landmarks network: the refiner is handed the graph's keypoints output (all visible), what
+    dfmvr-run --refine fits by default; not with --landmark-noise (the data's error)."""
+    import numpy as np
+
+    from dfmvr.cli.eval import command as eval_command
+    from dfmvr.eval import OnnxPredictor, evaluate_dataset
+    from dfmvr.eval.dataset import find_eval_folders, load_eval_sample
+    from dfmvr.face.model import MorphableModel
+    from dfmvr.train.refine import RefineConfig, Refiner
+    from tests.conftest import run_cli
+
+    face_model = MorphableModel.load(synth4 / "face_model.npz")
+    predictor = OnnxPredictor(DEFAULT_ONNX, threads=1)
+    real = Refiner(face_model, predictor.card.camera_obj(), RefineConfig(steps=1, progress=False))
+    seen = []
+
+    def refiner(coeffs, images, landmarks, visible, labels):       # the real refiner, its inputs recorded
+        seen.append((landmarks.copy(), visible.copy(), labels.copy()))
+        return real(coeffs, images, landmarks, visible, labels)
+
+    report = evaluate_dataset(predictor, synth4, face_model, limit=2, batch=2, baselines=False, refiner=refiner,
+                              refine_landmarks="network", icp_iterations=0)
+    (landmarks, visible, labels), = seen
+    samples = [load_eval_sample(f, face_model) for f in find_eval_folders(synth4)[:2]]
+    _, _, keypoints = predictor.predict(predictor.card.normalise(np.stack([s.images for s in samples])))
+    np.testing.assert_array_equal(landmarks, keypoints)
+    assert visible.all()
+    np.testing.assert_array_equal(labels, np.stack([s.labels for s in samples]))        # labels stay the data's
+    for i, sample in enumerate(samples):             # landmarks of these faces, not the exact ones
+        error = np.linalg.norm(landmarks[i] - sample.landmarks, axis=-1)[sample.landmark_visible]
+        assert 0.1 < np.sqrt(np.mean(error ** 2)) < 6.0
+    assert "keypoints" in report["refine_inputs"]["landmarks"]
+    report = evaluate_dataset(predictor, synth4, face_model, limit=2, batch=2, baselines=False, refiner=refiner,
+                              refine_landmarks="none", icp_iterations=0)          # the ablation: no landmark term
+    assert not seen[-1][1].any() and report["refine_inputs"]["landmarks"].startswith("none")
+    code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine", "1",
+                                          "--refine-landmarks", "network", "--landmark-noise", "2"], capsys)
+    assert code == 2 and "--landmark-noise" in output

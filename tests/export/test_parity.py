@@ -58,6 +58,23 @@ def test_label_disagreement_and_shape_mismatch_fail(face):
     assert not report.passed and "shapes" in report.failures[0]
 
 
+def test_keypoints_are_measured_in_pixels_and_required_when_the_reference_has_them(face):
+    card = ModelCard(variant="lite", architecture={})
+    coeffs, labels = _outputs()
+    points = np.random.default_rng(1).uniform(0, 224, (2, 3, 68, 2)).astype(np.float32)
+    moved = points.copy()
+    moved[1, 2, 5] += (0.003, 0.004)                          # 0.005 px: inside the fp32 gate (0.01)
+    report = compare((coeffs, labels, points), (coeffs, labels, moved), card, face, "near")
+    assert report.passed and report.keypoints_max_px == pytest.approx(0.005, rel=1e-3)
+    moved[0, 0, 0] += (3.0, 4.0)                              # 5 px
+    report = compare((coeffs, labels, points), (coeffs, labels, moved), card, face, "far")
+    assert not report.passed and report.keypoints_max_px == pytest.approx(5.0, rel=1e-3)
+    assert any("keypoints" in f for f in report.failures)
+    report = compare((coeffs, labels, points), (coeffs, labels, None), card, face, "lost")
+    assert not report.passed and "keypoints None" in report.failures[0]
+    assert compare((coeffs, labels), (coeffs, labels), card, face, "none").keypoints_max_px is None
+
+
 def test_check_reports_raises_and_skipped_is_not_a_failure(tmp_path):
     ok = ParityReport(backend="onnxruntime-cpu", reference="torch", precision="fp32", batch=1, passed=True)
     skipped = skipped_report("tensorrt", "fp32", "no TensorRT here")

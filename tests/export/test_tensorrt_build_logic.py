@@ -229,8 +229,8 @@ def test_export_parity_runs_engines_through_the_runtime_runner(tmp_path, monkeyp
     monkeypatch.setattr(trt_plugin, "register_involution_plugin", lambda: pytest.fail("AOT engine: no plugin"))
     runner = tb.TensorrtRunner(engine)
     assert isinstance(runner._call.runner, runners.TensorrtRunner)
-    coefficients, labels = runner(np.zeros((2, 3, 3, 8, 8), np.float32))
-    assert coefficients.shape == (2, 269) and labels.shape == (2, 3, 8, 8)
+    coefficients, labels, keypoints = runner(np.zeros((2, 3, 3, 8, 8), np.float32))
+    assert coefficients.shape == (2, 269) and labels.shape == (2, 3, 8, 8) and keypoints is None
     with pytest.raises(InputError, match="outside the engine's optimisation profile"):
         runner(np.zeros((5, 3, 3, 8, 8), np.float32))
     runner.close()
@@ -257,6 +257,7 @@ def test_export_parity_runs_graphs_through_the_runtime_runner(tmp_path):
     runner = parity.OnnxrtRunner(path)
     assert isinstance(runner.runner, runners.OnnxrtRunner)
     x = np.arange(2 * 36, dtype=np.float32).reshape(2, 3, 3, 2, 2)
-    coefficients, labels = runner(x)
+    coefficients, labels, keypoints = runner(x)
     np.testing.assert_array_equal(coefficients, x.reshape(2, 36))
+    assert keypoints is None                  # the graph has no keypoints output
     assert labels.dtype == np.uint8

@@ -112,9 +112,10 @@ def test_keypoint_head_reads_a_peak_as_that_cells_centre_in_input_pixels():
     torch.testing.assert_close(kp[0, 1], torch.tensor([112.0, 112.0]), atol=1e-3, rtol=0)
 
 
-def test_lite_keypoints_are_a_training_target_only():
-    """Training forward: keypoints [B, 3, 68, 2] for the loss. Eval forward (what is exported): none, and
-    the coefficients are those of the same weights without the keypoint heads."""
+def test_lite_keypoints_are_a_training_target_and_a_separate_output():
+    """Training forward: keypoints [B, 3, 68, 2] for the loss. Eval forward: none, and the coefficients
+    are those of the same weights without the keypoint heads; ``forward_with_keypoints`` (what is
+    exported) adds the keypoints to the same coefficients, and a network without heads refuses it."""
     torch.manual_seed(0)
     model = _lite_with_keypoints()
     x = torch.rand(2, 3, 3, 224, 224) * 2 - 1
@@ -130,6 +131,13 @@ def test_lite_keypoints_are_a_training_target_only():
         got, want = model(x)[0], plain(x)[0]
     assert model.last_keypoints is None
     torch.testing.assert_close(got, want)
+    assert model.predicts_keypoints and not plain.predicts_keypoints
+    with torch.no_grad():
+        coefficients, labels, keypoints = model.forward_with_keypoints(x)
+    torch.testing.assert_close(coefficients, got)
+    assert keypoints.shape == (2, 3, 68, 2) and model.last_keypoints is None
+    with pytest.raises(ValueError, match="predicts no keypoints"):
+        plain.forward_with_keypoints(x)
 
 
 def test_lite_trains_its_keypoint_target_and_records_it(tmp_path, synth4):
@@ -166,12 +174,14 @@ def test_lite_checkpoint_round_trip_and_export_parity(tmp_path):
 
 @pytest.mark.slow      # a full export (~30 s)
 def test_lite_with_keypoint_heads_exports_with_parity(tmp_path):
-    """The training-only keypoint heads are saved and reloaded, and the export (eval mode) passes the
-    same parity gate."""
+    """The keypoint heads are saved and reloaded, and the export passes the same parity gate, its third
+    output (keypoints) included."""
     torch.manual_seed(0)
     model = _lite_with_keypoints().eval()
     path = save_checkpoint(tmp_path / "lite_kp.safetensors", model, model.card)
-    _check_round_trip_and_export(model, path, tmp_path)
+    report = _check_round_trip_and_export(model, path, tmp_path)
+    (fp32,) = [r for r in report["reports"] if r["backend"] == "onnxruntime-cpu"]
+    assert fp32["keypoints_max_px"] is not None and fp32["keypoints_max_px"] <= 0.01
 
 
 def _check_round_trip_and_export(model, path, tmp_path):
@@ -180,4 +190,4 @@ def _check_round_trip_and_export(model, path, tmp_path):
     x = torch.randn(1, 3, 3, 224, 224).clamp(-1, 1)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    assert_export_parity(path, tmp_path / "export")
+    return assert_export_parity(path, tmp_path / "export")

@@ -70,7 +70,32 @@ def test_parity_adapts_it_like_the_runtime_runners():
 
     assert not hasattr(parity, "TorchRunner")      # one home: dfmvr.models.runner
     call = parity.RunnerCall(TorchRunner(StandInNet()))
-    coefficients, labels = call(np.ones((1, 3, 3, 4, 4), np.float64))   # cast to float32 on the way in
-    assert coefficients.shape == (1, 2) and labels.dtype == np.uint8
+    coefficients, labels, keypoints = call(np.ones((1, 3, 3, 4, 4), np.float64))   # cast to float32 on the way in
+    assert coefficients.shape == (1, 2) and labels.dtype == np.uint8 and keypoints is None
     call.close()
     assert not call.runner.is_active
+
+
+class StandInNetWithKeypoints(StandInNet):
+    """A network that predicts landmarks: ``forward_with_keypoints`` adds [B, 3, 68, 2] px."""
+
+    predicts_keypoints = True
+
+    def forward_with_keypoints(self, images):
+        coefficients, labels = self(images)
+        points = images[:, :, 0, :1, :1].expand(-1, -1, 68, 2) * 10.0
+        return coefficients, labels, points
+
+
+def test_a_network_with_keypoints_gets_the_graphs_third_output():
+    pytest.importorskip("onnx")
+    from dfmvr.card import GRAPH_KEYPOINTS
+    from dfmvr.export import parity
+
+    images = np.full((2, 3, 3, 4, 4), 0.5, np.float32)
+    with TorchRunner(StandInNetWithKeypoints()) as runner:
+        out = runner.infer({GRAPH_INPUT: images})
+    assert out[GRAPH_KEYPOINTS].shape == (2, 3, 68, 2) and out[GRAPH_KEYPOINTS].dtype == np.float32
+    np.testing.assert_allclose(out[GRAPH_KEYPOINTS], 5.0)
+    _, _, keypoints = parity.RunnerCall(TorchRunner(StandInNetWithKeypoints()))(images)
+    np.testing.assert_array_equal(keypoints, out[GRAPH_KEYPOINTS])

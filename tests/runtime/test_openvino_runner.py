@@ -45,11 +45,12 @@ def test_openvino_agrees_with_onnxruntime_on_the_bundled_model():
         for batch in (1, 3, 2):              # one compiled model, any batch (dynamic batch dimension)
             x = _images(batch, seed=batch)
             got, want = ov.infer({"images": x}), ort.infer({"images": x})
-            assert set(got) == set(want) == {"coefficients", "labels"}
+            assert set(got) == set(want) == {"coefficients", "labels", "keypoints"}
             for name in want:
                 assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
             np.testing.assert_allclose(got["coefficients"], want["coefficients"], rtol=1e-3, atol=1e-4)
             assert np.mean(got["labels"] == want["labels"]) >= 0.99
+            np.testing.assert_allclose(got["keypoints"], want["keypoints"], atol=0.05)     # px
         # noise inputs: labels still agree (near-tie pixels may flip), nothing blows up
         noise = np.random.default_rng(0).uniform(-2, 2, (2, 3, 3, 224, 224)).astype(np.float32)
         got, want = ov.infer({"images": noise}), ort.infer({"images": noise})
