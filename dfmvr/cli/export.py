@@ -51,8 +51,11 @@ def _engine_batch(ctx, param, value):
 @click.option("--compact", is_flag=True,
               help="Store the weights of model.onnx that are exact float16 numbers as float16 + Cast: same "
                    "results, float32 compute, a smaller file. Pair it with 'dfmvr convert half'.")
+@click.option("--no-keypoints", "no_keypoints", is_flag=True,
+              help="Leave out the network's keypoint heads (the graph's optional 'keypoints' output, which "
+                   "dfmvr-run --refine fits when no detector runs): a faster graph (docs/export.md).")
 def command(checkpoint, out_dir, fp16, int8, calibration, calibration_seed, engine, batch, workspace_gb,
-            timing_cache, face_model, parity_batch, compact):
+            timing_cache, face_model, parity_batch, compact, no_keypoints):
     """Export CHECKPOINT to one ONNX graph with dfmvr::Involution nodes, check parity, build engines.
 
     CHECKPOINT is a dfmvr .safetensors checkpoint, the official DF-MVR .pth weights (converted on the
@@ -64,4 +67,4 @@ def command(checkpoint, out_dir, fp16, int8, calibration, calibration_seed, engi
     export_all(checkpoint, out_dir, fp16=fp16, engine=engine, batch=batch, workspace_gb=workspace_gb,
                timing_cache=timing_cache, face_model=face_model, parity_batch=parity_batch,
                compact=compact, int8=int8, calibration=calibration, calibration_seed=calibration_seed,
-               echo=click.echo)
+               keypoints=not no_keypoints, echo=click.echo)

@@ -272,10 +272,12 @@ def _check(run: _ExportRun, artefact: Artefact) -> parity.ParityReport:
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
                workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
                compact: bool = False, int8: bool = False, calibration: int = 8, calibration_seed: int | None = None,
-               echo: Callable[[str], None] = print) -> ExportSummary:
+               keypoints: bool = True, echo: Callable[[str], None] = print) -> ExportSummary:
     """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
     ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
-    built (after the ONNX files and report are written).
+    built (after the ONNX files and report are written). ``keypoints=False`` (``--no-keypoints``) drops
+    the lite design's keypoint heads first: no ``keypoints`` output, a faster graph, no detector-free
+    ``--refine``.
 
     The pipeline: each loader (``_load_onnx``, ``_load_fp16``, ``_load_int8``, ``_load_engine``) writes
     its artefact and returns it with its runner and tolerance; each is checked (``_check``) right after
@@ -290,6 +292,12 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
     model, card, what = load_for_export(spec)
     mesh_model = _face_model(face_model, card)
     echo(f"loaded {what}: variant '{card.variant}'")
+    if not keypoints and model.predicts_keypoints:
+        try:
+            model.drop_keypoint_heads()
+        except ValueError as exc:
+            raise InputError(spec, str(exc), "export it with its keypoints (without --no-keypoints)") from exc
+        echo("dropped the keypoint heads (--no-keypoints): the graph has no 'keypoints' output")
     summary = ExportSummary(onnx_path=out_dir / "model.onnx", parity_path=out_dir / "model.parity.json")
     run = _ExportRun(model, card, mesh_model, out_dir, summary, echo, clock, fp16=fp16, int8=int8, compact=compact,
                      calibration=calibration, calibration_seed=calibration_seed, engine=engine, profile=profile,

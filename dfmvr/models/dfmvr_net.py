@@ -117,6 +117,19 @@ class DFMVRNet(nn.Module):
         coefficients = self.rednet_fc(self.uuunet(x[:, 0], x[:, 1], x[:, 2]))
         return coefficients, labels, self.rednet_fc.last_keypoints   # the readout the heads read
 
+    def drop_keypoint_heads(self) -> "DFMVRNet":
+        """Remove the lite design's keypoint heads (in place): the exported graph then has no ``keypoints``
+        output and does not pay for them (``dfmvr-export --no-keypoints``; the coefficients do not read
+        them). ValueError for the official design's keypoint readout, which its heads read."""
+        if isinstance(self.uuunet, LiteFusion):
+            for v in range(self.uuunet.num_views):
+                if hasattr(self.uuunet, f"kp_{v}"):
+                    delattr(self.uuunet, f"kp_{v}")
+            self.uuunet.keypoints = 0
+        elif self.predicts_keypoints:
+            raise ValueError("this network's heads read its keypoints (rednet.keypoints): they cannot be dropped")
+        return self
+
     def view_inputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images [B, 3, 3, H, W] -> (what the fusion reads [B, 3, 4, H, W]: RGB + label index, labels)."""
         if images.dim() != 5 or images.shape[1] != NUM_VIEWS or images.shape[2] != 3:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -138,6 +140,15 @@ def test_lite_keypoints_are_a_training_target_and_a_separate_output():
     assert keypoints.shape == (2, 3, 68, 2) and model.last_keypoints is None
     with pytest.raises(ValueError, match="predicts no keypoints"):
         plain.forward_with_keypoints(x)
+    # --no-keypoints: the heads are gone (the graph would have two outputs), the coefficients stay
+    from dfmvr.export.onnx_export import graph_outputs
+
+    assert graph_outputs(model) == ["coefficients", "labels", "keypoints"]
+    model.drop_keypoint_heads()
+    assert not model.predicts_keypoints and graph_outputs(model) == ["coefficients", "labels"]
+    assert not any(".kp_" in k for k in model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], got)
 
 
 def test_lite_trains_its_keypoint_target_and_records_it(tmp_path, synth4):
@@ -191,3 +202,17 @@ def _check_round_trip_and_export(model, path, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
     return assert_export_parity(path, tmp_path / "export")
+
+
+@pytest.mark.slow      # a full export of the bundled model (~25 s)
+def test_export_without_keypoints_drops_the_output_and_keeps_parity(tmp_path):
+    from dfmvr.cli.export import command as export_command
+    from dfmvr.runtime.runners import OnnxrtRunner
+
+    with pytest.raises(SystemExit) as exc:
+        export_command(["default", "--out", str(tmp_path / "export"), "--no-keypoints"])
+    assert exc.value.code == 0
+    report = json.loads((tmp_path / "export" / "model.parity.json").read_text())
+    assert report["passed"] and report["reports"][0]["keypoints_max_px"] is None
+    with OnnxrtRunner(tmp_path / "export" / "model.onnx", threads=1) as runner:
+        assert runner.output_names == ["coefficients", "labels"]
