@@ -81,6 +81,8 @@ def resolve_sources(checkpoint=None, onnx=None, engine=None, backends=BACKENDS, 
     from ..runtime.artifacts import (DEFAULT_ONNX, Artifact, load_engine_artifact, load_onnx_artifact)
 
     desc: dict = {}
+    if onnx is not None and str(onnx) == "default":      # what --onnx's help promises, as dfmvr-run and eval do
+        onnx = DEFAULT_ONNX
     if checkpoint is None and onnx is None and engine is None:
         from ..runtime.artifacts import DEFAULT_DIR
 

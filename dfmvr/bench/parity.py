@@ -3,8 +3,8 @@
 For each batch size, the normalised images of the run's synthetic triplets go through a reference
 runner and through every candidate; both coefficient sets are assembled into posed meshes with the
 run's face model and the card's camera (``dfmvr.face.geometry.assemble_mesh``, the runtime's mesh
-maths), and the per-vertex distance is reported in mm (max, mean), with the raw coefficient error and
-the fraction of equal label pixels. The reference is PyTorch eager when torch and torch weights are
+maths), and the per-vertex distance is reported in mm (max, mean), with the raw coefficient error, the
+fraction of equal label pixels and, where both have them, the keypoints' largest distance in pixels. The reference is PyTorch eager when torch and torch weights are
 there, else ONNX Runtime on the fp32 graph; the report names it. Torch-free and onnx-free (the same
 numbers as ``dfmvr.export.parity.compare``, without its gates).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
+from ..card import GRAPH_INPUT, GRAPH_KEYPOINTS, GRAPH_OUTPUTS
 from ..face.geometry import assemble_mesh
 from ..face.meshio import MM_PER_MODEL_UNIT
 
@@ -39,6 +39,10 @@ def parity_row(reference: dict, candidate: dict, face_model, card) -> dict:
         out["labels_agreement"] = float(np.mean(np.asarray(ref_l) == np.asarray(cand_l)))
     else:
         out["labels_agreement"] = None
+    ref_k, cand_k = reference.get(GRAPH_KEYPOINTS), candidate.get(GRAPH_KEYPOINTS)
+    out["keypoints_max_px"] = (float(np.linalg.norm(np.asarray(cand_k, np.float64) - ref_k, axis=-1).max())
+                               if ref_k is not None and cand_k is not None and np.shape(ref_k) == np.shape(cand_k)
+                               else None)
     if not np.isfinite(out["mesh_max_mm"]):
         out["error"] = "non-finite coefficients"
     return out

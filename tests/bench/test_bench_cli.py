@@ -347,3 +347,21 @@ def test_torch_compile_compiles_before_timing_with_parity(tiny_stats_onnx, one_t
 
     assert "- torch-compile: torch.compile" in markdown_report(report)
     assert "compiled in" in markdown_report(report)
+
+
+def test_bench_checks_the_bundled_graphs_keypoints_against_torch(tmp_path):
+    """`--onnx default` is the bundled graph (as its help says); torch runs what the graph computes, its keypoints
+    included, and each backend's parity row gives the keypoints' distance in pixels."""
+    pytest.importorskip("torch")
+    from dfmvr.cli import main
+
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--checkpoint", "default", "--onnx", "default", "--backends", "torch,onnxruntime",
+              "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--gemm-size", "64", "--json", str(out)])
+    assert exc.value.code == 0
+    report = json.loads(out.read_text())
+    torch_parity = report["backends"]["torch"]["batches"][0]["parity"]
+    ort_parity = report["backends"]["onnxruntime"]["batches"][0]["parity"]
+    assert torch_parity["keypoints_max_px"] == 0.0                  # the reference itself
+    assert 0.0 <= ort_parity["keypoints_max_px"] < 0.01 and ort_parity["mesh_max_mm"] < 0.01
