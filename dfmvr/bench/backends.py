@@ -62,11 +62,11 @@ class TorchEagerRunner(Runner):
         self._torch = torch
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        from ..export.onnx_export import graph_outputs, graph_wrapper
+        from ..models.graph import GraphModule, graph_outputs
 
         # what the exported graph computes, its outputs included (the keypoints of a network with keypoint
         # heads), so that torch is timed on the same work and its keypoints are the parity reference
-        self.graph, self.output_names = graph_wrapper(self.model), graph_outputs(self.model)
+        self.graph, self.output_names = GraphModule(self.model), graph_outputs(self.model)
         self.forward = self.graph        # what _infer calls; TorchCompileRunner puts the compiled graph here
 
     def _infer(self, feed):

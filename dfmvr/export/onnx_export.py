@@ -50,30 +50,17 @@ class OnnxExportResult:
 
 
 def graph_outputs(model) -> list[str]:
-    """The output names of ``model``'s graph: the contract's two, and ``keypoints`` when it predicts them."""
-    return list(GRAPH_OUTPUTS) + ([GRAPH_KEYPOINTS] if getattr(model, "predicts_keypoints", False) else [])
+    """The output names of ``model``'s graph (``dfmvr.models.graph.graph_outputs``)."""
+    from ..models.graph import graph_outputs as names
+
+    return names(model)
 
 
 def graph_wrapper(model):
-    """Wrap a DFMVRNet so that its outputs match the graph contract (labels as uint8, keypoints when the
-    network predicts them: ``graph_outputs``)."""
-    import torch
+    """``model`` as the graph computes it: its outputs match the contract (``dfmvr.models.graph``)."""
+    from ..models.graph import GraphModule
 
-    keypoints = GRAPH_KEYPOINTS in graph_outputs(model)
-
-    class _ExportedGraph(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, images):
-            if keypoints:
-                coefficients, labels, points = self.net.forward_with_keypoints(images)
-                return coefficients.float(), labels.to(torch.uint8), points.float()
-            coefficients, labels = self.net(images)
-            return coefficients.float(), labels.to(torch.uint8)
-
-    return _ExportedGraph(model).eval()
+    return GraphModule(model)
 
 
 def _torch_export(model, image_size: int, opset: int) -> onnx.ModelProto:

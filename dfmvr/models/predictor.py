@@ -25,13 +25,9 @@ class TorchPredictor:
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """-> (coefficients [B, 269] float32, the parse net's labels [B, 3, H, W] uint8, keypoints
         [B, 3, 68, 2] float32 crop px or None: what the exported graph outputs)."""
+        from .graph import graph_forward
+
         torch = self._torch
-        x = torch.from_numpy(images).to(self.device)
-        keypoints = None
         with torch.inference_mode():
-            if getattr(self.model, "predicts_keypoints", False):
-                coeffs, labels, keypoints = self.model.forward_with_keypoints(x)
-                keypoints = keypoints.float().cpu().numpy()
-            else:
-                coeffs, labels = self.model(x)
-        return coeffs.float().cpu().numpy(), labels.cpu().numpy().astype(np.uint8), keypoints
+            values = [v.cpu().numpy() for v in graph_forward(self.model, torch.from_numpy(images).to(self.device))]
+        return values[0], values[1], (values[2] if len(values) > 2 else None)

@@ -4,7 +4,7 @@
 manager -- and the exported graph's signature: ``infer({"images": [B, 3, 3, S, S] float32})`` returns
 ``{"coefficients": [B, 269] float32, "labels": [B, 3, S, S] uint8}`` and, for a network that predicts
 them, ``"keypoints": [B, 3, 68, 2] float32`` px (``dfmvr.card.GRAPH_INPUT`` / ``GRAPH_OUTPUTS`` /
-``GRAPH_KEYPOINTS``). It is the reference of the export's parity reports: ``dfmvr.export.parity.RunnerCall``
+``GRAPH_KEYPOINTS``; computed by ``dfmvr.models.graph.graph_forward``). It is the reference of the export's parity reports: ``dfmvr.export.parity.RunnerCall``
 adapts it exactly as it adapts the runtime's ``OnnxrtRunner`` and ``TensorrtRunner``.
 
 Activation puts the model in eval mode on ``device``; deactivation gives the model back in the mode
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..card import GRAPH_INPUT, GRAPH_KEYPOINTS, GRAPH_OUTPUTS
+from ..card import GRAPH_INPUT
 from ..errors import InputError
 from ..runtime.runners import Runner
+from .graph import graph_forward, graph_outputs
 
 __all__ = ["TorchRunner"]
 
@@ -43,17 +44,9 @@ class TorchRunner(Runner):
         if GRAPH_INPUT not in feed:
             raise InputError(None, f"torch runner input '{GRAPH_INPUT}' was not fed")
         images = torch.from_numpy(np.ascontiguousarray(feed[GRAPH_INPUT], np.float32)).to(self.device)
-        keypoints = None
         with torch.inference_mode():
-            if getattr(self.model, "predicts_keypoints", False):
-                coefficients, labels, keypoints = self.model.forward_with_keypoints(images)
-            else:
-                coefficients, labels = self.model(images)
-        out = {GRAPH_OUTPUTS[0]: coefficients.float().cpu().numpy(),
-               GRAPH_OUTPUTS[1]: labels.to(torch.uint8).cpu().numpy()}
-        if keypoints is not None:
-            out[GRAPH_KEYPOINTS] = keypoints.float().cpu().numpy()
-        return out
+            values = graph_forward(self.model, images)
+        return {name: value.cpu().numpy() for name, value in zip(graph_outputs(self.model), values)}
 
     def _deactivate(self):
         if self._was_training:

@@ -98,4 +98,4 @@ def test_a_network_with_keypoints_gets_the_graphs_third_output():
     assert out[GRAPH_KEYPOINTS].shape == (2, 3, 68, 2) and out[GRAPH_KEYPOINTS].dtype == np.float32
     np.testing.assert_allclose(out[GRAPH_KEYPOINTS], 5.0)
     _, _, keypoints = parity.RunnerCall(TorchRunner(StandInNetWithKeypoints()))(images)
-    np.testing.assert_array_equal(keypoints, out[GRAPH_KEYPOINTS])
+    np.testing.assert_allclose(keypoints, out[GRAPH_KEYPOINTS], atol=1e-6)

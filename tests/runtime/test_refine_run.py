@@ -100,7 +100,7 @@ def test_refine_fits_the_graphs_keypoints_by_default_and_the_detectors_when_aske
         _, _, keypoints = pipe.infer(pipe.normalise(np.stack([p.crops for p in prepared])))
         with pytest.raises(StopIteration):
             pipe.reconstruct(prepared)
-        np.testing.assert_array_equal(seen["landmarks"], keypoints)
+        np.testing.assert_allclose(seen["landmarks"], keypoints, atol=1e-4)     # the same graph call's output
         assert seen["visible"].all() and seen["labels"].shape == (1, 3, 224, 224)
         pipe.landmark_source = "detector"           # --aligned: no detector ran
         with pytest.raises(InputError, match="--aligned runs no detector"):
