@@ -18,7 +18,8 @@ Model sources (``resolve_sources``):
   ``model.int8.onnx``). Without it: the ``.int8.onnx`` folder-mate of ``onnx`` (``model.onnx`` ->
   ``model.int8.onnx``) when there is one; else, when the graph is exported on the fly and
   ``onnxruntime-int8`` is asked for, it is quantized on the fly (``dfmvr.export.int8.quantize_int8``,
-  the export's own calibration); else that backend is reported unavailable.
+  the export's own calibration, s8 weights: the fast format, not gated here; ``dfmvr-export --int8``
+  writes u8 weights instead when s8 fails its gate); else that backend is reported unavailable.
 - ``engine``: a TensorRT engine with its ``.card.json``.
 - none: the bundled default model (``dfmvr/assets/default``): its ONNX graph, and its checkpoint for
   the torch backends and the parity reference when torch is installed.
@@ -148,7 +149,8 @@ def resolve_sources(checkpoint=None, onnx=None, engine=None, backends=BACKENDS, 
 
 
 def _quantize_on_the_fly(onnx_path: Path, card, desc: dict, echo) -> Path | None:
-    """``<variant>.int8.onnx`` next to the graph exported on the fly, as ``dfmvr-export --int8`` makes it;
+    """``<variant>.int8.onnx`` next to the graph exported on the fly, s8 weights (``dfmvr-export --int8
+    --int8-weights s8``);
     None (and the reason in ``desc``) when quantization fails: the backend is then reported unavailable."""
     try:
         import onnx as onnx_lib
@@ -162,6 +164,7 @@ def _quantize_on_the_fly(onnx_path: Path, card, desc: dict, echo) -> Path | None
         onnx_lib.save_model(quantized, str(out))
         desc["int8_quantized_s"] = round(time.perf_counter() - start, 1)
         desc["int8_calibration"] = info.get("calibration")
+        desc["int8_weight_format"] = info.get("weight_format")
         return out
     except Exception as exc:       # noqa: BLE001 - reported as the backend's reason, not fatal
         desc["int8_failed"] = f"{type(exc).__name__}: {exc}"[:300]

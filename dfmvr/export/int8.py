@@ -1,19 +1,43 @@
 """fp32 dfmvr ONNX graph -> int8 graph (QDQ), by ONNX Runtime's static quantization, custom nodes kept.
 
-``quantize_int8(model, card)`` runs ``onnxruntime.quantization.quantize_static`` (no hand-written
-quantization): weights int8 per output channel (symmetric, 7-bit range), activations uint8 per tensor
+``quantize_int8(model, card, weights=...)`` runs ``onnxruntime.quantization.quantize_static`` (no
+hand-written quantization): weights per output channel (symmetric), activations uint8 per tensor
 (asymmetric), QDQ format. ONNX Runtime fuses each DequantizeLinear -> Conv -> QuantizeLinear group into a
-``QLinearConv`` whose u8 x s8 GEMM runs on MLAS's VNNI / AMX kernels where the CPU has them. The
-graph keeps ``images`` float32 in and ``coefficients`` float32 / ``labels`` uint8 out.
+``QLinearConv`` whose integer GEMM runs on MLAS's kernels. The graph keeps ``images`` float32 in and
+``coefficients`` float32 / ``labels`` uint8 out.
 
-Weights use 7 of their 8 bits (``reduce_range``), on purpose: on x86 CPUs without VNNI (AVX2 only,
-e.g. AMD Zen 2/3, older Xeons) MLAS's u8 x s8 kernel adds pairs of products in saturating int16
-(VPMADDUBSW), and full-range weights overflow it. Measured on `tiny` (random weights, 2 parity
-triplets, an AVX2-only AMD EPYC, ONNX Runtime 1.32.0): full range gave 0.835 label agreement fused
-against 0.983 for the same graph with fusion disabled (``session.disable_quant_qdq``, i.e. the exact
-float simulation of the quantized graph); 7-bit weights gave 0.9806 fused and 0.9807 simulated. The
-int8 graph is a portable file, so it is quantized for the weakest CPU it may meet; ONNX Runtime's
-quantization guide gives the same advice. ``reduce_range=False`` remains available to the API.
+Two weight formats (``WEIGHT_FORMATS``), because no one format is both fast and exact on every CPU:
+
+- ``s8``: int8 weights in 7 of their 8 bits (``reduce_range``). MLAS multiplies u8 activations by s8
+  weights with VNNI's VPDPBUSD where the CPU has it (the fastest path), and on x86 CPUs without VNNI
+  (AVX2 only, e.g. AMD Zen 2/3, older Xeons) with VPMADDUBSW, which adds pairs of products in saturating
+  int16: full-range s8 weights overflow it. Measured on `tiny` (random weights, 2 parity triplets, an
+  AVX2-only AMD EPYC, ONNX Runtime 1.32.0): full range gave 0.835 label agreement fused against 0.983
+  for the same graph with fusion disabled (``session.disable_quant_qdq``, the exact float simulation of
+  the quantized graph); 7-bit weights gave 0.9806 fused and 0.9807 simulated. The int8 graph is a
+  portable file, so it is quantized for the weakest CPU it may meet.
+- ``u8``: uint8 weights over all 8 bits (zero point 128): twice s8's weight resolution, and MLAS's
+  u8 x u8 kernels widen to int16 before they multiply, so nothing saturates on any CPU (ONNX Runtime's
+  quantization guide names U8U8 as the format without the saturation issue). The price: no VNNI path.
+
+Measured (``benchmarks/bench_int8_weights.py``; ``benchmarks/results/int8_weight_formats_default.json``,
+``int8_weight_formats_paper.json``; an AVX512-VNNI AMD EPYC, ONNX Runtime 1.32.0, one thread, batch 1;
+mesh = per-triplet max distance of the posed mesh to the fp32 graph's):
+
+| | s8 (7 bits) | u8 (8 bits) |
+|---|---|---|
+| bundled demo, the gate's 2 triplets: mesh max | 1.03 mm (fails) | 0.72 mm |
+| bundled demo, 64 more (seed 5): mean / max, triplets >= 1 mm | 0.71 / 1.23 mm, 3 | 0.66 / 0.95 mm, 0 |
+| bundled demo, speed over the fp32 graph (28.4 ms) | 1.26x (22.6 ms) | 1.08x (26.2 ms) |
+| `paper` (random weights), speed over fp32 (1610 ms) | 3.15x (511 ms) | 1.32x (1223 ms) |
+
+So u8 is the accurate format (the demo's int8 error is the weights' rounding: halving its step takes
+the demo under the gate on every triplet tried) and s8 the fast one on VNNI CPUs; on AVX2-only CPUs
+the two kernels' speeds were not measured here. The fused kernels agree with the float simulation of
+the same graph in both formats on that CPU (mesh 0 and 0.08 mm).
+
+``dfmvr-export --int8`` (``--int8-weights auto``, the default) writes the s8 graph when it passes the
+int8 gate and the u8 graph when s8 does not; ``--int8-weights s8|u8`` forces one.
 
 What is quantized, and why:
 - ``Conv``, ``MatMul``, ``Gemm``: the arithmetic (Conv is ~97 % of the paper graph's FLOPs).
@@ -96,6 +120,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,13 +131,33 @@ from ..card import GRAPH_INPUT, ModelCard
 from ..kernels.op import INVOLUTION
 from .involution_onnx import attach_involution_function, involution_nodes, register_involution_schema
 
-__all__ = ["QUANTIZED_OPS", "CALIBRATION_SEED", "rewrite_conv_transpose_2x2", "output_layers",
+__all__ = ["QUANTIZED_OPS", "CALIBRATION_SEED", "WeightFormat", "WEIGHT_FORMATS", "WEIGHT_CHOICES", "rewrite_conv_transpose_2x2", "output_layers",
            "categorical_layers", "readout_layers", "one_hot_layers", "float_fed_concats", "float_layers",
            "calibration_inputs", "quantize_int8", "quantization_info"]
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Relu", "Clip", "MaxPool", "Add", "Concat")
 _ARITHMETIC = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIBRATION_SEED = 2            # not the parity inputs' seed (0) nor the README validation set's (1)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How the int8 graph stores its weights (module docstring: why two)."""
+
+    name: str                  # "s8" | "u8": the --int8-weights value and the card's record
+    quant_type: str            # onnxruntime.quantization.QuantType member
+    reduce_range: bool         # 7 of the 8 bits
+    description: str
+
+
+WEIGHT_FORMATS = {
+    "s8": WeightFormat("s8", "QInt8", True, "int8, per output channel, symmetric, 7-bit range (reduce_range: "
+                       "no int16 saturation without VNNI; VNNI's u8 x s8 kernels where the CPU has them)"),
+    "u8": WeightFormat("u8", "QUInt8", False, "uint8, per output channel, symmetric (zero point 128), full "
+                       "8-bit range (u8 x u8 kernels: no saturation on any CPU, no VNNI path)"),
+}
+# the export's choice: "auto" = s8 when it passes the int8 gate, else u8 (dfmvr.export.pipeline)
+WEIGHT_CHOICES = ("auto", *WEIGHT_FORMATS)
 
 
 def rewrite_conv_transpose_2x2(model: onnx.ModelProto) -> int:
@@ -360,15 +405,14 @@ def calibration_inputs(card: ModelCard, count: int, seed: int = CALIBRATION_SEED
     return parity_inputs(card, batch=count, seed=seed)
 
 
-def quantization_info(count: int, seed: int, rewritten: int, float_nodes: int, reduce_range: bool = True,
+def quantization_info(count: int, seed: int, rewritten: int, float_nodes: int, weights: WeightFormat,
                       kept_float: dict | None = None) -> dict:
     """What the int8 graph is and how it was calibrated (stored in its card and the parity JSON)."""
     import onnxruntime
 
     return {"precision": "int8", "format": "QDQ", "tool": f"onnxruntime.quantization.quantize_static "
-            f"(onnxruntime {onnxruntime.__version__})", "weights": "int8, per output channel, symmetric"
-            + (", 7-bit range (reduce_range: no int16 saturation without VNNI)" if reduce_range else ", full range"),
-            "reduce_range": bool(reduce_range),
+            f"(onnxruntime {onnxruntime.__version__})", "weight_format": weights.name,
+            "weights": weights.description, "reduce_range": weights.reduce_range,
             "activations": "uint8, per tensor, asymmetric", "quantized_ops": list(QUANTIZED_OPS),
             "conv_transpose_2x2_rewritten": rewritten, "output_layer_nodes_kept_float": float_nodes,
             "nodes_kept_float": {k: len(v) for k, v in (kept_float or {}).items()},
@@ -378,10 +422,11 @@ def quantization_info(count: int, seed: int, rewritten: int, float_nodes: int, r
 
 
 def quantize_int8(model: onnx.ModelProto, card: ModelCard, count: int = 8,
-                  seed: int = CALIBRATION_SEED, reduce_range: bool = True) -> tuple[onnx.ModelProto, dict]:
+                  seed: int = CALIBRATION_SEED, weights: str = "s8") -> tuple[onnx.ModelProto, dict]:
     """-> (int8 copy of an exported fp32 graph, quantization info). ``model`` is not modified.
 
-    ``model`` must hold its weights as float32 initializers (not a ``--compact`` graph).
+    ``model`` must hold its weights as float32 initializers (not a ``--compact`` graph). ``weights``:
+    a ``WEIGHT_FORMATS`` key (the module docstring says when each pays).
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -390,6 +435,9 @@ def quantize_int8(model: onnx.ModelProto, card: ModelCard, count: int = 8,
 
     if count < 1:
         raise ValueError(f"calibration needs at least one triplet, got {count}")
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"int8 weights must be one of {sorted(WEIGHT_FORMATS)}, got {weights!r}")
+    fmt = WEIGHT_FORMATS[weights]
     register_involution_schema()
     expected = len(involution_nodes(model))
     src = onnx.ModelProto()
@@ -413,8 +461,8 @@ def quantize_int8(model: onnx.ModelProto, card: ModelCard, count: int = 8,
             fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save_model(src, str(fp32_path))
             quantize_static(str(fp32_path), str(int8_path), _Triplets(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
+                            activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, fmt.quant_type),
+                            per_channel=True, reduce_range=fmt.reduce_range, calibrate_method=CalibrationMethod.MinMax,
                             op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=float_nodes,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
             quantized = onnx.load(str(int8_path))
@@ -423,7 +471,7 @@ def quantize_int8(model: onnx.ModelProto, card: ModelCard, count: int = 8,
     # the quantizer copies model-local functions; re-attach ours if a version ever drops it
     if not any(f.domain == INVOLUTION.domain and f.name == INVOLUTION.name for f in quantized.functions):
         attach_involution_function(quantized)
-    info = quantization_info(count, seed, rewritten, len(kept_float["output"]), reduce_range, kept_float)
+    info = quantization_info(count, seed, rewritten, len(kept_float["output"]), fmt, kept_float)
     int8_card = ModelCard.from_dict(card.to_dict())
     int8_card.provenance = {**int8_card.provenance, "quantization": info}
     _set_card(quantized, int8_card)

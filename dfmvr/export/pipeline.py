@@ -13,6 +13,7 @@ where TensorRT works ``model.plan`` + ``model.plan.card.json``.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,7 @@ class _ExportRun:
     compact: bool
     calibration: int
     calibration_seed: int | None
+    int8_weights: str                          # dfmvr.export.int8.WEIGHT_CHOICES
     engine: object
     profile: object                            # tensorrt_build.BatchProfile
     workspace_gb: float
@@ -209,19 +211,46 @@ def _load_fp16(run: _ExportRun) -> Artefact:
 
 
 def _load_int8(run: _ExportRun) -> Artefact:
-    """model.int8.onnx: int8 QDQ from the float32 weights, calibrated on synthetic triplets."""
+    """model.int8.onnx: int8 QDQ from the float32 weights, calibrated on synthetic triplets. With
+    ``--int8-weights auto`` the fast s8 weights when that graph passes the int8 gate, else the finer u8
+    weights (``dfmvr/export/int8.py`` says why two); the graph tried and not kept is recorded, not written."""
     from .int8 import CALIBRATION_SEED, quantize_int8
 
     path = run.summary.int8_path = run.out_dir / "model.int8.onnx"
     clock = time.perf_counter()
     seed = CALIBRATION_SEED if run.calibration_seed is None else run.calibration_seed
-    quantized, run.quantization = quantize_int8(run.fp32_model, run.card, count=run.calibration, seed=seed)
+    tried = []
+    if run.int8_weights == "auto":
+        quantized, info = quantize_int8(run.fp32_model, run.card, count=run.calibration, seed=seed, weights="s8")
+        report = _check_int8_graph(run, quantized)
+        tried.append({"weight_format": "s8", "passed": report.passed, "mesh_max_mm": report.mesh_max_mm,
+                      "mesh_mean_mm": report.mesh_mean_mm})
+        if report.passed:
+            run.echo(f"int8 with s8 weights passes the gate (mesh {report.mesh_max_mm:.3g} mm): keeping them")
+        else:
+            run.echo(f"int8 with s8 weights fails the gate ({'; '.join(report.failures)}): quantizing with the "
+                     f"finer u8 weights instead (slower than s8 on CPUs with VNNI; --int8-weights s8 forces s8)")
+            quantized, info = quantize_int8(run.fp32_model, run.card, count=run.calibration, seed=seed, weights="u8")
+    else:
+        quantized, info = quantize_int8(run.fp32_model, run.card, count=run.calibration, seed=seed,
+                                        weights=run.int8_weights)
+    run.quantization = {**info, "weights_requested": run.int8_weights, "weights_tried": tried}
     run.fp32_model = None
     with atomic_path(path) as tmp:
         onnx.save_model(quantized, str(tmp))
     run.summary.seconds["int8"] = round(time.perf_counter() - clock, 1)
-    run.echo(f"wrote {path} (int8 QDQ, calibrated on {run.calibration} synthetic triplets, seed {seed})")
+    run.echo(f"wrote {path} (int8 QDQ, {info['weight_format']} weights, calibrated on {run.calibration} synthetic "
+             f"triplets, seed {seed})")
     return Artefact("onnxruntime-cpu", "int8", parity.INT8_TOLERANCE, runner=lambda: parity.OnnxrtRunner(path))
+
+
+def _check_int8_graph(run: _ExportRun, quantized: onnx.ModelProto) -> parity.ParityReport:
+    """The int8 gate's report for a graph not yet written (a temporary file, the same runner and check)."""
+    with tempfile.TemporaryDirectory(prefix="dfmvr-int8-try-") as tmp:
+        trial = Path(tmp) / "model.int8.onnx"
+        onnx.save_model(quantized, str(trial))
+        return _check(run, Artefact("onnxruntime-cpu", "int8", parity.INT8_TOLERANCE,
+                                    runner=lambda: parity.OnnxrtRunner(trial)))
 
 
 def _load_engine(run: _ExportRun) -> Artefact:
@@ -272,7 +301,7 @@ def _check(run: _ExportRun, artefact: Artefact) -> parity.ParityReport:
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
                workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
                compact: bool = False, int8: bool = False, calibration: int = 8, calibration_seed: int | None = None,
-               keypoints: bool = True, echo: Callable[[str], None] = print) -> ExportSummary:
+               int8_weights: str = "auto", keypoints: bool = True, echo: Callable[[str], None] = print) -> ExportSummary:
     """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
     ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
     built (after the ONNX files and report are written). ``keypoints=False`` (``--no-keypoints``) drops
@@ -284,7 +313,11 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
     it is written, in that order; then the report is written, failures renamed and gated."""
     from .tensorrt_build import parse_batch, tensorrt_unavailable
 
+    from .int8 import WEIGHT_CHOICES
+
     profile = parse_batch(batch)           # validate before spending minutes on the export
+    if int8_weights not in WEIGHT_CHOICES:
+        raise ValueError(f"int8_weights must be one of {WEIGHT_CHOICES}, got {int8_weights!r}")
     if engine is not None or tensorrt_unavailable() is None:   # the engine will run the parity batch
         profile.check(parity_batch, "the parity batch (--parity-batch)")
     out_dir = Path(out_dir)
@@ -300,7 +333,8 @@ def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str =
         echo("dropped the keypoint heads (--no-keypoints): the graph has no 'keypoints' output")
     summary = ExportSummary(onnx_path=out_dir / "model.onnx", parity_path=out_dir / "model.parity.json")
     run = _ExportRun(model, card, mesh_model, out_dir, summary, echo, clock, fp16=fp16, int8=int8, compact=compact,
-                     calibration=calibration, calibration_seed=calibration_seed, engine=engine, profile=profile,
+                     calibration=calibration, calibration_seed=calibration_seed, int8_weights=int8_weights,
+                     engine=engine, profile=profile,
                      workspace_gb=workspace_gb, timing_cache=timing_cache, parity_batch=parity_batch)
     loaders = [_load_onnx, *([_load_fp16] if fp16 else []), *([_load_int8] if int8 else []), _load_engine]
     reports = [_check(run, load(run)) for load in loaders]

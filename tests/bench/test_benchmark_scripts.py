@@ -53,3 +53,27 @@ def test_export_body_alternatives_compute_the_involution():
     for build in (gather_reduce_model, unrolled_model):
         sess = ort.InferenceSession(build(c, k, s, g, size).SerializeToString(), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(sess.run(None, {"X": x, "W": w})[0], want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_int8_weights_benchmark_measures_both_formats(tmp_path):
+    """bench_int8_weights on random-weight lite, one round: both formats quantized, measured against the
+    fp32 graph on the gate's inputs and on more triplets, timed, and written to the JSON asked for."""
+    import json
+
+    from benchmarks import bench_int8_weights
+
+    out = tmp_path / "formats.json"
+    bench_int8_weights.main(["--checkpoint", "lite", "--accuracy-triplets", "2", "--iters", "1", "--warmup", "0",
+                             "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["variant"] == "lite" and set(doc["formats"]) == {"s8", "u8"}
+    for name in ("s8", "u8"):
+        acc = doc["accuracy_against_fp32"][name]
+        gate, more = acc["gate (2 triplets, seed 0)"], acc["2 triplets, seed 5"]
+        assert gate["triplets"] == more["triplets"] == 2 and 0 < gate["max_mm"] < 1.0
+        assert gate["max_mm"] == max(gate["per_triplet_max_mm"])
+        assert acc["fused_vs_simulated_mesh_max_mm"] < 0.5
+    speed = doc["speed"]["batch_1"]
+    assert speed["speedup_over_fp32"]["u8"] == pytest.approx(
+        speed["median_ms"]["fp32"] / speed["median_ms"]["u8"], rel=0.01)

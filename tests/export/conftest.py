@@ -38,6 +38,20 @@ def tiny_int8_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def lite_fp32_graph(tmp_path_factory):
+    """(fp32 ONNX graph, card) of random-weight `lite` (seed 0), exported once (~10 s)."""
+    import onnx
+
+    from dfmvr.export.onnx_export import export_onnx
+    from dfmvr.export.pipeline import load_for_export
+
+    model, card, _ = load_for_export("lite")
+    path = tmp_path_factory.mktemp("lite_fp32") / "model.onnx"
+    export_onnx(model, path, card)
+    return onnx.load(str(path)), card
+
+
+@pytest.fixture(scope="session")
 def tiny_torch():
     """The same seed-0 `tiny` model and card the export used."""
     from dfmvr.export.pipeline import load_for_export

@@ -51,7 +51,11 @@ def test_graph_is_qdq_with_the_custom_nodes_function_and_card(tiny_int8_export, 
     card = read_card(int8_model)
     assert card.variant == "tiny" and card.provenance["quantization"]["precision"] == "int8"
     assert card.provenance["quantization"]["calibration"]["triplets"] == tiny_int8_export["int8_calibration"]
+    # --int8-weights auto: random-weight tiny passes the gate with the fast s8 weights, so they are kept
+    assert card.provenance["quantization"]["weight_format"] == "s8"
     assert card.provenance["quantization"]["reduce_range"] is True
+    (trial,) = tiny_int8_export["parity"]["int8"]["weights_tried"]
+    assert trial["weight_format"] == "s8" and trial["passed"] is True
     # tiny: only the output layers stay float (no categorical comparison path, no spatial readout, no
     # one-hot input, no Concat that feeds only float nodes)
     kept = card.provenance["quantization"]["nodes_kept_float"]
@@ -62,9 +66,9 @@ def test_graph_is_qdq_with_the_custom_nodes_function_and_card(tiny_int8_export, 
 @SLOW
 def test_fused_int8_kernels_agree_with_the_float_simulation_of_the_same_graph(tiny_int8_export):
     """On this CPU, ORT's fused int8 kernels compute what the QDQ graph says (its float simulation,
-    fusion disabled). With full-range weights, MLAS's u8s8 kernel saturates on CPUs without VNNI and the
-    two disagree (0.835 label agreement measured on an AVX2-only AMD EPYC); with 7-bit weights they
-    agree on any CPU."""
+    fusion disabled). With full-range s8 weights, MLAS's u8s8 kernel saturates on CPUs without VNNI and
+    the two disagree (0.835 label agreement measured on an AVX2-only AMD EPYC); with 7-bit s8 weights (the
+    graph here) or u8 weights they agree on any CPU."""
     from dfmvr.export.parity import parity_inputs
 
     card = read_card(onnx.load(str(tiny_int8_export["summary"].int8_path)))
@@ -177,4 +181,4 @@ def test_export_cli_lists_the_int8_options(capsys):
     with pytest.raises(SystemExit):
         invoke(command, ["--help"], prog_name="dfmvr-export")
     text = capsys.readouterr().out
-    assert "--int8" in text and "--calibration" in text
+    assert "--int8" in text and "--calibration" in text and "--int8-weights" in text

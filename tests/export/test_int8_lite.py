@@ -20,15 +20,9 @@ from dfmvr.export.parity import INT8_TOLERANCE, mesh_difference_mm, parity_input
 
 
 @pytest.fixture(scope="module")
-def lite_graph(tmp_path_factory):
+def lite_graph(lite_fp32_graph):
     """(fp32 graph, card, int8 graph calibrated on 2 triplets, parity inputs) of random-weight `lite`."""
-    from dfmvr.export.onnx_export import export_onnx
-    from dfmvr.export.pipeline import load_for_export
-
-    model, card, _ = load_for_export("lite")
-    path = tmp_path_factory.mktemp("lite_int8") / "model.onnx"
-    export_onnx(model, path, card)
-    fp32 = onnx.load(str(path))
+    fp32, card = lite_fp32_graph
     quantized, info = int8.quantize_int8(fp32, card, count=2)
     return {"fp32": fp32, "card": card, "int8": quantized, "info": info, "images": parity_inputs(card, batch=2)}
 
