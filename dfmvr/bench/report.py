@@ -21,7 +21,7 @@ def markdown_report(report: dict, title: str = "dfmvr bench") -> str:
     lines.append("")
     ref = (report.get("parity_reference") or {}).get("backend")
     head = (["backend", "batch", "min ms", "median ms", "p90 ms", "p99 ms", "triplets/s", "x torch (e2e)",
-             "x torch (net)", f"mesh max mm vs {ref or '-'}", "mesh mean mm", "labels agree"]
+             "x torch (net)", f"mesh max mm vs {ref or '-'}", "mesh mean mm", "labels agree", "keypoints max px"]
             + [f"{s} ms" for s in STAGES] + ["net GFLOP/s", "% of GEMM"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in report["backends"].items():
@@ -32,10 +32,10 @@ def markdown_report(report: dict, title: str = "dfmvr bench") -> str:
                      _f(sp.get("end_to_end"), 2), _f(sp.get("network"), 2)]
             par = row.get("parity") or {}
             if par.get("error"):
-                cells += [f"error: {par['error'][:60]}", "", ""]
-            else:
+                cells += [f"error: {par['error'][:60]}", "", "", ""]
+            else:      # keypoints: blank where the graph has none
                 cells += [_f(par.get("mesh_max_mm"), 4), _f(par.get("mesh_mean_mm"), 4),
-                          _f(par.get("labels_agreement"), 4)]
+                          _f(par.get("labels_agreement"), 4), _f(par.get("keypoints_max_px"), 4)]
             cells += [_f(row["stages"][s]["median_ms"]) for s in STAGES]
             frac = row.get("fraction_of_gemm")
             cells += [_f(row.get("network_gflops")), _f(None if frac is None else 100 * frac)]
@@ -46,7 +46,9 @@ def markdown_report(report: dict, title: str = "dfmvr bench") -> str:
     if pref and pref.get("backend"):
         lines.append(f"- Parity: each backend's coefficients on this run's inputs (the batch's triplets), assembled "
                      f"into posed meshes with the face model, against **{pref['backend']}** ({pref['description']}): "
-                     "max and mean vertex distance in mm; 'labels agree' is the fraction of equal label pixels.")
+                     "max and mean vertex distance in mm; 'labels agree' is the fraction of equal label pixels; "
+                     "'keypoints max px' the largest distance of the graph's landmarks (crop pixels; blank: no "
+                     "keypoints output).")
     elif pref:
         lines.append(f"- Parity: not measured ({pref.get('reason')})")
     for name, entry in report["backends"].items():

@@ -365,3 +365,11 @@ def test_bench_checks_the_bundled_graphs_keypoints_against_torch(tmp_path):
     ort_parity = report["backends"]["onnxruntime"]["batches"][0]["parity"]
     assert torch_parity["keypoints_max_px"] < 1e-4                   # the reference itself
     assert 0.0 <= ort_parity["keypoints_max_px"] < 0.01 and ort_parity["mesh_max_mm"] < 0.01
+    from dfmvr.bench.report import markdown_report
+
+    md = markdown_report(report)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| backend |"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("keypoints max px")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| onnxruntime | 1 |"))
+    assert float([c.strip() for c in line.strip("|").split("|")][column]) == pytest.approx(
+        ort_parity["keypoints_max_px"], abs=1e-4)
