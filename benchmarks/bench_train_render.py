@@ -79,7 +79,8 @@ def main(argv=None) -> dict:
     full, bare = medians["recipe (photo 24)"], medians["photo 0 (no render)"]
     report.update({"median_step_s": {k: round(v, 4) for k, v in medians.items()},
                    "step_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
-                   "render_share_of_recipe_step": round(1 - bare / full, 3), "speedup_without_render": round(full / bare, 3),
+                   "render_share_of_recipe_step": round(1 - bare / full, 3),
+                   "speedup_without_render": round(full / bare, 3),
                    "load_after": _load()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -131,7 +131,8 @@ from ..card import GRAPH_INPUT, ModelCard
 from ..kernels.op import INVOLUTION
 from .involution_onnx import attach_involution_function, involution_nodes, register_involution_schema
 
-__all__ = ["QUANTIZED_OPS", "CALIBRATION_SEED", "WeightFormat", "WEIGHT_FORMATS", "WEIGHT_CHOICES", "rewrite_conv_transpose_2x2", "output_layers",
+__all__ = ["QUANTIZED_OPS", "CALIBRATION_SEED", "WeightFormat", "WEIGHT_FORMATS", "WEIGHT_CHOICES",
+           "rewrite_conv_transpose_2x2", "output_layers",
            "categorical_layers", "readout_layers", "one_hot_layers", "float_fed_concats", "float_layers",
            "calibration_inputs", "quantize_int8", "quantization_info"]
 

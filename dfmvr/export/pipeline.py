@@ -301,7 +301,8 @@ def _check(run: _ExportRun, artefact: Artefact) -> parity.ParityReport:
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",
                workspace_gb: float = 4.0, timing_cache=None, face_model=None, parity_batch: int = 2,
                compact: bool = False, int8: bool = False, calibration: int = 8, calibration_seed: int | None = None,
-               int8_weights: str = "auto", keypoints: bool = True, echo: Callable[[str], None] = print) -> ExportSummary:
+               int8_weights: str = "auto", keypoints: bool = True,
+               echo: Callable[[str], None] = print) -> ExportSummary:
     """Run the whole export; raises ExportError on a parity failure (the failing artefact is renamed
     ``*.rejected.*``, the report stays), UnavailableError when ``engine`` was demanded and cannot be
     built (after the ONNX files and report are written). ``keypoints=False`` (``--no-keypoints``) drops

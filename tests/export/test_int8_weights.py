@@ -62,8 +62,9 @@ def test_the_cli_offers_exactly_the_export_choices():
     assert tuple(option.type.choices) == int8.WEIGHT_CHOICES and option.default == "auto"
 
 
-def _failing(report_for):
-    """A stand-in for the gate's verdict on the s8 trial graph, recording what it was asked."""
+def _gate_stub(report_for):
+    """A stand-in for the gate's verdict on a trial graph (``report_for(weight format)``), recording which
+    formats it was asked about."""
     asked = []
 
     def check(run, quantized):
@@ -78,7 +79,7 @@ def test_auto_falls_back_to_u8_when_s8_fails_the_gate(tmp_path, monkeypatch):
     by the real gate), the parity report records the s8 trial, no s8 graph is left behind."""
     from dfmvr.export import pipeline
 
-    check, asked = _failing(lambda fmt: ParityReport(backend="onnxruntime-cpu", reference="torch", precision="int8",
+    check, asked = _gate_stub(lambda fmt: ParityReport(backend="onnxruntime-cpu", reference="torch", precision="int8",
                                                      batch=2, face_model="x", tolerance={}, mesh_max_mm=1.5,
                                                      mesh_mean_mm=0.4, failures=["mesh difference 1.5 mm >= 1 mm"],
                                                      passed=False))
