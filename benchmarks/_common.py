@@ -5,6 +5,8 @@
 - ``ort_session``        ONNX Runtime sessions under named configurations (bench_network, bench_int8);
 - ``op_shares``          per-op-type time shares from an ORT profile;
 - ``interleaved_times``  round-robin timing of several candidates (bench_network, bench_int8);
+- ``onnx_graph_medians`` the same for ONNX graphs in the runtime's runner, as medians
+                         (bench_keypoints_output, bench_int8_weights);
 - ``painter_coverage``   run the overlay painter with another coverage method (bench_painter,
                          bench_e2e_overlap).
 """
@@ -90,6 +92,25 @@ def interleaved_times(runs: dict, inputs: dict, batches, iters: int, warmup: int
                 times[(name, b)].append((time.perf_counter() - t0) * 1e3)
             print(f"batch {b} round {it}:", {n: round(times[(n, b)][-1], 1) for n in runs}, flush=True)
     return times
+
+
+def onnx_graph_medians(graphs: dict, inputs: dict, batches, iters: int, warmup: int,
+                       threads: int | None) -> tuple[dict, dict]:
+    """Time ONNX graphs ({name: path}) round-robin in ``OnnxrtRunner`` (as ``dfmvr-run`` runs them) at
+    ``threads``: -> ({batch: {name: median ms}}, {name: the graph's output names})."""
+    import numpy as np
+
+    from dfmvr.runtime.runners import OnnxrtRunner
+
+    runners = {name: OnnxrtRunner(path, threads=threads).activate() for name, path in graphs.items()}
+    try:
+        outputs = {name: r.output_names for name, r in runners.items()}
+        runs = {name: (lambda x, r=r: r.infer({GRAPH_INPUT: x})) for name, r in runners.items()}
+        times = interleaved_times(runs, inputs, batches, iters, warmup)
+    finally:
+        for r in runners.values():
+            r.deactivate()
+    return {b: {name: float(np.median(times[(name, b)])) for name in graphs} for b in batches}, outputs
 
 
 @contextmanager

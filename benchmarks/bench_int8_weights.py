@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import RESULTS, interleaved_times
+from benchmarks._common import RESULTS, onnx_graph_medians
 from dfmvr.atomic import atomic_write_text
 from dfmvr.bench.environment import environment_stamp
 from dfmvr.card import GRAPH_INPUT
-from dfmvr.runtime.runners import OnnxrtRunner
 
 FORMATS = ("s8", "u8")
 
@@ -119,18 +118,11 @@ def main(argv=None) -> dict:
         report["accuracy_against_fp32"] = accuracy
 
         inputs = {b: parity_inputs(card, batch=b, seed=3) for b in batches}
-        runners = {name: OnnxrtRunner(path, threads=args.threads).activate() for name, path in graphs.items()}
-        runs = {name: (lambda x, r=r: r.infer({GRAPH_INPUT: x})) for name, r in runners.items()}
-        times = interleaved_times(runs, inputs, batches, args.iters, args.warmup)
-        speed = {}
-        for b in batches:
-            med = {name: float(np.median(times[(name, b)])) for name in runs}
-            speed[f"batch_{b}"] = {"median_ms": {k: round(v, 2) for k, v in med.items()},
-                                   "speedup_over_fp32": {k: round(med["fp32"] / med[k], 3) for k in FORMATS},
-                                   "u8_over_s8_time": round(med["u8"] / med["s8"], 3)}
-        report["speed"] = speed
-        for r in runners.values():
-            r.deactivate()
+        medians, _ = onnx_graph_medians(graphs, inputs, batches, args.iters, args.warmup, args.threads)
+    report["speed"] = {f"batch_{b}": {"median_ms": {k: round(v, 2) for k, v in med.items()},
+                                      "speedup_over_fp32": {k: round(med["fp32"] / med[k], 3) for k in FORMATS},
+                                      "u8_over_s8_time": round(med["u8"] / med["s8"], 3)}
+                       for b, med in medians.items()}
     report["load_after"] = os.getloadavg()
     out = args.json or RESULTS / f"int8_weight_formats_{Path(args.checkpoint).stem}.json"
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")

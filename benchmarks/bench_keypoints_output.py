@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import RESULTS, interleaved_times
+from benchmarks._common import RESULTS, onnx_graph_medians
 from dfmvr.atomic import atomic_write_text
 from dfmvr.bench.environment import environment_stamp
-from dfmvr.card import GRAPH_INPUT
 from dfmvr.runtime.artifacts import DEFAULT_ONNX
-from dfmvr.runtime.runners import OnnxrtRunner
 
 
 def main(argv=None) -> dict:
@@ -44,16 +42,11 @@ def main(argv=None) -> dict:
         export_all("default", Path(tmp), compact=True, keypoints=False, echo=lambda line: None)
         graphs = {"with_keypoints (shipped)": DEFAULT_ONNX, "no_keypoints": Path(tmp) / "model.onnx"}
         for threads in (1, 2):
-            runners = {name: OnnxrtRunner(path, threads=threads).activate() for name, path in graphs.items()}
-            outputs = {name: r.output_names for name, r in runners.items()}
-            runs = {name: (lambda x, r=r: r.infer({GRAPH_INPUT: x})) for name, r in runners.items()}
-            times = interleaved_times(runs, inputs, batches, args.iters, args.warmup)
-            rows = {}
-            for b in batches:
-                med = {name: float(np.median(times[(name, b)])) for name in runs}
-                rows[f"batch_{b}"] = {"median_ms": {k: round(v, 2) for k, v in med.items()},
-                                      "ratio_with_to_without": round(med["with_keypoints (shipped)"]
-                                                                     / med["no_keypoints"], 3)}
+            medians, outputs = onnx_graph_medians(graphs, inputs, batches, args.iters, args.warmup, threads)
+            rows = {f"batch_{b}": {"median_ms": {k: round(v, 2) for k, v in med.items()},
+                                   "ratio_with_to_without": round(med["with_keypoints (shipped)"]
+                                                                  / med["no_keypoints"], 3)}
+                    for b, med in medians.items()}
             report["threads"][str(threads)] = {"outputs": outputs, **rows}
     report["load_after"] = os.getloadavg()
     atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
