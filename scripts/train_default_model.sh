@@ -49,9 +49,9 @@ fi
 #    weight 1e4, and the per-view pose (degrees^2 + cm^2) at 300, without which no network reads the
 #    pose (it is ~0.03 % of the coefficient MSE). The weak losses run at their official weights beside
 #    them; the mask loss is off (it doubles the step time). The photometric term's render is half of a
-#    step; in 600-1,200-step runs without it (--photo-weight 0) the shape was as good and the translation
-#    0.2-3 mm worse (docs/training.md, "What the render costs"): kept here so that the script reproduces
-#    the shipped weights.
+#    step; in 600-2,400-step runs without it (--photo-weight 0) the shape was as good and the translation
+#    1.4 mm worse on average, through the face's size (docs/training.md, "What the render costs"): kept
+#    here so that the script reproduces the shipped weights; the next retrain should drop it.
 #    The run grew while its held-out curve kept falling: planned for 2 epochs, resumed to 4, 8 and
 #    16. The landmark target (--keypoints 68 --keypoint-weight 1000: each view's encoder also predicts
 #    its 68 2D landmarks, a training-only target that the exported graph also outputs; dfmvr/models/lite.py) was

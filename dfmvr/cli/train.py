@@ -68,6 +68,10 @@ _PATH = click.Path(path_type=Path)
 @click.option("--photo-weight", default=None, type=click.FloatRange(min=0), show_default="24, the official",
               help="Photometric loss weight. 0 skips the differentiable render (with --mask-weight 0): about "
                    "half of a lite step on a CPU (docs/training.md, 'What the render costs').")
+@click.option("--photo-render-factor", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
+              help="Render the photometric term at 1/K of the image size per side (photos box-averaged, labels "
+                   "subsampled; needs --mask-weight 0). 2: a lite step 1.47x faster on a CPU "
+                   "(docs/training.md, 'What the render costs').")
 @click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Parse-consistency (mask) loss weight, on after 100/280 of training.")
 @click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -153,7 +157,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, photo_weight, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, targets, groups, fits_from, slot_breaks, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, photo_weight, photo_render_factor, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, targets, groups, fits_from, slot_breaks, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, size_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -204,7 +208,11 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                           supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
                           landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight,
                           depth_prior=depth_prior_weight, size_prior=size_prior_weight,
+                          photo_render_factor=photo_render_factor,
                           **({} if photo_weight is None else {"photo": photo_weight}))
+    if photo_render_factor > 1 and mask_weight > 0:
+        raise click.UsageError(f"--photo-render-factor {photo_render_factor} renders below the image size, where the "
+                               f"mask loss's parser cannot run: add --mask-weight 0")
     if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,

@@ -32,6 +32,14 @@ class Camera:
     def fov_deg(self) -> float:
         return float(np.degrees(2.0 * np.arctan(self.image_size / 2.0 / self.focal)))
 
+    def downscaled(self, factor: int) -> "Camera":
+        """The same camera imaging 1/``factor`` of the pixels per side (focal and size divided): a point
+        at pixel (u, v) here lands at (u / factor, v / factor) there, so a photo box-averaged by
+        ``factor`` is what this camera sees. Coarse renders use it (refinement, training's photo term)."""
+        if factor < 1 or self.image_size % factor:
+            raise ValueError(f"downscale factor {factor} must be >= 1 and divide the image size {self.image_size}")
+        return Camera(focal=self.focal / factor, image_size=self.image_size // factor, distance=self.distance)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

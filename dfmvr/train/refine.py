@@ -34,7 +34,7 @@ from ..face.camera import Camera
 from ..face.layout import COEFFS
 from ..face.model import MorphableModel
 from ..synth.face_torch import FaceModelTorch
-from .losses.photo import photo_weight_map
+from .losses.photo import downscale_photos_labels, photo_weight_map
 from .losses.total import LossWeights, TrainingLoss
 
 __all__ = ["RUN_LANDMARK_WEIGHT", "RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "weak_weights",
@@ -170,7 +170,7 @@ class Refiner:
         self.coarse_loss = None
         k = int(self.config.coarse_factor)
         if self.config.coarse_fraction > 0 and k > 1:
-            small = Camera(focal=camera.focal / k, image_size=camera.image_size // k, distance=camera.distance)
+            small = camera.downscaled(k)
             cw = weak_weights(prdl=self.config.prdl, **{
                 **self.config.loss_weights, "landmark_2d": self.weights.landmark_2d * k * k,
                 "photo_dilation": max(1, self.weights.photo_dilation // k)})
@@ -179,10 +179,8 @@ class Refiner:
     def coarse_batch(self, batch: dict) -> dict:
         """The weak batch at 1/coarse_factor of the size (see ``RefineConfig.coarse_fraction``)."""
         k = int(self.config.coarse_factor)
-        b, v, c, h, w = batch["photos"].shape
-        photos = torch.nn.functional.avg_pool2d(batch["photos"].reshape(b * v, c, h, w), k)
-        labels = batch["labels"][..., k // 2::k, k // 2::k].contiguous()
-        return weak_batch({"photos": photos.reshape(b, v, c, h // k, w // k), "labels": labels,
+        photos, labels = downscale_photos_labels(batch["photos"], batch["labels"], k)
+        return weak_batch({"photos": photos, "labels": labels,
                            "landmarks": batch["landmarks"] / k, "landmark_visible": batch["landmark_visible"],
                            "photo_weights": photo_weight_map(labels, self.coarse_loss.weights.photo_dilation)})
 

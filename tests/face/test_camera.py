@@ -51,3 +51,18 @@ def test_dict_round_trip():
     cam = Camera(focal=800.0, image_size=256, distance=1.0)
     assert Camera.from_dict(cam.to_dict()) == cam
     assert cam.center == 128.0
+
+
+def test_a_downscaled_camera_sees_every_point_at_its_pixel_divided_by_the_factor():
+    """Coarse renders (refinement, training's half-size photo term) rely on u -> u / k, v -> v / k, which
+    is what box-averaging a photo by k does to its pixel coordinates."""
+    rng = np.random.default_rng(0)
+    points = rng.normal(scale=0.8, size=(50, 3)).astype(np.float32)
+    full = Camera()
+    for factor in (2, 4):
+        small = full.downscaled(factor)
+        assert small.image_size == full.image_size // factor and small.distance == full.distance
+        np.testing.assert_allclose(project(points, small), project(points, full) / factor, rtol=1e-5, atol=1e-4)
+    assert full.downscaled(1) == full
+    with pytest.raises(ValueError, match="divide"):
+        full.downscaled(3)

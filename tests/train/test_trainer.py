@@ -503,13 +503,18 @@ def test_train_only_moves_the_named_head_and_nothing_else(synth4, lite_checkpoin
 def test_photo_weight_zero_trains_without_the_render(synth4, tmp_path):
     """``--photo-weight 0`` (with the mask term off) reaches the loss weights and the card, and the step
     computes no photometric term (the render is skipped: docs/training.md, "What the render costs");
-    without the flag the official weight and the term are there."""
+    without the flag the official weight and the term are there; ``--photo-render-factor 2`` keeps the
+    term, rendered at half size, and is recorded. That factor beside the mask term is refused."""
     from click.testing import CliRunner
 
     from dfmvr.cli.train import command
 
+    r = CliRunner().invoke(command, ["--data", str(synth4), "--out", str(tmp_path / "refused"), "--epochs", "1",
+                                     "--photo-render-factor", "2", "--quiet"])
+    assert r.exit_code == 2 and "--mask-weight 0" in r.output, r.output
+    assert not (tmp_path / "refused").exists()
     terms = {}
-    for name, extra in (("default", []), ("bare", ["--photo-weight", "0"])):
+    for name, extra in (("default", []), ("bare", ["--photo-weight", "0"]), ("half", ["--photo-render-factor", "2"])):
         out = tmp_path / name
         r = CliRunner().invoke(command, ["--data", str(synth4), "--out", str(out), "--epochs", "1", "--batch", "1",
                                          "--max-steps", "1", "--mask-weight", "0", "--bn-recalibration", "0",
@@ -517,5 +522,5 @@ def test_photo_weight_zero_trains_without_the_render(synth4, tmp_path):
         assert r.exit_code == 0, r.output
         _, card, _ = load_checkpoint(out / "checkpoint.safetensors")
         (step,), _ = _steps(out)
-        terms[name] = (card.loss_weights["photo"], "photo" in step)
-    assert terms == {"default": (24.0, True), "bare": (0.0, False)}
+        terms[name] = (card.loss_weights["photo"], card.loss_weights["photo_render_factor"], "photo" in step)
+    assert terms == {"default": (24.0, 1, True), "bare": (0.0, 1, False), "half": (24.0, 2, True)}

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FEATURE_CLASSES", "SKIN_CLASS", "PHOTO_WEIGHTS", "dilate_mask", "photo_weight_map",
-           "clip_to_saturation", "photometric_loss"]
+           "downscale_photos_labels", "clip_to_saturation", "photometric_loss"]
 
 SKIN_CLASS = 1
 FEATURE_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9)   # brows, eyes, nose, mouth (inner), upper/lower lip
@@ -62,6 +62,17 @@ def photo_weight_map(labels: torch.Tensor, dilation: int = 10,
     out = torch.where(near, torch.tensor(w_near, device=labels.device), out)
     out = torch.where(feature, torch.tensor(w_feat, device=labels.device), out)
     return out
+
+
+def downscale_photos_labels(photos: torch.Tensor, labels: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """photos [..., 3, H, W] box-averaged and labels [..., H, W] subsampled (one pixel per
+    ``factor`` x ``factor`` block: classes are not blendable) to 1/``factor`` of the size: what
+    ``Camera.downscaled(factor)`` sees, for a render at that size."""
+    if factor == 1:
+        return photos, labels
+    lead, (c, h, w) = photos.shape[:-3], photos.shape[-3:]
+    small = F.avg_pool2d(photos.reshape(-1, c, h, w), factor).reshape(*lead, c, h // factor, w // factor)
+    return small, labels[..., factor // 2::factor, factor // 2::factor].contiguous()
 
 
 def clip_to_saturation(rendered: torch.Tensor, target: torch.Tensor, level: float = 0.5 / 255.0) -> torch.Tensor:

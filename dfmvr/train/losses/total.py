@@ -1,6 +1,7 @@
 """The total training loss: weights (defaults from the official recipe) and their combination.
 
-One render pass per view: the posed, SH-lit mesh of every view is rasterized once at the image size;
+One render pass per view: the posed, SH-lit mesh of every view is rasterized once at the image size
+(or 1/k of it, ``LossWeights.photo_render_factor``);
 the photometric and mask losses read that render, PRDL reads its z-buffer (or rasterises when
 there is no render), the landmark losses use projected vertices and need no render. Each view is lit
 with its own rotation (``FaceModelTorch`` rotates the normals per view before shading; the official
@@ -21,7 +22,7 @@ from ...synth.face_torch import FaceModelTorch
 from ...synth.render import render_mesh
 from .landmarks import landmark_2d_loss, landmark_3d_loss, landmark_weights
 from .mask import mask_loss
-from .photo import photo_weight_map, photometric_loss
+from .photo import downscale_photos_labels, photo_weight_map, photometric_loss
 from .prdl import PRDL, PRDLConfig
 from .regularizers import coefficient_regularizer, gamma_regularizer, reflectance_regularizer
 
@@ -94,6 +95,12 @@ class LossWeights:
     landmark_emphasis: float = 20.0       # weight of nose 28-30 and inner mouth 60-67
     landmark_eyes: bool = False           # also emphasise the eyes 36-47 (the official code)
     photo_dilation: int = 10              # the features' dilation (pixels, square) in the weight map
+    # The photometric term's render at 1/k of the image size per side (the camera's focal and size
+    # divided, the photos box-averaged, the labels subsampled, the weight map's dilation divided by k;
+    # ``downscale_photos_labels``): the render is half of a lite training step on a CPU at k = 1
+    # (docs/training.md, "What the render costs"). 1: the official full-size render. The mask loss
+    # runs the parser on the full-size render, so k > 1 needs it off.
+    photo_render_factor: int = 1
     coefficient_reg_weights: tuple = (1.0, 0.8, 0.017)
     prdl_config: dict = field(default_factory=lambda: PRDLConfig().to_dict())
 
@@ -133,6 +140,11 @@ class TrainingLoss(nn.Module):
         self.register_buffer("size_row", face.id_basis.T @ direction, persistent=False)
         self.register_buffer("lm_weights", landmark_weights(self.weights.landmark_emphasis,
                                                             self.weights.landmark_eyes), persistent=False)
+        k = int(self.weights.photo_render_factor)
+        if k > 1 and self.weights.mask > 0:
+            raise ValueError(f"photo_render_factor {k} renders below the image size, where the mask loss's "
+                             f"parser cannot run: set the mask weight to 0 (--mask-weight 0) or the factor to 1")
+        self.photo_camera = face.camera.downscaled(k)
         self.prdl = None
         if self.weights.prdl > 0:
             cfg = dict(self.weights.prdl_config)
@@ -166,15 +178,20 @@ class TrainingLoss(nn.Module):
         rendered = None
         if need_render:
             n = mesh.vertices.shape[2]
+            k = int(w.photo_render_factor)
             rendered = render_mesh(mesh.vertices.reshape(b * v, n, 3), self.face.triangles,
-                                   self.face.camera, colors=mesh.colors.reshape(b * v, n, 3))
-            image = rendered.image.reshape(b, v, h, wd, 3).permute(0, 1, 4, 2, 3)   # [B, V, 3, H, W]
-            coverage = rendered.mask.reshape(b, v, h, wd).to(image.dtype)
+                                   self.photo_camera, colors=mesh.colors.reshape(b * v, n, 3))
+            image = rendered.image.reshape(b, v, h // k, wd // k, 3).permute(0, 1, 4, 2, 3)   # [B, V, 3, H, W]
+            coverage = rendered.mask.reshape(b, v, h // k, wd // k).to(image.dtype)
             if w.photo > 0:
                 wmap = batch.get("photo_weights")      # precomputed from the labels (a fit's fixed batch)
-                if wmap is None:
+                target = photos
+                if k > 1:                              # (a precomputed map is full-size: made anew here)
+                    target, small_labels = downscale_photos_labels(photos, labels, k)
+                    wmap = photo_weight_map(small_labels, max(1, w.photo_dilation // k))
+                elif wmap is None:
                     wmap = photo_weight_map(labels, w.photo_dilation)
-                terms["photo"] = photometric_loss(image, photos, coverage, wmap, view_mask)
+                terms["photo"] = photometric_loss(image, target, coverage, wmap, view_mask)
             if w.mask > 0 and progress >= w.mask_start and self.parse_net is not None:
                 terms["mask"] = mask_loss(self.parse_net, image.clamp(0, 1), coverage, photos, labels, view_mask)
         if w.landmark_2d > 0:
@@ -192,8 +209,9 @@ class TrainingLoss(nn.Module):
             terms["reflectance"] = reflectance_regularizer(mesh.albedo, self.face.skin_mask)
         if self.prdl is not None:
             # PRDL samples the z-buffered surface on a pixel lattice: it reuses the render's raster.
-            terms["prdl"] = self.prdl(mesh.pixels_depth, labels, view_mask,
-                                      raster=None if rendered is None else rendered.raster)
+            # (A render below the image size does not match the labels' lattice: PRDL rasterises anew.)
+            reuse = rendered is not None and int(w.photo_render_factor) == 1
+            terms["prdl"] = self.prdl(mesh.pixels_depth, labels, view_mask, raster=rendered.raster if reuse else None)
         if w.depth_prior > 0:
             terms["depth_prior"] = self.depth_prior_term(coefficients, view_mask, self.depth_centre)
         if w.size_prior > 0:

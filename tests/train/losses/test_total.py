@@ -277,3 +277,28 @@ def test_supervised_shape_aligned_forgives_scale_and_position_but_not_shape(face
     loss = TrainingLoss(face, LossWeights(supervised_shape_aligned=1.0))
     _, at_gt = loss(gt, synthetic_batch)
     assert float(at_gt["supervised_shape_aligned"]) < 1e-6 and "supervised_shape" not in at_gt
+
+
+def test_half_size_photo_render_sees_the_same_face_at_a_quarter_of_the_pixels(face, synthetic_batch):
+    """``photo_render_factor`` 2 renders the photometric term at 112 px against the box-averaged photos:
+    near zero at the truth as at full size, large when the face is off, and its gradient on the
+    coefficients points where the full-size one does. The mask loss (the parser reads full-size
+    renders) is refused beside it."""
+    only_photo = dict(landmark_2d=0, coefficient_reg=0, gamma=0, reflectance=0, mask=0)
+    full = TrainingLoss(face, LossWeights(**only_photo))
+    half = TrainingLoss(face, LossWeights(**only_photo, photo_render_factor=2))
+    assert half.photo_camera.image_size == 112 and half.photo_camera.focal == pytest.approx(face.camera.focal / 2)
+    gt = synthetic_batch["gt_coefficients"]
+    off = _perturbed(gt).detach().requires_grad_(True)
+    terms, grads = {}, {}
+    for name, loss in (("full", full), ("half", half)):
+        _, at_gt = loss(gt, synthetic_batch)
+        total, at_off = loss(off, synthetic_batch)
+        grads[name] = torch.autograd.grad(total, off)[0].flatten()
+        terms[name] = (float(at_gt["photo"]), float(at_off["photo"]))
+    assert terms["half"][0] < 0.08 and terms["half"][1] > 3 * terms["half"][0]
+    assert terms["half"][1] == pytest.approx(terms["full"][1], rel=0.1)
+    cosine = torch.nn.functional.cosine_similarity(grads["full"], grads["half"], dim=0)
+    assert cosine > 0.95, float(cosine)
+    with pytest.raises(ValueError, match="mask"):
+        TrainingLoss(face, LossWeights(photo_render_factor=2))
