@@ -77,3 +77,26 @@ def test_int8_weights_benchmark_measures_both_formats(tmp_path):
     speed = doc["speed"]["batch_1"]
     assert speed["speedup_over_fp32"]["u8"] == pytest.approx(
         speed["median_ms"]["fp32"] / speed["median_ms"]["u8"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_train_render_benchmark_times_the_three_arms(synth4, tmp_path):
+    """bench_train_render on four synthetic triplets and a two-step parse net: the recipe's step, the same at
+    half-size render and without the render, each timed on the same batches, the ratios those of the
+    medians written. (Which arm is faster is the benchmark's finding, not asserted here.)"""
+    import json
+
+    from benchmarks import bench_train_render
+    from dfmvr.train.parse_stage import ParseConfig, train_parse_net
+
+    parse = train_parse_net(ParseConfig(data=str(synth4), out=str(tmp_path / "parse"), epochs=1, batch=2,
+                                        max_steps_per_epoch=2, progress=False))
+    out = tmp_path / "render.json"
+    bench_train_render.main(["--data", str(synth4), "--parse-net", str(parse), "--batch", "2", "--steps", "2",
+                             "--warmup", "0", "--threads", "1", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    medians = doc["median_step_s"]
+    assert list(medians) == list(bench_train_render.ARMS) and all(len(v) == 2 for v in doc["step_s"].values())
+    full, half, bare = (medians[name] for name in bench_train_render.ARMS)
+    assert doc["speedup_half_size_render"] == pytest.approx(full / half, rel=0.01)
+    assert doc["speedup_without_render"] == pytest.approx(full / bare, rel=0.01)
