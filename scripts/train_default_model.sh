@@ -49,9 +49,10 @@ fi
 #    weight 1e4, and the per-view pose (degrees^2 + cm^2) at 300, without which no network reads the
 #    pose (it is ~0.03 % of the coefficient MSE). The weak losses run at their official weights beside
 #    them; the mask loss is off (it doubles the step time). The photometric term's render is half of a
-#    step; in 600-2,400-step runs without it (--photo-weight 0) the shape was as good and the translation
-#    1.4 mm worse on average, through the face's size (docs/training.md, "What the render costs"): kept
-#    here so that the script reproduces the shipped weights; the next retrain should drop it.
+#    step; this whole recipe with --photo-weight 0 ran in 102 min on a host at 0.41-0.48 s per step and
+#    came out level with the shipped weights (+0.025 mm held out, -0.009 on fresh triplets, neither
+#    significant; the held-out rotation 2.12 deg against 1.87: docs/training.md, "What the render costs"):
+#    kept here so that the script reproduces the shipped weights.
 #    The run grew while its held-out curve kept falling: planned for 2 epochs, resumed to 4, 8 and
 #    16. The landmark target (--keypoints 68 --keypoint-weight 1000: each view's encoder also predicts
 #    its 68 2D landmarks, a training-only target that the exported graph also outputs; dfmvr/models/lite.py) was
