@@ -10,7 +10,9 @@ their keypoint heads on the keypoint loss alone, for the same steps, batch and l
 same seed; the labels channel is the rendered ground-truth parse labels (no parser: the question is the
 encoder, not the parser), or with ``--labels none`` empty (the photo alone: how much of the precision
 the exact labels carry), or with ``--labels parser --parse-net P`` a frozen parse net's (what the shipped
-main stage reads). Arms, one change each from the shipped design:
+main stage reads), or with ``--labels parser-soft`` that parse net's class probabilities in place of the
+one-hot of their argmax (does the argmax throw away where a boundary lies?). Arms, one change each from
+the shipped design:
 
     --stem pool        224 px -> 2x2 average -> encoder at 112 px (the shipped `lite`)
     --stem unshuffle   224 px -> pixel-unshuffle (each 2x2 block into 4x the channels: nothing lost) -> 112
@@ -67,7 +69,8 @@ class StemmedFusion(LiteFusion):
                 self.add_module(f"kp_{v}", LiteKeypointHead(6 * width, keypoints, cell_px=float(POOL * 4)))
 
     def stemmed(self, v: int, x: Tensor) -> Tensor:
-        full = self.full_resolution_input(x)
+        # [B, 4, H, W] (RGB + label index, one-hot here) or, from --labels parser-soft, [B, 3 + classes, H, W]
+        full = x if x.shape[1] == 3 + self.num_classes else self.full_resolution_input(x)
         if self.stem == "pool":
             return F.avg_pool2d(full, POOL)
         if self.stem == "unshuffle":
@@ -113,7 +116,11 @@ class StemmedFusion(LiteFusion):
 
 def views_of(item_images: Tensor, labels: Tensor | None) -> list[Tensor]:
     """images [B, 3, 3, H, W], labels [B, 3, H, W] -> per view [B, 4, H, W] (RGB + label index).
-    ``labels=None``: every pixel class 0 (background), so the encoder sees the photo alone."""
+    ``labels=None``: every pixel class 0 (background), so the encoder sees the photo alone. Class
+    probabilities [B, 3, classes, H, W] (``--labels parser-soft``) -> per view [B, 3 + classes, H, W]."""
+    if labels is not None and labels.dim() == 5:
+        return [torch.cat([item_images[:, v], labels[:, v].to(item_images.dtype)], dim=1)
+                for v in range(item_images.shape[1])]
     if labels is None:
         labels = torch.zeros(item_images.shape[:2] + item_images.shape[3:], dtype=torch.int64)
     x = fusion_input(item_images, labels)
@@ -122,11 +129,13 @@ def views_of(item_images: Tensor, labels: Tensor | None) -> list[Tensor]:
 
 class LabelSource:
     """What the labels channel holds: ``truth`` (the rendered parse labels), ``none`` (class 0 everywhere:
-    the photo alone) or ``parser`` (a frozen parse net's labels, as the shipped main stage reads them)."""
+    the photo alone), ``parser`` (a frozen parse net's labels, as the shipped main stage reads them) or
+    ``parser-soft`` (its class probabilities instead of their argmax: where a boundary lies between two
+    pixels, and how sure the parser is, which the argmax throws away)."""
 
     def __init__(self, kind: str, parse_net: str | None = None):
         self.kind, self.parser = kind, None
-        if kind == "parser":
+        if kind.startswith("parser"):
             if not parse_net:
                 raise SystemExit("--labels parser needs --parse-net (a dfmvr-train --stage parse output)")
             from dfmvr.train.parse_stage import load_parse_weights
@@ -139,7 +148,11 @@ class LabelSource:
             return None
         b, v, c, h, w = images.shape
         with torch.no_grad():
-            return self.parser.labels(images.reshape(b * v, c, h, w)).reshape(b, v, h, w)
+            if self.kind == "parser":
+                return self.parser.labels(images.reshape(b * v, c, h, w)).reshape(b, v, h, w)
+            out = self.parser(images.reshape(b * v, c, h, w))
+            logits = out[0] if isinstance(out, tuple) else out
+            return logits.softmax(dim=1).reshape(b, v, -1, h, w)
 
 
 def batches(dataset: TripletDataset, batch: int, rng: np.random.Generator):
@@ -208,8 +221,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val", type=Path, required=True)
     ap.add_argument("--stem", choices=["pool", "unshuffle", "conv"], default="pool")
     ap.add_argument("--map", dest="map_size", type=int, choices=[14, 28], default=14)
-    ap.add_argument("--labels", choices=["truth", "none", "parser"], default="truth",
-                    help="the labels channel: the rendered parse labels, none (the photo alone), or --parse-net's")
+    ap.add_argument("--labels", choices=["truth", "none", "parser", "parser-soft"], default="truth",
+                    help="the labels channel: the rendered parse labels, none (the photo alone), --parse-net's, "
+                         "or --parse-net's class probabilities")
     ap.add_argument("--parse-net", default=None, help="with --labels parser: a dfmvr-train --stage parse output")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=8)
@@ -260,7 +274,8 @@ def main(argv=None) -> int:
     record = {"stem": args.stem, "map": args.map_size, "seed": args.seed, "steps": args.steps, "batch": args.batch,
               "lr": args.lr, "schedule": "cosine to 0", "threads": args.threads,
               "labels": {"truth": "rendered ground truth", "none": "none (class 0 everywhere)",
-                         "parser": f"parse net {args.parse_net}"}[args.labels], "augment": True,
+                         "parser": f"parse net {args.parse_net}",
+                         "parser-soft": f"parse net {args.parse_net}, class probabilities"}[args.labels], "augment": True,
               "encoder_macs_per_triplet": net.encoder_macs(),
               "held_out_triplets": len(truth_val), "slot_prior_rms_px": prior, "slot_prior_rms_visible_px": prior_visible,
               "held_out_rms_px": curve[-1]["held_out_rms_px"],

@@ -203,16 +203,16 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     from ..train.losses.total import LossWeights
     from ..train.trainer import Trainer, TrainConfig
 
-    weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
-                          supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight,
-                          supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
-                          landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight,
-                          depth_prior=depth_prior_weight, size_prior=size_prior_weight,
-                          photo_render_factor=photo_render_factor,
-                          **({} if photo_weight is None else {"photo": photo_weight}))
-    if photo_render_factor > 1 and mask_weight > 0:
-        raise click.UsageError(f"--photo-render-factor {photo_render_factor} renders below the image size, where the "
-                               f"mask loss's parser cannot run: add --mask-weight 0")
+    try:
+        weights = LossWeights(supervised=supervised_weight, supervised_shape=supervised_shape_weight,
+                              supervised_shape_aligned=supervised_shape_aligned_weight, supervised_pose=supervised_pose_weight,
+                              supervised_expression=supervised_expression_weight, prdl=prdl_weight, mask=mask_weight,
+                              landmark_eyes=eye_landmarks, keypoint_2d=keypoint_weight,
+                              depth_prior=depth_prior_weight, size_prior=size_prior_weight,
+                              photo_render_factor=photo_render_factor,
+                              **({} if photo_weight is None else {"photo": photo_weight}))
+    except ValueError as exc:              # weights no loss can compute (LossWeights.check): exit 2, no output yet
+        raise click.UsageError(str(exc)) from None
     if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,

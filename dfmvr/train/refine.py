@@ -34,7 +34,7 @@ from ..face.camera import Camera
 from ..face.layout import COEFFS
 from ..face.model import MorphableModel
 from ..synth.face_torch import FaceModelTorch
-from .losses.photo import downscale_photos_labels, photo_weight_map
+from .losses.photo import downscale_photos_labels, downscaled_dilation, photo_weight_map
 from .losses.total import LossWeights, TrainingLoss
 
 __all__ = ["RUN_LANDMARK_WEIGHT", "RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "weak_weights",
@@ -173,7 +173,7 @@ class Refiner:
             small = camera.downscaled(k)
             cw = weak_weights(prdl=self.config.prdl, **{
                 **self.config.loss_weights, "landmark_2d": self.weights.landmark_2d * k * k,
-                "photo_dilation": max(1, self.weights.photo_dilation // k)})
+                "photo_dilation": downscaled_dilation(self.weights.photo_dilation, k)})
             self.coarse_loss = TrainingLoss(FaceModelTorch(face_model, small).to(self.device), cw).to(self.device)
 
     def coarse_batch(self, batch: dict) -> dict:

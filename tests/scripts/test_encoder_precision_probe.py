@@ -19,6 +19,18 @@ def probe(monkeypatch):
     return load_script("encoder_precision_probe")
 
 
+@pytest.fixture
+def parser_weights(tmp_path, one_torch_thread):
+    """An untrained tiny parse net saved as 'dfmvr-train --stage parse' does (seeded: fixed labels)."""
+    from dfmvr.models.parse_net import BiSeNet
+    from dfmvr.models.variants import variant_architecture
+    from dfmvr.train.parse_stage import save_parse_weights
+
+    torch.manual_seed(0)
+    args = dict(variant_architecture("tiny")["parse"])
+    return save_parse_weights(tmp_path / "p.safetensors", BiSeNet(**args).eval(), args)
+
+
 def _views(batch: int = 2):
     torch.manual_seed(0)
     rgb = torch.rand(batch, 3, 3, 224, 224) * 2 - 1
@@ -60,17 +72,12 @@ def test_the_unshuffle_stem_loses_nothing_and_costs_are_ordered(probe):
     assert costs[("pool", 14)] < min(costs[("unshuffle", 14)], costs[("conv", 14)], costs[("pool", 28)])
 
 
-def test_the_parser_arm_reads_the_parse_nets_own_labels(probe, tmp_path, one_torch_thread):
-    from dfmvr.models.parse_net import BiSeNet
-    from dfmvr.models.variants import variant_architecture
-    from dfmvr.train.parse_stage import load_parse_weights, save_parse_weights
+def test_the_parser_arm_reads_the_parse_nets_own_labels(probe, parser_weights):
+    from dfmvr.train.parse_stage import load_parse_weights
 
-    torch.manual_seed(0)
-    args = dict(variant_architecture("tiny")["parse"])
-    weights = save_parse_weights(tmp_path / "p.safetensors", BiSeNet(**args).eval(), args)
     rgb, truth = _views(1)
-    got = probe.LabelSource("parser", str(weights))(rgb, truth)
-    parser = load_parse_weights(weights)[0]
+    got = probe.LabelSource("parser", str(parser_weights))(rgb, truth)
+    parser = load_parse_weights(parser_weights)[0]
     assert got.shape == truth.shape and torch.equal(got[0, 2], parser.labels(rgb[:, 2])[0])
     assert not torch.equal(got[0, 0], got[0, 2])                         # views stay apart (they differ here)
     assert probe.LabelSource("truth")(rgb, truth) is truth and probe.LabelSource("none")(rgb, truth) is None
@@ -112,3 +119,19 @@ def test_parser_labels_are_the_parse_nets_argmax_and_need_a_parse_net(probe, tmp
     _, expected = model.view_inputs(rgb)                               # how the main stage reads its parser
     assert labels.shape == truth.shape and torch.equal(labels, expected)
     assert probe.LabelSource("truth")(rgb, truth) is truth and probe.LabelSource("none")(rgb, truth) is None
+
+
+def test_the_soft_parser_arm_feeds_the_parse_nets_probabilities(probe, parser_weights):
+    rgb, truth = _views(1)
+    soft = probe.LabelSource("parser-soft", str(parser_weights))(rgb, truth)
+    hard = probe.LabelSource("parser", str(parser_weights))(rgb, truth)
+    assert soft.shape == (1, 3, 10, 224, 224)
+    torch.testing.assert_close(soft.sum(dim=2), torch.ones(1, 3, 224, 224))
+    assert torch.equal(soft.argmax(dim=2), hard)                         # the same parser, before its argmax
+    assert 0.0 < float(soft.max(dim=2).values.min()) < 1.0               # not one-hot: a belief per pixel
+    views = probe.views_of(rgb, soft)
+    assert views[2].shape == (1, 13, 224, 224) and torch.equal(views[2][:, 3:], soft[:, 2])
+    net = probe.StemmedFusion("pool", 14)
+    assert torch.equal(net.stemmed(2, views[2]), torch.nn.functional.avg_pool2d(views[2], 2))
+    with pytest.raises(SystemExit, match="--parse-net"):
+        probe.LabelSource("parser-soft")

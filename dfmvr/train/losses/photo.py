@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["FEATURE_CLASSES", "SKIN_CLASS", "PHOTO_WEIGHTS", "dilate_mask", "photo_weight_map",
-           "downscale_photos_labels", "clip_to_saturation", "photometric_loss"]
+           "downscale_photos_labels", "downscaled_dilation", "clip_to_saturation", "photometric_loss"]
 
 SKIN_CLASS = 1
 FEATURE_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9)   # brows, eyes, nose, mouth (inner), upper/lower lip
@@ -73,6 +73,12 @@ def downscale_photos_labels(photos: torch.Tensor, labels: torch.Tensor, factor: 
     lead, (c, h, w) = photos.shape[:-3], photos.shape[-3:]
     small = F.avg_pool2d(photos.reshape(-1, c, h, w), factor).reshape(*lead, c, h // factor, w // factor)
     return small, labels[..., factor // 2::factor, factor // 2::factor].contiguous()
+
+
+def downscaled_dilation(dilation: int, factor: int) -> int:
+    """The weight map's dilation (pixels) for labels at 1/``factor`` of the size
+    (``downscale_photos_labels``): the same reach on the face, at least one pixel."""
+    return max(1, int(dilation) // int(factor))
 
 
 def clip_to_saturation(rendered: torch.Tensor, target: torch.Tensor, level: float = 0.5 / 255.0) -> torch.Tensor:

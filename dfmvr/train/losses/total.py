@@ -22,7 +22,7 @@ from ...synth.face_torch import FaceModelTorch
 from ...synth.render import render_mesh
 from .landmarks import landmark_2d_loss, landmark_3d_loss, landmark_weights
 from .mask import mask_loss
-from .photo import downscale_photos_labels, photo_weight_map, photometric_loss
+from .photo import downscale_photos_labels, downscaled_dilation, photo_weight_map, photometric_loss
 from .prdl import PRDL, PRDLConfig
 from .regularizers import coefficient_regularizer, gamma_regularizer, reflectance_regularizer
 
@@ -104,6 +104,18 @@ class LossWeights:
     coefficient_reg_weights: tuple = (1.0, 0.8, 0.017)
     prdl_config: dict = field(default_factory=lambda: PRDLConfig().to_dict())
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError for weights no loss can compute (the CLI turns it into a usage error, exit 2)."""
+        k = int(self.photo_render_factor)
+        if k < 1:
+            raise ValueError(f"photo_render_factor {k}: the render is 1/k of the image size per side, k >= 1")
+        if k > 1 and self.mask > 0:
+            raise ValueError(f"photo_render_factor {k} renders below the image size, where the mask loss's "
+                             f"parser cannot run: set the mask weight to 0 (--mask-weight 0) or the factor to 1")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["coefficient_reg_weights"] = list(self.coefficient_reg_weights)
@@ -140,11 +152,8 @@ class TrainingLoss(nn.Module):
         self.register_buffer("size_row", face.id_basis.T @ direction, persistent=False)
         self.register_buffer("lm_weights", landmark_weights(self.weights.landmark_emphasis,
                                                             self.weights.landmark_eyes), persistent=False)
-        k = int(self.weights.photo_render_factor)
-        if k > 1 and self.weights.mask > 0:
-            raise ValueError(f"photo_render_factor {k} renders below the image size, where the mask loss's "
-                             f"parser cannot run: set the mask weight to 0 (--mask-weight 0) or the factor to 1")
-        self.photo_camera = face.camera.downscaled(k)
+        self.weights.check()                  # its fields may have changed since it was made
+        self.photo_camera = face.camera.downscaled(int(self.weights.photo_render_factor))
         self.prdl = None
         if self.weights.prdl > 0:
             cfg = dict(self.weights.prdl_config)
@@ -188,7 +197,7 @@ class TrainingLoss(nn.Module):
                 target = photos
                 if k > 1:                              # (a precomputed map is full-size: made anew here)
                     target, small_labels = downscale_photos_labels(photos, labels, k)
-                    wmap = photo_weight_map(small_labels, max(1, w.photo_dilation // k))
+                    wmap = photo_weight_map(small_labels, downscaled_dilation(w.photo_dilation, k))
                 elif wmap is None:
                     wmap = photo_weight_map(labels, w.photo_dilation)
                 terms["photo"] = photometric_loss(image, target, coverage, wmap, view_mask)

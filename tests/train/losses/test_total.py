@@ -301,4 +301,10 @@ def test_half_size_photo_render_sees_the_same_face_at_a_quarter_of_the_pixels(fa
     cosine = torch.nn.functional.cosine_similarity(grads["full"], grads["half"], dim=0)
     assert cosine > 0.95, float(cosine)
     with pytest.raises(ValueError, match="mask"):
-        TrainingLoss(face, LossWeights(photo_render_factor=2))
+        LossWeights(photo_render_factor=2)                  # the official mask weight beside it
+    changed = LossWeights(photo_render_factor=2, mask=0)
+    changed.mask = 0.1                                      # changed after it was made: the loss checks again
+    with pytest.raises(ValueError, match="mask"):
+        TrainingLoss(face, changed)
+    with pytest.raises(ValueError, match="k >= 1"):
+        LossWeights(photo_render_factor=0, mask=0)
