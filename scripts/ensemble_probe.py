@@ -32,9 +32,10 @@ class AveragedGraphs:
     """The mean of several graphs' coefficients; a predictor for ``evaluate_dataset``."""
 
     def __init__(self, members: list[OnnxPredictor]):
-        sizes = {int(m.card.image_size) for m in members}
-        if len(sizes) != 1:
-            raise ValueError(f"the graphs take different image sizes {sorted(sizes)}: they cannot share one input")
+        inputs = {(int(m.card.image_size), float(m.card.input_mean), float(m.card.input_std)) for m in members}
+        if len(inputs) != 1:                # evaluate_dataset normalises once, with the first card
+            raise ValueError(f"the graphs take different inputs (size, mean, std) {sorted(inputs)}: "
+                             "they cannot share one")
         self.members = members
         self.card = members[0].card
 
