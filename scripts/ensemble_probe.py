@@ -25,7 +25,7 @@ import numpy as np
 from dfmvr.eval import OnnxPredictor, evaluate_dataset
 from dfmvr.face.metrics import paired_improvement
 from dfmvr.face.selection import select_face_model
-from dfmvr.runtime.artifacts import DEFAULT_ONNX
+from dfmvr.runtime.artifacts import load_artifact
 
 
 class AveragedGraphs:
@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.onnx) < 2:
         parser.error("give --onnx at least twice: an average of one graph is that graph")
-    members = [OnnxPredictor(DEFAULT_ONNX if path == "default" else path, threads=args.threads) for path in args.onnx]
+    members = [OnnxPredictor(load_artifact(onnx=path).path, threads=args.threads) for path in args.onnx]   # "default": the bundled graph
     report = {"graphs": args.onnx, "sets": [probe(members, data) for data in args.data]}
     for result in report["sets"]:
         print(result["data"])
