@@ -31,3 +31,21 @@ def test_the_engine_card_path_has_one_definition(tmp_path):
     # the export side imports the one definition and keeps no alias of its own
     assert tensorrt_build.engine_card_path is card.engine_card_path
     assert not hasattr(tensorrt_build, "card_path_for")
+
+
+def test_the_word_default_for_the_bundled_model_has_one_home():
+    """'default' (the bundled model, accepted by --onnx, --checkpoint and dfmvr-export) is resolved by
+    runtime.artifacts alone: no other module compares a model argument with the word, and the checkpoint
+    side imports the bundled weights' path rather than spelling it again."""
+    import re
+    from pathlib import Path
+
+    from dfmvr.runtime import artifacts
+
+    root = Path(artifacts.__file__).resolve().parents[1]
+    compares_the_word = re.compile(r"""[=!]=\s*["']default["']""")
+    assert [str(p.relative_to(root)) for p in root.rglob("*.py") if compares_the_word.search(p.read_text("utf-8"))] == []
+    pytest.importorskip("torch")
+    from dfmvr.models import checkpoint
+
+    assert checkpoint.DEFAULT_CHECKPOINT is artifacts.DEFAULT_CHECKPOINT

@@ -79,24 +79,22 @@ def int8_sibling(onnx) -> Path | None:
 def resolve_sources(checkpoint=None, onnx=None, engine=None, backends=BACKENDS, workdir=None,
                     echo: Callable[[str], None] = lambda s: None, int8_onnx=None) -> Sources:
     """Load/export what ``backends`` need (see the module docstring). Raises InputError on bad input."""
-    from ..runtime.artifacts import (DEFAULT_ONNX, Artifact, load_engine_artifact, load_onnx_artifact)
+    from ..runtime.artifacts import (BUNDLED, DEFAULT_CHECKPOINT, DEFAULT_DIR, DEFAULT_ONNX, Artifact,
+                                     load_engine_artifact, load_onnx_artifact, resolve_onnx)
 
     desc: dict = {}
-    if onnx is not None and str(onnx) == "default":      # what --onnx's help promises, as dfmvr-run and eval do
-        onnx = DEFAULT_ONNX
+    no_model_fix = ("pass --checkpoint tiny (or paper) to benchmark a variant with random weights, "
+                    "or --onnx / --checkpoint for your own model")
+    if onnx is not None:
+        onnx = resolve_onnx(onnx, fix=no_model_fix)     # 'default', as dfmvr-run and eval accept it
     if checkpoint is None and onnx is None and engine is None:
-        from ..runtime.artifacts import DEFAULT_DIR
-
-        default_ckpt = DEFAULT_DIR / "model.safetensors"
-        if not DEFAULT_ONNX.is_file() and not default_ckpt.is_file():
-            raise InputError(DEFAULT_DIR, "the bundled default model is not installed",
-                             "pass --checkpoint tiny (or paper) to benchmark a variant with random weights, "
-                             "or --onnx / --checkpoint for your own model")
+        if not DEFAULT_ONNX.is_file() and not DEFAULT_CHECKPOINT.is_file():
+            raise InputError(DEFAULT_DIR, "the bundled default model is not installed", no_model_fix)
         if DEFAULT_ONNX.is_file():
             onnx = DEFAULT_ONNX
         # its torch weights serve the torch backends and the parity reference (PyTorch eager)
-        if default_ckpt.is_file() and _torch_installed():
-            checkpoint = "default"
+        if DEFAULT_CHECKPOINT.is_file() and _torch_installed():
+            checkpoint = BUNDLED
     torch_model = card = None
     if checkpoint is not None:
         if not _torch_installed():

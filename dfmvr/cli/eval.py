@@ -95,10 +95,10 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
                                f"{refine_landmarks}")
 
     if onnx is not None:
-        if str(onnx) == "default":
-            from ..runtime.artifacts import DEFAULT_ONNX
-            onnx = DEFAULT_ONNX
-        if not Path(onnx).is_file():
+        from ..runtime.artifacts import resolve_onnx
+
+        onnx = resolve_onnx(onnx, fix="pass --onnx model.onnx, or --checkpoint")
+        if not onnx.is_file():
             raise InputError(onnx, "ONNX model not found", "export one with 'dfmvr-export'")
         predictor = OnnxPredictor(onnx)
         source = str(onnx)

@@ -124,6 +124,10 @@ _PATH = click.Path(path_type=Path)
 @click.option("--class-balanced", "class_balanced", is_flag=True,
               help="--stage parse: weigh the cross entropy by 1/sqrt(class pixel frequency), so the small parts "
                    "(eyes, brows, lips) the landmarks sit on count more.")
+@click.option("--parse-detail", "parse_detail", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--stage parse: classify at 1/4 of the input with a decoder of this width on the trunk's 1/4 "
+                   "map (0: the official 1/8 classifier, bilinearly upsampled). Recorded in the weights' "
+                   "architecture (docs/training.md, \"A finer parser\").")
 @click.option("--targets", "targets", default="truth", show_default=True, type=click.Choice(["truth", "landmark-fit"]),
               help="--stage heads: what the heads are fitted to. truth: each triplet's gt.npz coefficients; "
                    "landmark-fit: each triplet fitted to its own 2D landmarks (the data's, plus --landmark-noise), "
@@ -157,7 +161,7 @@ _PATH = click.Path(path_type=Path)
                    "bf16 only where the CPU has native bf16. On CUDA: fp16 mixed precision.")
 @quiet_option
 def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_model, parse_net, val, val_limit,
-            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, photo_weight, photo_render_factor, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, targets, groups, fits_from, slot_breaks, no_view_dropout, no_augment,
+            supervised_weight, supervised_shape_weight, supervised_shape_aligned_weight, supervised_pose_weight, supervised_expression_weight, prdl_weight, photo_weight, photo_render_factor, mask_weight, landmark_noise, parser_labels, eye_landmarks, clip_grad, class_balanced, parse_detail, targets, groups, fits_from, slot_breaks, no_view_dropout, no_augment,
             bn_recalibration, per_sample_norm, pool, keypoints, keypoint_weight, depth_prior_weight, size_prior_weight, train_only, seed, workers, stop_after, max_steps, device, speed, quiet):
     """Train on DATA, writing checkpoints and metrics to OUT."""
     require("torch", "train", "Training")
@@ -165,6 +169,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         raise click.UsageError("--init fine-tunes the main stage; the parse stage starts from scratch")
     if class_balanced and stage != "parse":
         raise click.UsageError("--class-balanced weighs the parse stage's loss; add --stage parse")
+    if parse_detail and stage != "parse":
+        raise click.UsageError("--parse-detail shapes the parser --stage parse trains; add --stage parse")
     if train_only and stage != "main":
         raise click.UsageError("--train-only freezes part of the main stage's network; drop it with --stage " + stage)
     if slot_breaks and stage != "heads":
@@ -197,7 +203,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         path = train_parse_net(ParseConfig(data=str(data), out=str(out), variant=variant or "tiny", epochs=epochs,
                                            batch=batch, lr=lr or 1e-3, resume=resume, seed=seed, workers=workers,
                                            max_steps_per_epoch=max_steps, progress=not quiet,
-                                           class_balanced=class_balanced))
+                                           class_balanced=class_balanced, detail_channels=parse_detail))
         click.echo(f"parse net: {path}")
         return
     from ..train.losses.total import LossWeights

@@ -28,6 +28,7 @@ from ..face.layout import COEFFS, VIEWS
 from ..face.model import MorphableModel
 from ..face.selection import select_face_model
 from ..models.runner import TorchRunner
+from ..runtime.artifacts import names_bundled
 from . import parity
 from .onnx_export import export_onnx
 
@@ -75,7 +76,7 @@ def load_for_export(spec: str):
 
         model, card, _ = convert_official(path)
         what = f"official DF-MVR weights {path.name} (converted)"
-    elif path.is_file() or spec == "default":
+    elif path.is_file() or names_bundled(spec):
         from ..models.checkpoint import load_checkpoint
 
         model, card, _ = load_checkpoint(spec, load_train_state=False)

@@ -29,6 +29,7 @@ import torch
 from dfmvr.atomic import atomic_path
 from dfmvr.card import ModelCard
 from dfmvr.errors import InputError, require
+from dfmvr.runtime.artifacts import DEFAULT_CHECKPOINT, bundled_file, names_bundled
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_card", "resolve_checkpoint", "sidecar_path",
            "capture_rng_state", "restore_rng_state", "DEFAULT_CHECKPOINT", "CHECKPOINT_FORMAT"]
@@ -36,7 +37,6 @@ __all__ = ["save_checkpoint", "load_checkpoint", "read_card", "resolve_checkpoin
 CHECKPOINT_FORMAT = "dfmvr-checkpoint"
 CHECKPOINT_VERSION = "1"
 HALF_STORAGE = "float16"     # metadata ``storage_dtype`` of a checkpoint saved with half_storage=True
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "default" / "model.safetensors"
 
 
 def _safetensors():
@@ -45,12 +45,9 @@ def _safetensors():
 
 def resolve_checkpoint(path) -> Path:
     """``"default"`` -> the bundled model; anything else -> Path. Missing file -> InputError."""
-    if str(path) == "default":
-        if not DEFAULT_CHECKPOINT.is_file():
-            raise InputError(DEFAULT_CHECKPOINT, "the bundled default model is not installed",
-                             "pass a checkpoint path (train one with 'dfmvr train' or convert the "
-                             "official weights with 'dfmvr convert official')")
-        return DEFAULT_CHECKPOINT
+    if names_bundled(path):
+        return bundled_file(DEFAULT_CHECKPOINT, "pass a checkpoint path (train one with 'dfmvr train' or convert "
+                                                "the official weights with 'dfmvr convert official')")
     p = Path(path)
     if not p.is_file():
         raise InputError(p, "checkpoint file not found", "check the path")

@@ -17,13 +17,18 @@ from ..errors import InputError
 from ..face.model import MorphableModel
 from ..face.selection import BUNDLED_FACE_MODEL, select_face_model
 
-__all__ = ["Artifact", "DEFAULT_DIR", "DEFAULT_ONNX", "DEFAULT_FACE_MODEL", "read_onnx_metadata",
+__all__ = ["Artifact", "DEFAULT_DIR", "DEFAULT_ONNX", "DEFAULT_CHECKPOINT", "DEFAULT_FACE_MODEL", "BUNDLED",
+           "names_bundled", "bundled_file", "resolve_onnx", "read_onnx_metadata",
            "load_onnx_artifact", "load_engine_artifact", "load_artifact", "load_face_model",
            "TRT_ENGINE_MAGIC", "engine_card_path"]
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "assets" / "default"
 DEFAULT_ONNX = DEFAULT_DIR / "model.onnx"
+DEFAULT_CHECKPOINT = DEFAULT_DIR / "model.safetensors"     # its torch weights (read by dfmvr.models.checkpoint)
 DEFAULT_FACE_MODEL = BUNDLED_FACE_MODEL          # DEFAULT_DIR / "face_model.npz"
+# The word every tool accepts in place of a model path (--onnx, --checkpoint, dfmvr-export's MODEL) for the
+# bundled model. Its one home: the helpers below; torch-free, so the runtime and the trainer both use them.
+BUNDLED = "default"
 # Serialized TensorRT engines carry a "magic tag" TensorRT checks on load; we believe it is these bytes
 # near the start (not verified here: no TensorRT). Files with it skip the foreign-format sniffing.
 TRT_ENGINE_MAGIC = b"ftrt"
@@ -179,18 +184,31 @@ def load_engine_artifact(path) -> Artifact:
     return Artifact("engine", path, ModelCard.from_json(card_path.read_text("utf-8"), source=card_path))
 
 
+def names_bundled(spec) -> bool:
+    """Whether a model argument is the word 'default' (the bundled model) rather than a path."""
+    return spec is not None and str(spec) == BUNDLED
+
+
+def bundled_file(path: Path, fix: str) -> Path:
+    """``path``, one of the bundled model's files, or the error saying the bundled model is not installed."""
+    if not path.is_file():
+        raise InputError(path, "the bundled default model is not installed", fix)
+    return path
+
+
+def resolve_onnx(onnx, fix: str = "pass --onnx model.onnx or --engine model.plan") -> Path:
+    """An ``--onnx`` value -> its path: 'default' is the bundled graph (an error naming ``fix`` when it is
+    not installed); anything else is returned as a Path, unchecked (its loader says what is wrong)."""
+    return bundled_file(DEFAULT_ONNX, fix) if names_bundled(onnx) else Path(onnx)
+
+
 def load_artifact(onnx=None, engine=None) -> Artifact:
     """``--onnx`` / ``--engine`` / neither or ``--onnx default`` (the bundled default ONNX graph)."""
     if onnx is not None and engine is not None:
         raise InputError(None, "both --onnx and --engine given", "pass one of them")
     if engine is not None:
         return load_engine_artifact(engine)
-    if onnx is not None and str(onnx) != "default":
-        return load_onnx_artifact(onnx)
-    if not DEFAULT_ONNX.is_file():
-        raise InputError(DEFAULT_ONNX, "the bundled default model is not installed",
-                         "pass --onnx model.onnx or --engine model.plan")
-    return load_onnx_artifact(DEFAULT_ONNX)
+    return load_onnx_artifact(resolve_onnx(BUNDLED if onnx is None else onnx))
 
 
 def load_face_model(path, card: ModelCard, source=None) -> "MorphableModel":

@@ -54,6 +54,7 @@ class ParseConfig:
     max_steps_per_epoch: int | None = None
     progress: bool = True
     class_balanced: bool = False          # weigh the cross entropy by class_weights(): small parts count more
+    detail_channels: int = 0              # > 0: classify at 1/4 of the input (models.parse_net.DetailHead)
 
 
 class CelebAMaskHQ(Dataset):
@@ -220,12 +221,18 @@ def train_parse_net(cfg: ParseConfig) -> Path:
     torch.manual_seed(cfg.seed)
     data = parse_dataset(cfg.data)
     args = dict(variant_architecture(cfg.variant)["parse"])
+    if cfg.detail_channels:
+        args["detail_channels"] = cfg.detail_channels
     net = BiSeNet(**args).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     epoch, lr_per_epoch = 0, []
     if cfg.resume and weights_path.is_file() and state_path.is_file():
         loaded, args = load_parse_weights(weights_path)       # first: a corrupt file gets its clear error
         _refuse_a_second_loss(weights_path, cfg.class_balanced)
+        if args.get("detail_channels", 0) != cfg.detail_channels:
+            raise InputError(weights_path, f"has detail_channels {args.get('detail_channels', 0)}; "
+                             f"--parse-detail {cfg.detail_channels} asks for another architecture",
+                             "resume with the same --parse-detail, or train into a new --out")
         net.load_state_dict(loaded.state_dict())
         net.train()
         state = torch.load(state_path, map_location="cpu", weights_only=True)

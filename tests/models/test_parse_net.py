@@ -31,6 +31,44 @@ def test_outputs_in_eval_and_train_modes():
     assert torch.equal(labels, main.argmax(dim=1))
 
 
+def test_detail_head_classifies_from_the_quarter_resolution_map():
+    """--parse-detail: the main output comes from the trunk's 1/4 map (DetailHead), the official 1/8
+    classifier stays as a fourth, auxiliary output; 0 keeps the official topology and its keys."""
+    torch.manual_seed(0)
+    plain = BiSeNet(num_classes=7, **TINY_PARSE)
+    fine = BiSeNet(num_classes=7, **TINY_PARSE, detail_channels=12)
+    assert not any(k.startswith("detail.") for k in plain.state_dict())
+    assert set(plain.state_dict()) < set(fine.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    fine.train()
+    outs = fine(x)
+    assert len(outs) == 4 and all(o.shape == (2, 7, 64, 96) for o in outs)
+    fine.eval()
+    with torch.no_grad():
+        main = fine(x)
+        feat4, feat8, cp8, _ = fine.cp(x)
+        fused = fine.ffm(feat8, cp8)
+        detail = fine.detail(feat4, fused)
+        coarse = F.interpolate(fine.conv_out(fused), size=(64, 96), mode="bilinear", align_corners=True)
+    assert feat4.shape[2:] == detail.shape[2:] == (16, 24)         # logits at 1/4, not 1/8
+    torch.testing.assert_close(main, F.interpolate(detail, size=(64, 96), mode="bilinear", align_corners=True))
+    assert (main - coarse).abs().max() > 1e-2                      # not the 1/8 classifier's output
+
+
+def test_detail_head_exports_to_onnx_with_parity(tmp_path):
+    """The parser sits inside the exported graph: the detail head must export (standard ops) and match."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = BiSeNet(**TINY_PARSE, detail_channels=12).eval()
+    x = torch.randn(1, 3, 64, 64)
+    path = tmp_path / "parse.onnx"
+    torch.onnx.export(net, (x,), str(path), dynamo=True, input_names=["x"], output_names=["logits"])
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_celebamask_mapping_covers_every_class_and_keeps_face_parts():
     table = celebamask_class_map()
     assert len(table) == 19 and set(CELEBAMASK_TO_PARSE) == set(CELEBAMASK_CLASSES)
@@ -66,7 +104,7 @@ def test_load_face_parsing_19_class_weights(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         out = net(x)
-        low19 = source.conv_out(source.ffm(*source.cp(x)[:2]))      # [1, 19, 8, 8] before upsampling
+        low19 = source.conv_out(source.ffm(*source.cp(x)[1:3]))      # [1, 19, 8, 8] before upsampling
         want = F.interpolate(torch.log(torch.einsum("bchw,tc->bthw", low19.softmax(1), net.class_merge)),
                              size=(64, 64), mode="bilinear", align_corners=True)
     assert out.shape == (1, 10, 64, 64)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dfmvr.card import ONNX_METADATA_KEY
 from dfmvr.errors import InputError, UnavailableError
-from dfmvr.runtime.artifacts import (DEFAULT_ONNX, TRT_ENGINE_MAGIC, engine_card_path, load_artifact,
+from dfmvr.runtime.artifacts import (TRT_ENGINE_MAGIC, engine_card_path, load_artifact,
                                      load_engine_artifact, load_face_model, load_onnx_artifact,
                                      read_onnx_metadata)
 from dfmvr.runtime.runners import OnnxrtRunner, TensorrtRunner, runner_for
@@ -76,10 +77,26 @@ def test_face_model_must_match_the_card(stats_onnx, face_model, face_model_path,
     assert "other.npz" in str(err.value)
 
 
-@pytest.mark.skipif(DEFAULT_ONNX.is_file(), reason="the bundled default model is installed")
-def test_missing_bundled_model_is_a_clear_error():
-    with pytest.raises(InputError, match="--onnx"):
+def test_the_word_default_names_the_bundled_model_and_its_absence_is_a_clear_error(monkeypatch, tmp_path):
+    """'default' is resolved by runtime.artifacts for every tool (run, eval, bench, export, checkpoints);
+    where the bundled files are missing (an install without assets) each says so, with its own fix."""
+    from dfmvr.models import checkpoint
+    from dfmvr.runtime import artifacts
+
+    assert artifacts.names_bundled("default") and not artifacts.names_bundled(None)
+    assert not artifacts.names_bundled("default.onnx")
+    assert artifacts.resolve_onnx("models/m.onnx") == Path("models/m.onnx")        # a path is passed through
+    monkeypatch.setattr(artifacts, "DEFAULT_ONNX", tmp_path / "model.onnx")
+    monkeypatch.setattr(checkpoint, "DEFAULT_CHECKPOINT", tmp_path / "model.safetensors")
+    with pytest.raises(InputError, match="not installed") as err:
+        artifacts.resolve_onnx("default", fix="do this")
+    assert err.value.path == str(tmp_path / "model.onnx") and err.value.fix == "do this"
+    with pytest.raises(InputError, match="not installed") as err:
         load_artifact()
+    assert "--onnx" in err.value.fix
+    with pytest.raises(InputError, match="not installed") as err:
+        checkpoint.resolve_checkpoint("default")
+    assert err.value.path == str(tmp_path / "model.safetensors") and "dfmvr train" in err.value.fix
 
 
 def test_onnxrt_runner_lifecycle_and_numbers(stats_onnx):

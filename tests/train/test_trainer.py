@@ -221,6 +221,26 @@ def test_parse_resume_refuses_to_switch_the_loss(synth4, tmp_path):
         train_parse_net(ParseConfig(epochs=3, out=str(tmp_path / "b"), resume=True, class_balanced=True, **cfg))
 
 
+def test_parse_detail_is_recorded_attached_and_kept_on_resume(synth4, tmp_path):
+    """--parse-detail N: the weights record the architecture (a model attaching them rebuilds it), and
+    --resume with another N is refused before any step rather than loading into the wrong shapes."""
+    from dfmvr.errors import InputError
+    from dfmvr.models.variants import build_model
+    from dfmvr.train.parse_stage import ParseConfig, attach_parse_weights, load_parse_weights, train_parse_net
+
+    cfg = dict(data=str(synth4), out=str(tmp_path / "d"), batch=3, max_steps_per_epoch=1, progress=False)
+    path = train_parse_net(ParseConfig(epochs=1, detail_channels=8, **cfg))
+    net, args = load_parse_weights(path)
+    assert args["detail_channels"] == 8 and net.detail is not None
+    model = attach_parse_weights(build_model("tiny"), path)
+    assert model.card.architecture["parse"]["detail_channels"] == 8
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="detail_channels 8") as err:
+        train_parse_net(ParseConfig(epochs=2, resume=True, **cfg))
+    assert err.value.path == str(path) and path.read_bytes() == before
+    train_parse_net(ParseConfig(epochs=2, resume=True, detail_channels=8, **cfg))
+
+
 def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
     from click.testing import CliRunner
 
@@ -228,6 +248,8 @@ def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
 
     result = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--class-balanced"])
     assert result.exit_code == 2 and "--stage parse" in result.output
+    result = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "m"), "--parse-detail", "8"])
+    assert result.exit_code == 2 and "--stage parse" in result.output and not (tmp_path / "m").exists()
 
 
 def test_celebamask_layout_maps_onto_our_classes(tmp_path):
