@@ -28,7 +28,10 @@ def test_outputs_in_eval_and_train_modes():
         main = net(x)
         labels = net.labels(x)
     assert main.shape == (2, 7, 64, 96)
-    assert torch.equal(labels, main.argmax(dim=1))
+    # each label is a most probable class (ties may resolve either way on another CPU's kernels)
+    torch.testing.assert_close(main.gather(1, labels.unsqueeze(1)).squeeze(1), main.max(dim=1).values,
+                               rtol=0, atol=0)
+    assert labels.dtype == torch.int64 and float((labels == main.argmax(dim=1)).float().mean()) > 0.999
 
 
 def test_detail_head_classifies_from_the_quarter_resolution_map():
