@@ -13,6 +13,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _share_the_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist (the README test command runs ``-n auto``) each worker process gets its share of
+    the cores for torch's OpenMP pool, unless the caller set one: two workers each spinning every core of a
+    2-core machine oversubscribe it. Runs when this file is imported, before any test imports torch."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(max(1, cores // workers)))
+
+
+_share_the_cores_between_xdist_workers()
 # The official checkpoint's key -> shape -> dtype list (a copy of ../shared/data/, so that no test
 # needs ../shared beside the checkout).
 OFFICIAL_KEYS_TSV = REPO / "tests" / "data" / "official_dfmvr_state_dict.tsv"

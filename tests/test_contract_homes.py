@@ -49,3 +49,22 @@ def test_the_word_default_for_the_bundled_model_has_one_home():
     from dfmvr.models import checkpoint
 
     assert checkpoint.DEFAULT_CHECKPOINT is artifacts.DEFAULT_CHECKPOINT
+
+
+def test_the_bundled_models_folder_is_spelled_once():
+    """dfmvr.assets names the bundled model's folder; the face-model selection and the runtime import it
+    (face/ must not import runtime/, so neither can be the other's home) and no module spells it again."""
+    import re
+    from pathlib import Path
+
+    from dfmvr import assets
+    from dfmvr.face import selection
+    from dfmvr.runtime import artifacts
+
+    assert artifacts.DEFAULT_DIR is assets.BUNDLED_DIR
+    assert selection.BUNDLED_FACE_MODEL.parent == assets.BUNDLED_DIR == Path(assets.__file__).parent / "default"
+    assert {artifacts.DEFAULT_ONNX.parent, artifacts.DEFAULT_CHECKPOINT.parent, artifacts.DEFAULT_FACE_MODEL.parent} \
+        == {assets.BUNDLED_DIR}
+    root = Path(assets.__file__).resolve().parents[1]
+    spells_the_folder = re.compile(r"""["']assets["']""")
+    assert [str(p.relative_to(root)) for p in root.rglob("*.py") if spells_the_folder.search(p.read_text("utf-8"))] == []

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..assets import BUNDLED_DIR
 from ..errors import InputError
 from .model import MorphableModel
 
 __all__ = ["BUNDLED_FACE_MODEL", "DATASET_FACE_MODEL", "DEFAULT_SOURCE", "select_face_model"]
 
-BUNDLED_FACE_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default" / "face_model.npz"
+BUNDLED_FACE_MODEL = BUNDLED_DIR / "face_model.npz"
 DATASET_FACE_MODEL = "face_model.npz"          # the file name inside a dataset folder
 DEFAULT_SOURCE = "default synthetic face model"
 

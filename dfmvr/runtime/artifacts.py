@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..assets import BUNDLED_DIR
 from ..card import ONNX_METADATA_KEY, ModelCard, engine_card_path
 from ..errors import InputError
 from ..face.model import MorphableModel
@@ -22,10 +23,10 @@ __all__ = ["Artifact", "DEFAULT_DIR", "DEFAULT_ONNX", "DEFAULT_CHECKPOINT", "DEF
            "load_onnx_artifact", "load_engine_artifact", "load_artifact", "load_face_model",
            "TRT_ENGINE_MAGIC", "engine_card_path"]
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "assets" / "default"
+DEFAULT_DIR = BUNDLED_DIR                        # the folder's one spelling: dfmvr.assets
 DEFAULT_ONNX = DEFAULT_DIR / "model.onnx"
 DEFAULT_CHECKPOINT = DEFAULT_DIR / "model.safetensors"     # its torch weights (read by dfmvr.models.checkpoint)
-DEFAULT_FACE_MODEL = BUNDLED_FACE_MODEL          # DEFAULT_DIR / "face_model.npz"
+DEFAULT_FACE_MODEL = BUNDLED_FACE_MODEL          # DEFAULT_DIR / "face_model.npz", named in dfmvr.face.selection
 # The word every tool accepts in place of a model path (--onnx, --checkpoint, dfmvr-export's MODEL) for the
 # bundled model. Its one home: the helpers below; torch-free, so the runtime and the trainer both use them.
 BUNDLED = "default"
