@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The official checkpoint's key -> shape -> dtype list (a copy of ../shared/data/, so that no test
+# needs ../shared beside the checkout).
+OFFICIAL_KEYS_TSV = REPO / "tests" / "data" / "official_dfmvr_state_dict.tsv"
 
 
 def _share_the_cores_between_xdist_workers() -> None:
@@ -27,9 +30,6 @@ def _share_the_cores_between_xdist_workers() -> None:
 
 
 _share_the_cores_between_xdist_workers()
-# The official checkpoint's key -> shape -> dtype list (a copy of ../shared/data/, so that no test
-# needs ../shared beside the checkout).
-OFFICIAL_KEYS_TSV = REPO / "tests" / "data" / "official_dfmvr_state_dict.tsv"
 
 
 def run_cli(command, args, capsys, prog_name=None) -> tuple[int, str]:
