@@ -127,7 +127,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--parse-detail", "parse_detail", type=click.IntRange(min=0), default=0, show_default=True,
               help="--stage parse: classify at 1/4 of the input with a decoder of this width on the trunk's 1/4 "
                    "map (0: the official 1/8 classifier, bilinearly upsampled). Recorded in the weights' "
-                   "architecture (docs/training.md, \"A finer parser\").")
+                   "architecture (docs/training.md, \"A sharper parser\", items 7-8).")
 @click.option("--targets", "targets", default="truth", show_default=True, type=click.Choice(["truth", "landmark-fit"]),
               help="--stage heads: what the heads are fitted to. truth: each triplet's gt.npz coefficients; "
                    "landmark-fit: each triplet fitted to its own 2D landmarks (the data's, plus --landmark-noise), "

@@ -224,6 +224,8 @@ def test_parse_resume_refuses_to_switch_the_loss(synth4, tmp_path):
 def test_parse_detail_is_recorded_attached_and_kept_on_resume(synth4, tmp_path):
     """--parse-detail N: the weights record the architecture (a model attaching them rebuilds it), and
     --resume with another N is refused before any step rather than loading into the wrong shapes."""
+    from safetensors import safe_open
+
     from dfmvr.errors import InputError
     from dfmvr.models.variants import build_model
     from dfmvr.train.parse_stage import ParseConfig, attach_parse_weights, load_parse_weights, train_parse_net
@@ -238,7 +240,12 @@ def test_parse_detail_is_recorded_attached_and_kept_on_resume(synth4, tmp_path):
     with pytest.raises(InputError, match="detail_channels 8") as err:
         train_parse_net(ParseConfig(epochs=2, resume=True, **cfg))
     assert err.value.path == str(path) and path.read_bytes() == before
-    train_parse_net(ParseConfig(epochs=2, resume=True, detail_channels=8, **cfg))
+    train_parse_net(ParseConfig(epochs=2, lr=1e-4, resume=True, detail_channels=8, **cfg))   # the 4 + 1 schedule's way
+    _, args = load_parse_weights(path)
+    with safe_open(str(path), "pt") as f:
+        prov = json.loads(f.metadata()["provenance"])
+    assert args["detail_channels"] == 8 and prov["epochs"] == 2 and prov["lr_per_epoch"] == pytest.approx([1e-3, 1e-4])
+    assert path.read_bytes() != before                                   # it trained on, into the same file
 
 
 def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
