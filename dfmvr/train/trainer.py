@@ -101,6 +101,17 @@ def _dataset_camera(data_root) -> Camera:
     return Camera()
 
 
+def _attach_parser(model, card, path) -> None:
+    """Freeze the parser in ``path`` into ``model`` and record its architecture in ``card``, the card
+    the checkpoint is saved with. attach_parse_weights writes to ``model.card``, which build_model and
+    load_checkpoint made as a copy: without carrying the parser's arguments over, a parser with a
+    detail head (--parse-detail) is saved under a card that rebuilds it without one, and the
+    checkpoint neither resumes nor loads."""
+    from .parse_stage import attach_parse_weights
+    attach_parse_weights(model, path)
+    card.architecture = {**card.architecture, "parse": dict(model.card.architecture["parse"])}
+
+
 class Trainer:
     """Builds model, data, loss and optimizer from a ``TrainConfig``; ``run()`` trains."""
 
@@ -171,8 +182,7 @@ class Trainer:
             card.provenance = self._provenance(weights, fm_source)
             model = build_model(card)
             if config.parse_net:
-                from .parse_stage import attach_parse_weights
-                attach_parse_weights(model, config.parse_net)
+                _attach_parser(model, card, config.parse_net)
         self.card = model.card = card
         if "parse_net" not in card.provenance or str(card.provenance["parse_net"]).startswith("untrained"):
             if config.parser_labels:
@@ -248,8 +258,7 @@ class Trainer:
             provenance[key] = source_card.provenance.get(key)
         card.provenance = {**provenance, "init_from": str(source), "init_provenance": source_card.provenance}
         if cfg.parse_net:
-            from .parse_stage import attach_parse_weights
-            attach_parse_weights(model, cfg.parse_net)
+            _attach_parser(model, card, cfg.parse_net)
         else:
             card.provenance["parse_net"] = f"from {source}"
         return model.float(), card

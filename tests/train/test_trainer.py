@@ -248,6 +248,34 @@ def test_parse_detail_is_recorded_attached_and_kept_on_resume(synth4, tmp_path):
     assert path.read_bytes() != before                                   # it trained on, into the same file
 
 
+def test_a_detail_parser_is_saved_with_the_model_and_the_checkpoint_loads_and_resumes(synth4, tmp_path):
+    """The main stage with --parse-net of a --parse-detail parser, and --init with one: the checkpoint's
+    card rebuilds the detail head, so the file loads (export, eval, the heads' refit) and resumes.
+    (It did not: the parser's arguments went to a copy of the card, and the checkpoint held 25 tensors
+    its own card had no place for.)"""
+    from dfmvr.train.parse_stage import ParseConfig, load_parse_weights, train_parse_net
+
+    parser = train_parse_net(ParseConfig(data=str(synth4), out=str(tmp_path / "p"), epochs=1, batch=3,
+                                         max_steps_per_epoch=1, progress=False, detail_channels=8))
+    net, _ = load_parse_weights(parser)
+    out = tmp_path / "main"
+    Trainer(_config(synth4, out, epochs=1, bn_recalibration=0, parse_net=str(parser))).run()
+    model, card, _ = load_checkpoint(out / "checkpoint.safetensors")
+    assert card.architecture["parse"]["detail_channels"] == 8 and model.mask_model.detail is not None
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in model.mask_model.state_dict().items())
+    Trainer(_config(synth4, out, epochs=2, bn_recalibration=0, parse_net=str(parser), resume=True)).run()
+    _, _, state = load_checkpoint(out / "checkpoint.safetensors")
+    assert state["epoch"] == 2
+
+    plain = tmp_path / "plain"
+    Trainer(_config(synth4, plain, epochs=1, bn_recalibration=0)).run()
+    fine = tmp_path / "fine"
+    Trainer(_config(synth4, fine, epochs=1, bn_recalibration=0, init=str(plain / "checkpoint.safetensors"),
+                    parse_net=str(parser))).run()
+    model, card, _ = load_checkpoint(fine / "checkpoint.safetensors")
+    assert card.architecture["parse"]["detail_channels"] == 8 and model.mask_model.detail is not None
+
+
 def test_class_balanced_is_refused_outside_the_parse_stage(tmp_path):
     from click.testing import CliRunner
 
