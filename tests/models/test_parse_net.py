@@ -47,8 +47,13 @@ def test_detail_head_classifies_from_the_quarter_resolution_map():
     outs = fine(x)
     assert len(outs) == 4 and all(o.shape == (2, 7, 64, 96) for o in outs)
     fine.eval()
+    calls = []
+    hook = fine.conv_out.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
         main = fine(x)
+    hook.remove()
+    assert not calls                                               # inference skips the 1/8 classifier
+    with torch.no_grad():
         feat4, feat8, cp8, _ = fine.cp(x)
         fused = fine.ffm(feat8, cp8)
         detail = fine.detail(feat4, fused)
