@@ -3,19 +3,16 @@
 #
 #   bash scripts/train_default_model.sh [WORK_DIR]     # needs: pip install -e ".[train]"
 #
-# The shipped demo (2026-12-05, the class-balanced parser of step 2) was made by this script from
-# scratch on a 2-core AMD EPYC VM with AVX-512 that ran the main stage at 0.87-1.56 s per step, each part
-# measured as it ran: data 3.0 min, parse net 10.0 (3 epochs), main stage epochs 1-24 115.2 (with the grow
-# to 4,000 triplets), 12,000 more triplets 19.9, epochs 25-32 40.0, the heads' refit 14.2, export and
-# evaluation 1.2: 203.5 min in all (stopped after epoch 24 for a test run and resumed, nothing else running
-# while it trained; benchmarks/results/recipe_class_balanced_parser.json). The heads' refit was then rerun
-# with --slot-breaks 0.05 (step 3d): 16.6 min, so the recipe as written takes about 206 min on that host.
-# The demo before it (the same recipe on a one-epoch plain parser) was measured part by part on a faster
-# 2-core EPYC that ran 0.70-1.02 s per step: data and parser 8 min, epochs 1-24 84, 12,000 more triplets
-# 12, epochs 25-32 25, the refit 12, export and evaluation 1: about 143 min (benchmarks/results/
-# recipe_keypoint_target_full.json, head_refit.json, main_stage_32_epochs.json). At that host's speed this
-# recipe's parse stage adds about 5 min and the slot-broken rows of the refit about 2: about 150 min.
-# The same steps ran 1.2-1.6x slower on the host above: read the time with the host's speed beside it. Older runs: recipe_rerun_from_scratch.json.
+# The shipped demo (2026-12-07: the detail-head parser of step 2, no photometric term in step 3) was made by
+# this script on a 2-core AMD EPYC VM with AVX-512 that ran the main stage at 0.58-0.86 s per step. The run
+# was paused for test runs, so its time is put together from its parts, each measured with nothing else
+# running: data 2.9 min, parse net 23.1 (5 epochs, one timed: 277 s), main stage epochs 1-24 70.1, the grow
+# to 4,000 triplets 2.7, 12,000 more triplets 16.4, epochs 25-32 21.8, the heads' refit with slot breaks
+# 16.9, export and evaluation 1.3: about 155 min in all (benchmarks/results/
+# recipe_detail_parser_no_render.json, which says how each part was timed). The recipe with the previous
+# parser and without the photometric term ran uninterrupted in 102 min on a host at 0.41-0.48 s per step
+# (recipe_without_photometric_term.json): read the time with the host's speed beside it. Older runs:
+# recipe_class_balanced_parser.json (the demo before, 203.5 min with the render), recipe_rerun_from_scratch.json.
 # Every step resumes: rerun the script after an interruption (each part of the main
 # stage continues with --resume and leaves a marker when done).
 # The last step copies the weights, the ONNX graph and the face model into dfmvr/assets/default/ and
@@ -32,14 +29,24 @@ dfmvr data synth --out "$WORK/data/train" --triplets 2000 --seed 0 --workers 2
 dfmvr data synth --out "$WORK/data/val" --triplets 64 --seed 1
 dfmvr data synth --out "$WORK/data/select" --triplets 32 --seed 2   # logged during training; val stays unseen
 
-# 2. the parser (frozen during the main stage; also the graph's `labels` output): three epochs of a
-#    class-balanced cross entropy (weights 1/sqrt(class frequency), recorded in the weights). It labels
-#    eyes, brows and lips too wide, but misses none of them, and the encoders read landmarks off it
-#    0.5-0.6 px more precisely than off the one-epoch plain parser the demo had before
-#    (docs/training.md, "A sharper parser").
-if [ ! -f "$WORK/runs/parse/parse_net.safetensors" ]; then
-  dfmvr-train --stage parse --data "$WORK/data/train" --variant tiny --out "$WORK/runs/parse" --epochs 3 --batch 8 \
-      --class-balanced
+# 2. the parser (frozen during the main stage; also the graph's `labels` output): four epochs of a
+#    class-balanced cross entropy (weights 1/sqrt(class frequency), recorded in the weights), then one
+#    at lr 1e-4, with a detail head that classifies at 1/4 of the crop instead of 1/8 (--parse-detail 24:
+#    67 MMAC per triplet more in the graph). It labels eyes, brows and lips a little too wide but misses
+#    none of them, and the encoders read landmarks off it 0.2 px more precisely than off the 3-epoch parser
+#    without the head (2.42-2.45 against 2.62-2.66 px, two seeds), 0.6-0.8 px more than off the one-epoch
+#    plain parser of earlier demos
+#    (docs/training.md, "A sharper parser", items 7-8).
+PARSE=(--stage parse --data "$WORK/data/train" --variant tiny --out "$WORK/runs/parse" --batch 8 --class-balanced
+       --parse-detail 24 --quiet)
+if [ ! -f "$WORK/runs/parse/epochs-4.done" ]; then
+  RESUME=(); if [ -f "$WORK/runs/parse/parse_net.train.pt" ]; then RESUME=(--resume); fi
+  dfmvr-train "${PARSE[@]}" --epochs 4 "${RESUME[@]}"
+  touch "$WORK/runs/parse/epochs-4.done"
+fi
+if [ ! -f "$WORK/runs/parse/epochs-5.done" ]; then
+  dfmvr-train "${PARSE[@]}" --epochs 5 --lr 1e-4 --resume
+  touch "$WORK/runs/parse/epochs-5.done"
 fi
 
 # 3. the main stage: the `lite` design (docs/training.md, "The lite design": 112 px per view, three
@@ -48,11 +55,10 @@ fi
 #    the squared vertex error of the unposed shape (mm^2) and the MSE to the true coefficients at
 #    weight 1e4, and the per-view pose (degrees^2 + cm^2) at 300, without which no network reads the
 #    pose (it is ~0.03 % of the coefficient MSE). The weak losses run at their official weights beside
-#    them; the mask loss is off (it doubles the step time). The photometric term's render is half of a
-#    step; this whole recipe with --photo-weight 0 ran in 102 min on a host at 0.41-0.48 s per step and
-#    came out level with the shipped weights (+0.025 mm held out, -0.009 on fresh triplets, neither
-#    significant; the held-out rotation 2.12 deg against 1.87: docs/training.md, "What the render costs"):
-#    kept here so that the script reproduces the shipped weights.
+#    them; the mask loss is off (it doubles the step time) and so is the photometric term
+#    (--photo-weight 0): its render is half of a step, and the recipe without it came out level with the
+#    recipe with it (docs/training.md, "What the render costs"); the weak recipes keep it, where it is
+#    the signal.
 #    The run grew while its held-out curve kept falling: planned for 2 epochs, resumed to 4, 8 and
 #    16. The landmark target (--keypoints 68 --keypoint-weight 1000: each view's encoder also predicts
 #    its 68 2D landmarks, a training-only target that the exported graph also outputs; dfmvr/models/lite.py) was
@@ -62,7 +68,7 @@ fi
 #    so the weights reproduce. 16 epochs x 250 steps x batch 8 = 32,000 triplet samples.
 MAIN=(--data "$WORK/data/train" --val "$WORK/data/select" --variant lite --out "$WORK/runs/lite"
       --max-steps 250 --batch 8 --lr 1e-3 --supervised-weight 10000 --supervised-shape-weight 10000
-      --supervised-pose-weight 300 --mask-weight 0 --parse-net "$WORK/runs/parse/parse_net.safetensors"
+      --supervised-pose-weight 300 --mask-weight 0 --photo-weight 0 --parse-net "$WORK/runs/parse/parse_net.safetensors"
       --keypoints 68 --keypoint-weight 1000 --quiet)
 for EPOCHS in 2 4 8 16; do
   DONE="$WORK/runs/lite/epochs-$EPOCHS.done"

@@ -130,10 +130,10 @@ def test_the_shipped_model_reads_identity_pose_and_the_side_views():
     the head pose read from the photo rather than the slot, and margins whose intervals exclude zero."""
     shipped = json.loads((DEFAULT_DIR / "eval.json").read_text())
     r2 = shipped["coefficient_r2"]
-    # floors under the shipped demo (0.57, 0.78); the 16-epoch demo had 0.42, 0.72
-    assert r2["model"]["identity"] >= 0.5 and r2["model"]["expression"] >= 0.75
+    # floors under the shipped demo (0.60, 0.80; the demo before 0.57, 0.78; the 16-epoch demo 0.42, 0.72)
+    assert r2["model"]["identity"] >= 0.55 and r2["model"]["expression"] >= 0.77
     assert r2["model"]["identity"] - r2["front_only"]["identity"] >= 0.15
-    # issue 18's error targets (the demo: 0.50x and 0.61x): <= 0.7x the mean face, <= 0.85x front only
+    # issue 18's error targets (the demo: 0.48x and 0.60x): <= 0.7x the mean face, <= 0.85x front only
     mean_mm = shipped["model"]["mean_mm"]
     assert mean_mm <= 0.7 * shipped["baselines"]["mean_face"]["mean_mm"]
     assert mean_mm <= 0.85 * shipped["baselines"]["front_only"]["mean_mm"]

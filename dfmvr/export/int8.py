@@ -21,20 +21,23 @@ Two weight formats (``WEIGHT_FORMATS``), because no one format is both fast and 
   quantization guide names U8U8 as the format without the saturation issue). The price: no VNNI path.
 
 Measured (``benchmarks/bench_int8_weights.py``; ``benchmarks/results/int8_weight_formats_default.json``,
-``int8_weight_formats_paper.json``; an AVX512-VNNI AMD EPYC, ONNX Runtime 1.32.0, one thread, batch 1;
-mesh = per-triplet max distance of the posed mesh to the fp32 graph's):
+``int8_weight_formats_demo_2026-12-05.json``, ``int8_weight_formats_paper.json``; an AVX512-VNNI AMD EPYC,
+ONNX Runtime 1.32.0, one thread, batch 1; mesh = per-triplet max distance of the posed mesh to the fp32 graph's):
 
 | | s8 (7 bits) | u8 (8 bits) |
 |---|---|---|
-| bundled demo, the gate's 2 triplets: mesh max | 1.03 mm (fails) | 0.72 mm |
-| bundled demo, 64 more (seed 5): mean / max, triplets >= 1 mm | 0.71 / 1.23 mm, 3 | 0.66 / 0.95 mm, 0 |
-| bundled demo, speed over the fp32 graph (28.4 ms) | 1.26x (22.6 ms) | 1.08x (26.2 ms) |
+| demo of 2026-12-05, the gate's 2 triplets: mesh max | 1.03 mm (fails) | 0.72 mm |
+| demo of 2026-12-05, 64 more (seed 5): mean / max, triplets >= 1 mm | 0.71 / 1.23 mm, 3 | 0.66 / 0.95 mm, 0 |
+| demo of 2026-12-05, speed over the fp32 graph (28.4 ms) | 1.26x (22.6 ms) | 1.08x (26.2 ms) |
+| demo since 2026-12-07, the gate's 2 triplets: mesh max | 0.61 mm (passes) | 0.38 mm |
+| demo since 2026-12-07, 64 more (seed 5): mean / max, triplets >= 1 mm | 0.60 / 1.02 mm, 1 | 0.47 / 0.74 mm, 0 |
+| demo since 2026-12-07, speed over the fp32 graph (38.2 ms) | 1.14x (33.4 ms) | 1.08x (35.4 ms) |
 | `paper` (random weights), speed over fp32 (1610 ms) | 3.15x (511 ms) | 1.32x (1223 ms) |
 
-So u8 is the accurate format (the demo's int8 error is the weights' rounding: halving its step takes
-the demo under the gate on every triplet tried) and s8 the fast one on VNNI CPUs; on AVX2-only CPUs
+So u8 is the accurate format (the int8 error is the weights' rounding: halving its step takes both demos
+under 1 mm on every triplet tried) and s8 the fast one on VNNI CPUs; on AVX2-only CPUs
 the two kernels' speeds were not measured here. The fused kernels agree with the float simulation of
-the same graph in both formats on that CPU (mesh 0 and 0.08 mm).
+the same graph in both formats on that CPU (mesh 0 and 0.08 mm; 0 and 0 for the 2026-12-07 demo).
 
 ``dfmvr-export --int8`` (``--int8-weights auto``, the default) writes the s8 graph when it passes the
 int8 gate and the u8 graph when s8 does not; ``--int8-weights s8|u8`` forces one.
