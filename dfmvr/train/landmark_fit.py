@@ -85,7 +85,7 @@ def fit_settings(face_model: MorphableModel, camera: Camera, landmark_noise_px: 
     config = config or landmark_fit_config()
     return {"face_model": face_model.identity(), "camera": camera.to_dict(),
             "landmark_noise_px": float(landmark_noise_px), "noise_seed": int(noise_seed),
-            **{k: v for k, v in config.to_dict().items() if k in ("steps", "pose_fraction", "lr", "loss_weights")}}
+            **{k: v for k, v in config.to_dict().items() if k in ("steps", "pose_fraction", "pose_phase_lighting", "lr", "loss_weights")}}
 
 
 def save_fits(path, sets: dict, settings: dict) -> None:

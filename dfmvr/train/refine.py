@@ -12,8 +12,11 @@ Coarse to fine: the first ``coarse_fraction`` of the steps render at half size (
 1.9x cheaper per step). Measured error and time: ``docs/refine.md``.
 
 Schedule: the first ``pose_fraction`` of the steps move only the per-view rotation and translation
-(the network's pose is its least accurate output), the rest move everything; each phase runs its own
-Adam with a cosine-decayed learning rate. Coefficients are moved as x = x0 + step_scale * z with z
+(the network's pose is its least accurate output) and the lighting; the rest move everything; each
+phase runs its own Adam with a cosine-decayed learning rate. Why the lighting moves with the pose: held
+at a network's poor guess (a demo trained without the render, lighting R² 0.10), the photometric term
+turned some heads by 7-11 degrees to explain the shading, and the later phase never brought them back
+(docs/refine.md, "The demo of 2026-12-07"). Coefficients are moved as x = x0 + step_scale * z with z
 optimised by Adam at learning rate ``lr``: ``step_scale`` sets the size of a step per block in the
 block's own units (basis sigmas, radians, decimetres), so one ``lr`` serves every block.
 
@@ -71,13 +74,15 @@ def weak_batch(batch: dict) -> dict:
 
 @dataclass
 class RefineConfig:
-    """How to refine. steps: Adam steps in all; pose_fraction: share of them on the pose alone;
+    """How to refine. steps: Adam steps in all; pose_fraction: share of them on the pose (and, with
+    pose_phase_lighting, the lighting) alone;
     lr: Adam's initial learning rate on the scaled variables; final_lr: the cosine's end, as a
     fraction of lr; step_scale: per block, the size of one unit step (identity/expression/texture in
     basis sigmas, lighting in SH units, rotation in radians, translation in decimetres)."""
 
     steps: int = 50
     pose_fraction: float = 0.25
+    pose_phase_lighting: bool = True    # the lighting moves in the pose phase too (False: the pose alone)
     lr: float = 4.0
     final_lr: float = 0.05
     step_scale: dict = field(default_factory=lambda: {
@@ -256,13 +261,16 @@ class Refiner:
         if steps <= 0:
             return x0.clone()
         scale = _scale_vector(cfg.step_scale, self.device)
+        # the shared block is identity, expression, texture, then lighting (COEFFS order): split off the last
         z_pose = torch.zeros(x0.shape[0], COEFFS.size - COEFFS.shared, device=self.device, requires_grad=True)
-        z_shared = torch.zeros(x0.shape[0], COEFFS.shared, device=self.device, requires_grad=True)
+        z_shape = torch.zeros(x0.shape[0], COEFFS.shared - COEFFS.lighting, device=self.device, requires_grad=True)
+        z_light = torch.zeros(x0.shape[0], COEFFS.lighting, device=self.device, requires_grad=True)
         n_pose = min(steps, int(round(steps * cfg.pose_fraction)))
         n_coarse = int(round(steps * cfg.coarse_fraction)) if self.coarse_loss is not None else 0
         small = self.coarse_batch(batch) if n_coarse else None
         done = 0
-        phases = [(n_pose, [z_pose]), (steps - n_pose, [z_shared, z_pose])]
+        first = [z_light, z_pose] if cfg.pose_phase_lighting else [z_pose]
+        phases = [(n_pose, first), (steps - n_pose, [z_shape, z_light, z_pose])]
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -275,7 +283,7 @@ class Refiner:
                 for k in range(n):
                     for g in opt.param_groups:
                         g["lr"] = _cosine(k, n, cfg.lr, cfg.final_lr)
-                    x = x0 + scale * torch.cat([z_shared, z_pose], dim=1)
+                    x = x0 + scale * torch.cat([z_shape, z_light, z_pose], dim=1)
                     if done < n_coarse:
                         total, _ = self.coarse_loss(x, small)
                     else:
@@ -291,7 +299,7 @@ class Refiner:
             if bar is not None:
                 bar.close()
         with torch.no_grad():
-            return x0 + scale * torch.cat([z_shared, z_pose], dim=1)
+            return x0 + scale * torch.cat([z_shape, z_light, z_pose], dim=1)
 
 
 def refine(coefficients, images, face_model: MorphableModel, camera: Camera, *, landmarks=None,

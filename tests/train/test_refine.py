@@ -85,14 +85,41 @@ def test_the_loss_sees_no_ground_truth(face_model, triplet):
     assert refiner.loss.weights.landmark_3d == 0.0 and refiner.loss.weights.mask == 0.0
 
 
-def test_pose_phase_moves_only_the_pose(face_model, triplet):
-    """With every step in the pose phase, identity, expression, texture and lighting stay put."""
+def test_pose_phase_moves_the_pose_and_the_lighting_only(face_model, triplet):
+    """With every step in the pose phase, identity, expression and texture stay put; the pose and the
+    lighting move (``pose_phase_lighting=False``: the pose alone)."""
     gt = triplet.gt
+    light = COEFFS.shared_slices()["lighting"]
     start = _perturbed(gt["coefficients"])
-    result = refine(start, triplet.images[None], face_model, Camera(), labels=gt["labels"][None],
-                    config=RefineConfig(steps=2, pose_fraction=1.0, threads=1))
-    assert np.array_equal(result.coefficients[:, :COEFFS.shared], start[:, :COEFFS.shared])
-    assert not np.array_equal(result.coefficients[:, COEFFS.shared:], start[:, COEFFS.shared:])
+    start[:, light] = 0.0          # a wrong lighting, so that moving it lowers the loss (the fit keeps its result)
+    for with_lighting in (True, False):
+        result = refine(start, triplet.images[None], face_model, Camera(), labels=gt["labels"][None],
+                        config=RefineConfig(steps=2, pose_fraction=1.0, coarse_fraction=0.0,
+                                            pose_phase_lighting=with_lighting, threads=1))
+        assert result.kept_initial.tolist() == [False]
+        assert np.array_equal(result.coefficients[:, :light.start], start[:, :light.start])
+        assert not np.array_equal(result.coefficients[:, COEFFS.shared:], start[:, COEFFS.shared:])
+        assert np.array_equal(result.coefficients[:, light], start[:, light]) != with_lighting
+
+
+def test_lighting_in_the_pose_phase_keeps_a_wrong_lighting_from_turning_the_head(face_model, triplet):
+    """The true shape and pose with the lighting zeroed (a network that never learned it): held fixed,
+    the photometric term turns the head to explain the shading; moving with the pose, it takes the
+    blame instead. Pose phase only, photometric term only, so nothing else can move the pose."""
+    from dfmvr.face.metrics import rotation_error_deg
+
+    gt = triplet.gt
+    start = gt["coefficients"][None].astype(np.float32).copy()
+    start[:, COEFFS.shared_slices()["lighting"]] = 0.0
+    errors = {}
+    for with_lighting in (True, False):
+        result = refine(start, triplet.images[None], face_model, Camera(), labels=gt["labels"][None],
+                        config=RefineConfig(steps=12, pose_fraction=1.0, coarse_fraction=0.0,
+                                            pose_phase_lighting=with_lighting, threads=1))
+        truth = COEFFS.split(gt["coefficients"][None].astype(np.float32))
+        errors[with_lighting] = float(rotation_error_deg(COEFFS.split(result.coefficients).rotation,
+                                                         truth.rotation).max())
+    assert errors[True] < 0.5 * errors[False], errors
 
 
 def test_coarse_stage_is_the_same_problem_at_half_size(face_model, triplet):
