@@ -42,6 +42,7 @@ def _one_hot_comparisons(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == "Equal"]
 
 
+@pytest.mark.slow   # the int8 export of its fixture: 22 s on a slow host
 def test_lite_layer_classification(lite_graph):
     fp32 = lite_graph["fp32"]
     kept = int8.float_layers(fp32)
@@ -76,6 +77,7 @@ def test_lite_layer_classification(lite_graph):
     assert lite_graph["info"]["nodes_kept_float"] == {k: len(v) for k, v in kept.items()}
 
 
+@pytest.mark.slow   # the int8 export of its fixture: 22 s on a slow host
 def test_lite_int8_keeps_the_label_one_hot_exact(lite_graph):
     """The one-hot class inputs (Equal outputs) and the labels of the int8 graph agree with the fp32
     graph's (with only the output layers float, the labels agreed on 0.980 of the pixels here and the
@@ -93,6 +95,7 @@ def test_lite_int8_keeps_the_label_one_hot_exact(lite_graph):
     assert sum(n.op_type == "QuantizeLinear" for n in lite_graph["int8"].graph.node) > 20
 
 
+@pytest.mark.slow   # the int8 export of its fixture: 22 s on a slow host
 def test_lite_int8_meets_the_mesh_gate(lite_graph):
     from dfmvr.face.synthetic import default_face_model
 
@@ -103,6 +106,7 @@ def test_lite_int8_meets_the_mesh_gate(lite_graph):
     assert mesh_max < INT8_TOLERANCE.mesh_max_mm
 
 
+@pytest.mark.slow   # the int8 export of its fixture: 22 s on a slow host
 def test_lite_int8_reads_the_one_hot_and_the_fused_views_in_float(lite_graph):
     """In the int8 graph the encoders' first Convs read the float (not dequantized) images + one-hot, the
     fused views' Concat is not requantized and the attention-gated views reach it in float, while the

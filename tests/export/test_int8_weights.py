@@ -98,6 +98,7 @@ def test_auto_falls_back_to_u8_when_s8_fails_the_gate(tmp_path, monkeypatch):
     assert report["passed"] is True                  # the u8 graph went through the real gate
 
 
+@pytest.mark.slow   # 34 s on a slow host
 def test_the_bundled_demo_exports_an_int8_graph_that_passes_the_gate(tmp_path, capsys):
     """Issue 18, item 5: ``dfmvr-export default --int8`` writes a graph within 1 mm of PyTorch, and
     ``dfmvr-run`` reconstructs the example with it. The 2026-12-05 demo's s8 graph missed by 0.03 mm (1.03),

@@ -201,6 +201,7 @@ def _unlabelled_copy(synth4, root):
     return root
 
 
+@pytest.mark.slow   # 26 s on a slow host
 def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, lite_checkpoint, tmp_path, capsys,
                                                                        one_torch_thread, monkeypatch):
     from dfmvr.cli.train import command as train_command
