@@ -95,6 +95,10 @@ class RefineConfig:
     coarse_fraction: float = 0.75
     coarse_factor: int = 2
     prdl: float = 0.0                   # PRDL weight (0: off; 3DDFA-V3 used 8e-4)
+    # A Gaussian prior toward the start (the network's prediction), per shape block: weight x the
+    # squared distance from the start in basis sigmas, summed over the block's coefficients (the
+    # regulariser's form, centred on the start instead of the mean face). {} : off.
+    start_prior: dict = field(default_factory=dict)
     # Other LossWeights fields to change from the default recipe (e.g. {"landmark_2d": 0.01}); the
     # ground-truth weights stay 0 whatever this says.
     loss_weights: dict = field(default_factory=dict)
@@ -151,6 +155,24 @@ def _scale_vector(step_scale: dict, device) -> torch.Tensor:
     return s.to(device)
 
 
+def _start_prior(weights: dict, device):
+    """``RefineConfig.start_prior`` as a function of the step from the start [B, 269] -> scalar
+    (the batch mean of each triplet's weighted sum of squares), or None when every weight is 0."""
+    blocks = COEFFS.shared_slices()
+    unknown = set(weights) - {"identity", "expression", "texture"}
+    if unknown:
+        raise ValueError(f"start_prior: no prior for {sorted(unknown)}; it takes identity, expression, texture")
+    if any(float(v) < 0 for v in weights.values()):
+        raise ValueError(f"start_prior: weights must be >= 0, got {weights}")
+    w = torch.zeros(COEFFS.size, dtype=torch.float32)
+    for name, weight in weights.items():
+        w[blocks[name]] = float(weight)
+    if not bool((w > 0).any()):
+        return None
+    w = w.to(device)
+    return lambda step: (w * step * step).sum(-1).mean()
+
+
 def _cosine(step: int, total: int, lr: float, final: float) -> float:
     if total <= 1:
         return lr
@@ -171,6 +193,7 @@ class Refiner:
         self.weights = weak_weights(prdl=self.config.prdl, **self.config.loss_weights)
         self.loss = TrainingLoss(self.face, self.weights).to(self.device)
         self.camera = camera
+        self.start_prior = _start_prior(self.config.start_prior, self.device)   # checked here, before any fit
         self.last_batch: dict | None = None      # the batch handed to the loss (for inspection / tests)
         self.coarse_loss = None
         k = int(self.config.coarse_factor)
@@ -268,6 +291,7 @@ class Refiner:
         n_pose = min(steps, int(round(steps * cfg.pose_fraction)))
         n_coarse = int(round(steps * cfg.coarse_fraction)) if self.coarse_loss is not None else 0
         small = self.coarse_batch(batch) if n_coarse else None
+        prior = self.start_prior
         done = 0
         first = [z_light, z_pose] if cfg.pose_phase_lighting else [z_pose]
         phases = [(n_pose, first), (steps - n_pose, [z_shape, z_light, z_pose])]
@@ -288,6 +312,8 @@ class Refiner:
                         total, _ = self.coarse_loss(x, small)
                     else:
                         total, _ = self.loss(x, batch)
+                    if prior is not None:
+                        total = total + prior(x - x0)
                     done += 1
                     opt.zero_grad(set_to_none=True)
                     total.backward()

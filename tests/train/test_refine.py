@@ -153,3 +153,25 @@ def test_a_fit_that_raises_the_weak_loss_returns_the_network_prediction(face_mod
     assert result.loss_after[0] == result.loss_before[0] and result.terms_after == result.terms_before
     assert result.record(0)["kept_initial"] is True
 
+
+
+def test_a_start_prior_holds_its_block_near_the_network_and_leaves_the_others_free(face_model, triplet):
+    """``start_prior``: a Gaussian prior toward the start on the named shape block only. With a strong
+    one the expression barely leaves the start while the identity moves as far as without it."""
+    gt = triplet.gt
+    start = _perturbed(gt["coefficients"])
+    blocks = COEFFS.shared_slices()
+    moved = {}
+    for prior in ({}, {"expression": 10.0}):
+        result = refine(start, triplet.images[None], face_model, Camera(), landmarks=gt["landmarks"][None],
+                        landmark_visible=gt["landmarks_visible"][None], labels=gt["labels"][None],
+                        config=RefineConfig(steps=30, coarse_fraction=0.0, start_prior=prior, threads=1))
+        assert result.kept_initial.tolist() == [False]
+        step = result.coefficients - start
+        moved[bool(prior)] = {name: float(np.linalg.norm(step[:, blocks[name]])) for name in ("identity", "expression")}
+    assert moved[True]["expression"] < 0.2 * moved[False]["expression"], moved
+    assert moved[True]["identity"] > 0.5 * moved[False]["identity"], moved
+    with pytest.raises(ValueError, match="lighting"):
+        Refiner(face_model, Camera(), RefineConfig(start_prior={"lighting": 1.0}))
+    with pytest.raises(ValueError, match=">= 0"):
+        Refiner(face_model, Camera(), RefineConfig(start_prior={"expression": -1.0}))
