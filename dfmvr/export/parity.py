@@ -85,6 +85,10 @@ class ParityReport:
     passed: bool | None = None     # None: not run (see skipped)
     failures: list[str] = field(default_factory=list)
     skipped: str | None = None     # why this backend could not run here
+    # fp32 with labels that differ at a few pixels (near-tie argmaxes): the end-to-end numbers against the
+    # torch graph ({coefficients_max_abs, keypoints_max_px, mesh_max_mm}); the fields above are then against
+    # torch's layers run on the candidate's labels, and the gates read those (see ``compare``).
+    end_to_end: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,10 +152,23 @@ def mesh_difference_mm(face_model: MorphableModel, card: ModelCard, coefficients
 
 def compare(reference: tuple, candidate: tuple, card: ModelCard, face_model: MorphableModel, backend: str,
             precision: str = "fp32", tolerance: Tolerance | None = None,
-            reference_name: str = "torch") -> ParityReport:
+            reference_name: str = "torch", given_labels: tuple | None = None) -> ParityReport:
     """Compare a candidate's outputs with the reference's (both (coefficients, labels[, keypoints]) numpy;
-    keypoints None or absent: the graph has none)."""
+    keypoints None or absent: the graph has none).
+
+    given_labels: the reference's outputs with its labels replaced by the candidate's (``DFMVRNet.
+    forward_given_labels``), for a candidate whose labels differ at some pixels. The label gate still reads
+    the two argmaxes; the coefficient, keypoint and mesh gates then read the layers after the parser on equal
+    labels, since one flipped pixel of 301,056 moved a trained demo's coefficients by 2.7e-3 (the fp32 gate:
+    1e-4; docs/export.md, "Parity"). The end-to-end numbers are kept in ``end_to_end``."""
     tol = tolerance or _TOLERANCES.get(precision, FP32_TOLERANCE)
+    if given_labels is not None:
+        end_to_end = compare(reference, candidate, card, face_model, backend, precision, tol, reference_name)
+        report = compare((given_labels[0], reference[1]) + tuple(given_labels[2:]), candidate, card, face_model,
+                         backend, precision, tol, reference_name)
+        report.end_to_end = {"coefficients_max_abs": end_to_end.coefficients_max_abs,
+                             "keypoints_max_px": end_to_end.keypoints_max_px, "mesh_max_mm": end_to_end.mesh_max_mm}
+        return report
     (ref_c, ref_l), ref_k = reference[:2], (reference[2] if len(reference) > 2 else None)
     (cand_c, cand_l), cand_k = candidate[:2], (candidate[2] if len(candidate) > 2 else None)
     report = ParityReport(backend=backend, reference=reference_name, precision=precision,

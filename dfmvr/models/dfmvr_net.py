@@ -138,10 +138,28 @@ class DFMVRNet(nn.Module):
         b, v, c, h, w = images.shape
         logits = self.mask_model(images.reshape(b * v, c, h, w))
         # max(dim).indices: same labels as argmax, ~3x faster on CPU for a channel-dim reduction.
-        labels = logits.detach().max(dim=1).indices.reshape(b, v, h, w)
+        return self._with_labels(images, logits.detach().max(dim=1).indices.reshape(b, v, h, w))
+
+    @staticmethod
+    def _with_labels(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(fusion input, labels) for given label indices [B, 3, H, W]; a missing view's labels are 0."""
         present = images.detach().flatten(2).abs().amax(dim=2) > 0          # [B, V] bool
-        labels = labels * present[:, :, None, None].to(labels.dtype)
+        labels = labels.to(torch.int64) * present[:, :, None, None].to(torch.int64)
         return fusion_input(images, labels), labels
+
+    def forward_given_labels(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+        """The graph's outputs (``forward``'s, plus keypoints where it predicts them) with the parser's labels
+        replaced by ``labels`` [B, 3, H, W]: what the layers after the parser make of them. The export's
+        parity check scores a graph whose argmax fell the other way at a near tie against this, so that one
+        flipped pixel is judged by the label gate, not as a coefficient error (dfmvr/export/parity.py)."""
+        x, labels = self._with_labels(images, labels)
+        if self.predicts_keypoints and isinstance(self.uuunet, LiteFusion):
+            feature, keypoints = self.uuunet.fuse_with_keypoints(x[:, 0], x[:, 1], x[:, 2])
+            return self.rednet_fc(feature), labels, keypoints
+        coefficients = self.rednet_fc(self.uuunet(x[:, 0], x[:, 1], x[:, 2]))
+        if self.predicts_keypoints:
+            return coefficients, labels, self.rednet_fc.last_keypoints
+        return coefficients, labels
 
     def split(self, coefficients: Tensor):
         """Flat [B, 269] -> ``Coefficients`` of torch tensors (through the card's layout)."""

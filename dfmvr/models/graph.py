@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..card import GRAPH_KEYPOINTS, GRAPH_OUTPUTS
 
-__all__ = ["graph_outputs", "graph_forward", "GraphModule"]
+__all__ = ["graph_outputs", "graph_forward", "graph_forward_given_labels", "GraphModule"]
 
 
 def graph_outputs(model) -> list[str]:
@@ -29,6 +29,13 @@ def graph_forward(model, images: Tensor) -> tuple[Tensor, ...]:
         return coefficients.float(), labels.to(torch.uint8), keypoints.float()
     coefficients, labels = model(images)
     return coefficients.float(), labels.to(torch.uint8)
+
+
+def graph_forward_given_labels(model, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+    """``graph_forward`` with the parser's labels replaced by ``labels`` [B, 3, H, W] (``DFMVRNet.forward_given_labels``)."""
+    out = model.forward_given_labels(images, labels)
+    coefficients, labels = out[0].float(), out[1].to(torch.uint8)
+    return (coefficients, labels, out[2].float()) if GRAPH_KEYPOINTS in graph_outputs(model) else (coefficients, labels)
 
 
 class GraphModule(nn.Module):
