@@ -171,20 +171,11 @@ class _ExportRun:
 
     def reference_given_labels(self, images, labels) -> tuple:
         """The torch model's outputs on ``images`` with the parser's labels replaced by ``labels`` (numpy)."""
-        import numpy as np
-        import torch
-
-        from ..models.graph import graph_forward_given_labels
-
-        was_training = self.model.training
-        self.model.eval()
+        call = parity.RunnerCall(TorchRunner(self.model, labels=labels))
         try:
-            with torch.inference_mode():
-                out = graph_forward_given_labels(self.model, torch.from_numpy(np.ascontiguousarray(images, np.float32)),
-                                                 torch.from_numpy(np.asarray(labels).astype(np.int64)))
+            return call(images)
         finally:
-            self.model.train(was_training)
-        return tuple(t.numpy() for t in out)
+            call.close()
 
 
 # --- loaders: each writes one artefact (atomically) and says how to check it ------------------------------

@@ -92,8 +92,7 @@ class DFMVRNet(nn.Module):
         Returns (coefficients [B, COEFFS.size] float32 in COEFFS order, labels [B, 3, H, W] int64).
         """
         x, labels = self.view_inputs(images)
-        feature = self.uuunet(x[:, 0], x[:, 1], x[:, 2])
-        coefficients = self.rednet_fc(feature)
+        coefficients, _ = self._after_parser(x, keypoints=False)
         return coefficients, labels
 
     @property
@@ -111,11 +110,20 @@ class DFMVRNet(nn.Module):
             raise ValueError("this network predicts no keypoints (architecture unet.keypoints / "
                              "rednet.keypoints = 0)")
         x, labels = self.view_inputs(images)
-        if isinstance(self.uuunet, LiteFusion):
-            feature, keypoints = self.uuunet.fuse_with_keypoints(x[:, 0], x[:, 1], x[:, 2])
-            return self.rednet_fc(feature), labels, keypoints
+        coefficients, keypoints = self._after_parser(x, keypoints=True)
+        return coefficients, labels, keypoints
+
+    def _after_parser(self, x: Tensor, keypoints: bool) -> tuple[Tensor, Tensor | None]:
+        """The layers after the parser on the fusion input x [B, 3, 4, H, W] (``view_inputs``): (coefficients,
+        keypoints [B, 3, K, 2] px when asked for, else None). The one home of that path for ``forward``,
+        ``forward_with_keypoints`` and ``forward_given_labels``, so the export's parity reference on given
+        labels is the very computation the graph traces."""
+        if keypoints and isinstance(self.uuunet, LiteFusion):
+            feature, points = self.uuunet.fuse_with_keypoints(x[:, 0], x[:, 1], x[:, 2])
+            return self.rednet_fc(feature), points
         coefficients = self.rednet_fc(self.uuunet(x[:, 0], x[:, 1], x[:, 2]))
-        return coefficients, labels, self.rednet_fc.last_keypoints   # the readout the heads read
+        # the official design's keypoint readout, which its heads read, is kept by the regressor
+        return coefficients, (self.rednet_fc.last_keypoints if keypoints else None)
 
     def drop_keypoint_heads(self) -> "DFMVRNet":
         """Remove the lite design's keypoint heads (in place): the exported graph then has no ``keypoints``
@@ -153,13 +161,8 @@ class DFMVRNet(nn.Module):
         parity check scores a graph whose argmax fell the other way at a near tie against this, so that one
         flipped pixel is judged by the label gate, not as a coefficient error (dfmvr/export/parity.py)."""
         x, labels = self._with_labels(images, labels)
-        if self.predicts_keypoints and isinstance(self.uuunet, LiteFusion):
-            feature, keypoints = self.uuunet.fuse_with_keypoints(x[:, 0], x[:, 1], x[:, 2])
-            return self.rednet_fc(feature), labels, keypoints
-        coefficients = self.rednet_fc(self.uuunet(x[:, 0], x[:, 1], x[:, 2]))
-        if self.predicts_keypoints:
-            return coefficients, labels, self.rednet_fc.last_keypoints
-        return coefficients, labels
+        coefficients, keypoints = self._after_parser(x, keypoints=self.predicts_keypoints)
+        return (coefficients, labels) if keypoints is None else (coefficients, labels, keypoints)
 
     def split(self, coefficients: Tensor):
         """Flat [B, 269] -> ``Coefficients`` of torch tensors (through the card's layout)."""

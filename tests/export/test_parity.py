@@ -139,3 +139,69 @@ def test_a_near_tie_label_flip_is_judged_by_the_label_gate_on_equal_labels():
 
     wrong = (candidate[0] + np.float32(1e-3),) + candidate[1:]
     assert not compare(reference, wrong, card, face, "wrong", given_labels=given).passed
+
+
+def _tilt_parser_toward_one_class(model, images, flips: int) -> int:
+    """Give the parser's classifier a bias toward one class, just large enough that its argmax moves at
+    ``flips`` pixels of the present views: near ties broken the other way, the parser otherwise unchanged.
+    The class is the one with the most pixels just short of winning. Returns how many labels moved."""
+    import torch
+
+    parser = model.mask_model
+    classifier = parser.detail.conv_out if parser.detail is not None else parser.conv_out.conv_out
+    assert parser.class_merge is None          # a constant added to one logit stays constant through the upsampling
+    b, v, c, h, w = images.shape
+    with torch.inference_mode():
+        logits = parser(images.reshape(b * v, c, h, w)).reshape(b, v, -1, h, w)
+    present = images.flatten(2).abs().amax(dim=2) > 0
+    logits = logits[present]                                       # [present views, classes, H, W]
+    margin = logits.max(dim=1, keepdim=True).values - logits       # 0 at the winner
+    margin[margin == 0] = float("inf")
+    closest = margin.flatten(2).kthvalue(flips, dim=2).values.min(dim=0).values   # per class
+    target = int(closest.argmin())
+    gaps = margin[:, target].flatten().sort().values
+    bias = torch.zeros(logits.shape[1])
+    bias[target] = float(gaps[flips - 1] + gaps[flips]) / 2
+    classifier.bias = torch.nn.Parameter(bias, requires_grad=False)
+    with torch.inference_mode():
+        moved = parser(images.reshape(b * v, c, h, w)).reshape(b, v, -1, h, w)[present].argmax(1) != logits.argmax(1)
+    return int(moved.sum())
+
+
+def test_the_export_check_scores_a_real_graph_whose_labels_flipped_on_equal_labels():
+    """The pipeline's own branch (``_check``), with a real ONNX Runtime session: the shipped graph of the
+    bundled demo against its torch model whose parser was tilted so that 12 near-tie pixels of the parity
+    inputs fall the other way. fp32: scored end to end the flips move the coefficients past the gate; the
+    check scores the layers after the parser on the graph's labels and passes, the end-to-end numbers kept.
+    A real error after the parser still fails it, and fp16 stays end to end."""
+    import dataclasses
+
+    import torch
+
+    from dfmvr.export.parity import OnnxrtRunner, parity_inputs
+    from dfmvr.export.pipeline import Artefact, ExportSummary, _check, _ExportRun, load_for_export, _face_model
+    from dfmvr.runtime.artifacts import DEFAULT_ONNX
+
+    model, card, _ = load_for_export("default")
+    images = parity_inputs(card, batch=2)
+    assert _tilt_parser_toward_one_class(model, torch.from_numpy(images), flips=12) == 12
+    run = _ExportRun(model, card, _face_model(None, card), None, ExportSummary(onnx_path=DEFAULT_ONNX,
+                     parity_path=None), print, 0.0, fp16=False, int8=False, compact=False, calibration=0,
+                     calibration_seed=None, int8_weights="auto", engine=None, profile=None, workspace_gb=0.0,
+                     timing_cache=None, parity_batch=2)
+    graph = Artefact("onnxruntime-cpu", "fp32", FP32_TOLERANCE, runner=lambda: OnnxrtRunner(DEFAULT_ONNX, threads=1))
+
+    report = _check(run, graph)
+    assert report.passed, report.failures
+    assert report.labels_agreement == pytest.approx(1 - 12 / images[:, :, 0].size, abs=2 / images[:, :, 0].size)
+    assert report.end_to_end["coefficients_max_abs"] > FP32_TOLERANCE.coefficients_max_abs
+    assert report.coefficients_max_abs < FP32_TOLERANCE.coefficients_max_abs / 10
+    assert report.keypoints_max_px is not None
+
+    half = _check(run, dataclasses.replace(graph, precision="fp16"))
+    assert half.end_to_end is None and half.coefficients_max_abs == pytest.approx(
+        report.end_to_end["coefficients_max_abs"])
+
+    with torch.no_grad():                      # an error after the parser: one head's bias off by 1e-3
+        next(p for n, p in model.rednet_fc.named_parameters() if n.endswith("bias")).add_(1e-3)
+    assert not _check(run, graph).passed
