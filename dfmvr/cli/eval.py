@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .options import (batch_size_option, exit_codes, face_model_option, json_option, onnx_option, quiet_option,
-                      refine_device_option, refine_landmark_weight_option, refine_config)
+                      refine_device_option, refine_landmark_weight_option, refine_landmark_anneal_option, refine_config)
 from .settings import HELP_SETTINGS
 
 from ..atomic import atomic_write_text
@@ -54,6 +54,7 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
                    "Needs torch (the 'train' extra). Each --batch of triplets is one optimisation.")
 @refine_device_option
 @refine_landmark_weight_option
+@refine_landmark_anneal_option
 @click.option("--refine-from-mean-face", is_flag=True,
               help="With --refine: also refine from the mean face (identity, expression and texture zeroed; "
                    "the network's pose and light) for the same steps: what the network's shape is worth "
@@ -77,8 +78,8 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
                    "model read each view's pose from the photo or from the slot?")
 @quiet_option
 def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iterations, refine_steps,
-            refine_device, refine_landmark_weight, refine_from_mean_face, landmark_noise, refine_labels,
-            refine_landmarks, slot_order, quiet):
+            refine_device, refine_landmark_weight, refine_landmark_anneal, refine_from_mean_face, landmark_noise,
+            refine_labels, refine_landmarks, slot_order, quiet):
     """Score a model on DATA: mean / median / RMSE point-to-surface error in mm (NoW protocol),
     next to the mean face and the same model given only the front view."""
     if (checkpoint is None) == (onnx is None):
@@ -87,9 +88,9 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
 
     slot_order = _parse_slot_order(slot_order)
     if refine_steps == 0 and (landmark_noise > 0 or refine_labels != "data" or refine_landmarks != "data"
-                              or refine_landmark_weight is not None):
-        raise click.UsageError("--landmark-noise, --refine-labels, --refine-landmarks and --refine-landmark-weight "
-                               "set up --refine; add --refine N")
+                              or refine_landmark_weight is not None or refine_landmark_anneal is not None):
+        raise click.UsageError("--landmark-noise, --refine-labels, --refine-landmarks, --refine-landmark-weight and "
+                               "--refine-landmark-anneal set up --refine; add --refine N")
     if refine_landmarks != "data" and landmark_noise > 0:
         raise click.UsageError(f"--landmark-noise adds error to the data's landmarks, not to --refine-landmarks "
                                f"{refine_landmarks}")
@@ -117,7 +118,8 @@ def command(checkpoint, onnx, data, face_model, json_out, limit, batch, icp_iter
         from ..train.refine import Refiner
 
         refiner = Refiner(fm, predictor.card.camera_obj(),
-                          refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet))
+                          refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet,
+                                        refine_landmark_anneal))
     report = evaluate_dataset(predictor, data, fm, limit=limit, batch=batch, progress=not quiet,
                               refiner=refiner, refine_from_mean_face=refine_from_mean_face,
                               slot_order=slot_order, landmark_noise=landmark_noise, refine_labels=refine_labels,

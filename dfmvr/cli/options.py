@@ -26,8 +26,8 @@ import click
 
 __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_model_option", "onnx_option",
            "engine_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
-           "refine_device_option", "refine_landmark_weight_option", "refine_landmarks_option", "refine_config",
-           "detector_option",
+           "refine_device_option", "refine_landmark_weight_option", "refine_landmark_anneal_option",
+           "refine_landmarks_option", "refine_config", "detector_option",
            "FACE_MODEL_HELP"]
 
 # code -> its meaning in every command; a command may say more about a code, or leave one out.
@@ -140,12 +140,22 @@ def refine_device_option(f):
                         help="torch device of the --refine optimisation: cpu, cuda, cuda:1, ...")(f)
 
 
-def refine_landmark_weight_option(f):
-    return click.option("--refine-landmark-weight", "refine_landmark_weight", default=None,
-                        type=click.FloatRange(min=0), metavar="W",
-                        help="With --refine: the weight of the 2D landmark term. Default 0.001 "
-                             "(refine.RUN_LANDMARK_WEIGHT), 20x below the training recipe's 0.02, which over-trusts "
-                             "a detector's error (docs/refine.md, 'How much to trust the landmarks').")(f)
+def _refine_number_option(flag: str, least: float, metavar: str, help: str):
+    """A ``--refine-*`` number, None when not given (the command then uses the refiner's default)."""
+    return click.option(flag, flag.lstrip("-").replace("-", "_"), default=None, type=click.FloatRange(min=least),
+                        metavar=metavar, help=help)
+
+
+refine_landmark_weight_option = _refine_number_option(
+    "--refine-landmark-weight", 0, "W",
+    "With --refine: the weight of the 2D landmark term. Default 0.001 (refine.RUN_LANDMARK_WEIGHT), 20x below the "
+    "training recipe's 0.02, which over-trusts a detector's error (docs/refine.md, 'How much to trust the landmarks').")
+
+refine_landmark_anneal_option = _refine_number_option(
+    "--refine-landmark-anneal", 1, "F",
+    "With --refine: the landmark weight starts at F times its value and falls to it by the last step. Default 1 "
+    "(constant). 3 helps landmarks with about 2 px of error and hurts noisier ones (docs/refine.md, 'A landmark "
+    "weight that falls').")
 
 
 def refine_landmarks_option(f):
@@ -158,12 +168,16 @@ def refine_landmarks_option(f):
                              "detector (docs/refine.md, 'Which landmarks').")(f)
 
 
-def refine_config(steps: int, device: str, landmark_weight: float | None, progress: bool):
-    """The ``RefineConfig`` of ``--refine N [--refine-device D] [--refine-landmark-weight W]`` (needs torch)."""
+def refine_config(steps: int, device: str, landmark_weight: float | None, progress: bool,
+                  landmark_anneal: float | None = None):
+    """The ``RefineConfig`` of ``--refine N [--refine-device D] [--refine-landmark-weight W]
+    [--refine-landmark-anneal F]`` (needs torch)."""
     from ..train.refine import RUN_LANDMARK_WEIGHT, RefineConfig
 
     weight = RUN_LANDMARK_WEIGHT if landmark_weight is None else float(landmark_weight)
-    return RefineConfig(steps=steps, device=device, progress=progress, loss_weights={"landmark_2d": weight})
+    anneal = 1.0 if landmark_anneal is None else float(landmark_anneal)
+    return RefineConfig(steps=steps, device=device, progress=progress, loss_weights={"landmark_2d": weight},
+                        landmark_anneal=anneal)
 
 
 def json_option(f):

@@ -15,7 +15,8 @@ import click
 
 from .options import (OutputPath, batch_size_option, engine_option, exit_codes, face_model_option, onnx_option,
                       quiet_option, threads_option, refine_device_option, detector_option,
-                      refine_landmark_weight_option, refine_landmarks_option, refine_config)
+                      refine_landmark_weight_option, refine_landmark_anneal_option, refine_landmarks_option,
+                      refine_config)
 from .settings import HELP_SETTINGS
 
 __all__ = ["command"]
@@ -57,6 +58,7 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
                    "Needs torch (the 'train' extra); docs/refine.md. Each --batch is one optimisation.")
 @refine_device_option
 @refine_landmark_weight_option
+@refine_landmark_anneal_option
 @refine_landmarks_option
 @click.option("--no-overlap", "no_overlap", is_flag=True, envvar="DFMVR_NO_OVERLAP",
               help="Run the stages one after another. By default decode + align of the next batch and writing "
@@ -64,7 +66,8 @@ DEFAULT_FORMATS = "obj,ply,npz,json,png"
                    "order); this is for debugging and timing single stages. Env: DFMVR_NO_OVERLAP=1.")
 @quiet_option
 def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, batch, device, backend, threads, resume,
-            refine_steps, refine_device, refine_landmark_weight, refine_landmarks, no_overlap, quiet):
+            refine_steps, refine_device, refine_landmark_weight, refine_landmark_anneal, refine_landmarks, no_overlap,
+            quiet):
     """Reconstruct 3D faces from INPUTS: a triplet folder (left.*, front.*, right.*, or <name>0/1/2),
     a folder of triplet folders (searched recursively), or three image paths (left front right).
     With neither --onnx nor --engine, the bundled demo model runs.
@@ -98,6 +101,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         raise click.UsageError("--refine-landmark-weight sets up --refine; add --refine N")
     if refine_landmarks is not None and refine_steps == 0:
         raise click.UsageError("--refine-landmarks sets up --refine; add --refine N")
+    if refine_landmark_anneal is not None and refine_steps == 0:
+        raise click.UsageError("--refine-landmark-anneal sets up --refine; add --refine N")
     triplets, problems = discover_triplets(inputs)
     single = len(triplets) + len(problems) == 1
     if resume:
@@ -123,7 +128,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         from ..train.refine import Refiner
 
         pipe.refiner = Refiner(pipe.face_model, pipe.camera,
-                               refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet))
+                               refine_config(refine_steps, refine_device, refine_landmark_weight, not quiet,
+                                             refine_landmark_anneal))
         pipe.landmark_source = refine_landmarks or "auto"
     bar = TripletBar(len(triplets), "reconstructing", show=not quiet and not single)
     with pipe:

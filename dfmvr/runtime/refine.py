@@ -117,7 +117,9 @@ class RefiningPipeline(Pipeline):
             rec.mesh = MeshResult(**{f.name: getattr(mesh, f.name)[i:i + 1] for f in fields(MeshResult)})
             rec.refine = {**result.record(i), "landmarks": found[i][1], "labels": "parse net (network output)",
                           # the weights changed from the recipe's (--refine-landmark-weight), if any
-                          "loss_weights": dict(getattr(getattr(self.refiner, "config", None), "loss_weights", {}))}
+                          "loss_weights": dict(getattr(getattr(self.refiner, "config", None), "loss_weights", {})),
+                          # the landmark weight's start multiple (--refine-landmark-anneal; 1: constant)
+                          "landmark_anneal": float(getattr(getattr(self.refiner, "config", None), "landmark_anneal", 1.0))}
         return recs
 
     @staticmethod

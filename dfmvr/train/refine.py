@@ -40,8 +40,8 @@ from ..synth.face_torch import FaceModelTorch
 from .losses.photo import downscale_photos_labels, downscaled_dilation, photo_weight_map
 from .losses.total import LossWeights, TrainingLoss
 
-__all__ = ["RUN_LANDMARK_WEIGHT", "RefineConfig", "RefineResult", "Refiner", "refine", "weak_batch", "weak_weights",
-           "WEAK_BATCH_KEYS", "GROUND_TRUTH_WEIGHTS"]
+__all__ = ["RUN_LANDMARK_WEIGHT", "RefineConfig", "RefineResult", "Refiner", "refine", "landmark_factor", "weak_batch",
+           "weak_weights", "WEAK_BATCH_KEYS", "GROUND_TRUTH_WEIGHTS"]
 
 # The only batch keys a refinement may hand to the loss (see TrainingLoss.forward).
 WEAK_BATCH_KEYS = ("photos", "labels", "landmarks", "landmark_visible", "photo_weights")
@@ -99,6 +99,12 @@ class RefineConfig:
     # squared distance from the start in basis sigmas, summed over the block's coefficients (the
     # regulariser's form, centred on the start instead of the mean face). {} : off.
     start_prior: dict = field(default_factory=dict)
+    # The landmark weight starts at this multiple of its value and falls geometrically to it by the last
+    # step (1: constant, the default). Why: at the run's weak landmark weight (1e-3) the photometric term can
+    # pull a fit into an expression whose weak loss is higher than the truth's; landmarks trusted more early
+    # keep it in the right basin when they are precise, and mislead it when they are not (docs/refine.md, "A
+    # landmark weight that falls": better at 2 px of error, worse at 8, so off by default).
+    landmark_anneal: float = 1.0
     # Other LossWeights fields to change from the default recipe (e.g. {"landmark_2d": 0.01}); the
     # ground-truth weights stay 0 whatever this says.
     loss_weights: dict = field(default_factory=dict)
@@ -173,6 +179,14 @@ def _start_prior(weights: dict, device):
     return lambda step: (w * step * step).sum(-1).mean()
 
 
+def landmark_factor(step: int, steps: int, anneal: float) -> float:
+    """The landmark weight's multiplier at ``step`` of ``steps`` (``RefineConfig.landmark_anneal``): ``anneal``
+    at the first step, falling geometrically to exactly 1 at the last."""
+    if anneal == 1.0 or steps <= 1:
+        return 1.0
+    return float(anneal) ** (1.0 - min(step, steps - 1) / (steps - 1))
+
+
 def _cosine(step: int, total: int, lr: float, final: float) -> float:
     if total <= 1:
         return lr
@@ -194,6 +208,9 @@ class Refiner:
         self.loss = TrainingLoss(self.face, self.weights).to(self.device)
         self.camera = camera
         self.start_prior = _start_prior(self.config.start_prior, self.device)   # checked here, before any fit
+        if not float(self.config.landmark_anneal) >= 1.0:
+            raise ValueError(f"landmark_anneal must be >= 1 (the weight falls to its value), got "
+                             f"{self.config.landmark_anneal}")
         self.last_batch: dict | None = None      # the batch handed to the loss (for inspection / tests)
         self.coarse_loss = None
         k = int(self.config.coarse_factor)
@@ -278,6 +295,20 @@ class Refiner:
         return RefineResult(x.cpu().numpy().astype(np.float32), x0.cpu().numpy(), before, after,
                             terms_before, terms_after, seconds, int(cfg.steps), str(self.device), worse)
 
+    def objective(self, x: torch.Tensor, x0: torch.Tensor, batch: dict, step: int, steps: int,
+                  coarse: bool = False) -> torch.Tensor:
+        """What step ``step`` of ``steps`` minimises at ``x`` from the start ``x0``: the weak loss (the coarse
+        one on the coarse batch), the landmark term's extra weight while it falls (``landmark_anneal``),
+        and the prior toward the start (``start_prior``). The fit's kept-check reads the weak loss alone."""
+        loss = self.coarse_loss if coarse else self.loss
+        total, terms = loss(x, batch)
+        if self.config.landmark_anneal != 1.0 and "landmark_2d" in terms:
+            extra = landmark_factor(step, steps, float(self.config.landmark_anneal)) - 1.0
+            total = total + extra * loss.weights.landmark_2d * terms["landmark_2d"]
+        if self.start_prior is not None:
+            total = total + self.start_prior(x - x0)
+        return total
+
     def _fit(self, x0: torch.Tensor, batch: dict) -> torch.Tensor:
         cfg = self.config
         steps = int(cfg.steps)
@@ -291,7 +322,6 @@ class Refiner:
         n_pose = min(steps, int(round(steps * cfg.pose_fraction)))
         n_coarse = int(round(steps * cfg.coarse_fraction)) if self.coarse_loss is not None else 0
         small = self.coarse_batch(batch) if n_coarse else None
-        prior = self.start_prior
         done = 0
         first = [z_light, z_pose] if cfg.pose_phase_lighting else [z_pose]
         phases = [(n_pose, first), (steps - n_pose, [z_shape, z_light, z_pose])]
@@ -308,12 +338,8 @@ class Refiner:
                     for g in opt.param_groups:
                         g["lr"] = _cosine(k, n, cfg.lr, cfg.final_lr)
                     x = x0 + scale * torch.cat([z_shape, z_light, z_pose], dim=1)
-                    if done < n_coarse:
-                        total, _ = self.coarse_loss(x, small)
-                    else:
-                        total, _ = self.loss(x, batch)
-                    if prior is not None:
-                        total = total + prior(x - x0)
+                    coarse = done < n_coarse
+                    total = self.objective(x, x0, small if coarse else batch, done, steps, coarse)
                     done += 1
                     opt.zero_grad(set_to_none=True)
                     total.backward()

@@ -87,18 +87,27 @@ def test_refine_fits_noisy_landmarks_and_the_network_labels_when_asked(synth4, t
     from dfmvr.train.losses.total import LossWeights
     from dfmvr.train.refine import RUN_LANDMARK_WEIGHT
 
-    for given, expected in ((["--refine-landmark-weight", "0.004"], 0.004), ([], RUN_LANDMARK_WEIGHT)):
+    # and --refine-landmark-anneal its start multiple (default 1: a constant weight)
+    for given, expected, anneal in ((["--refine-landmark-weight", "0.004", "--refine-landmark-anneal", "3"], 0.004, 3.0),
+                                    ([], RUN_LANDMARK_WEIGHT, 1.0)):
         out = tmp_path / f"weighted{expected}.json"
         code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--limit", "1", "--refine", "1",
                                               *given, "--icp-iterations", "0", "--json", out, "--quiet"], capsys)
         assert code == 0, output
-        assert json.loads(out.read_text())["refine"]["config"]["loss_weights"] == {"landmark_2d": expected}
+        config = json.loads(out.read_text())["refine"]["config"]
+        assert config["loss_weights"] == {"landmark_2d": expected} and config["landmark_anneal"] == anneal
     assert RUN_LANDMARK_WEIGHT < LossWeights().landmark_2d
     code, output = run_cli(eval_command, ["--help"], capsys)
     assert f"Default {RUN_LANDMARK_WEIGHT:g}" in " ".join(output.split())
     code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine-landmark-weight", "0.001"],
                            capsys)
     assert code == 2 and "--refine N" in output
+    code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine-landmark-anneal", "3"],
+                           capsys)
+    assert code == 2 and "--refine N" in output
+    code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine", "1",
+                                          "--refine-landmark-anneal", "0.5"], capsys)
+    assert code == 2 and "0.5" in output                                # below 1: refused before any fit
 
 
 @needs_default

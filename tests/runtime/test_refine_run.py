@@ -31,7 +31,8 @@ def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
         # 10 steps, not fewer: from the demo's start the first Adam steps overshoot (measured on this
         # triplet with the demo of 2026-12-04: weak loss 2.11 -> 2.88 after 3 steps, 1.05 after 10)
         run_entry([str(EXAMPLE), "--aligned", "--refine", "10", "--out", str(tmp_path / "out"),
-                   "--format", "json,npz", "--threads", "1", "--quiet", "--refine-landmark-weight", "0.005"])
+                   "--format", "json,npz", "--threads", "1", "--quiet", "--refine-landmark-weight", "0.005",
+                   "--refine-landmark-anneal", "3"])
     assert exc.value.code == 0, capsys.readouterr().err[-2000:]
     doc = json.loads((tmp_path / "out" / "triplet" / "result.json").read_text())
     r = doc["refine"]
@@ -42,6 +43,7 @@ def test_run_refine_writes_the_record_into_result_json(tmp_path, capsys):
     # --aligned: no detector; the bundled graph's keypoints output is what the landmark term fitted
     assert r["landmarks"].startswith("network") and r["labels"].startswith("parse net")
     assert r["loss_weights"] == {"landmark_2d": 0.005}           # --refine-landmark-weight reached the fit
+    assert r["landmark_anneal"] == 3.0                             # and --refine-landmark-anneal, recorded
     # the written coefficients and poses are the refined ones
     with np.load(tmp_path / "out" / "triplet" / "coeffs.npz") as z:
         np.testing.assert_allclose(z["coefficients"], r["coefficients"], rtol=1e-6, atol=1e-6)

@@ -175,3 +175,31 @@ def test_a_start_prior_holds_its_block_near_the_network_and_leaves_the_others_fr
         Refiner(face_model, Camera(), RefineConfig(start_prior={"lighting": 1.0}))
     with pytest.raises(ValueError, match=">= 0"):
         Refiner(face_model, Camera(), RefineConfig(start_prior={"expression": -1.0}))
+
+
+def test_a_falling_landmark_weight_weighs_the_landmarks_more_early_and_ends_at_its_weight(face_model, triplet):
+    """``landmark_anneal``: the fitted objective weighs the landmark term ``anneal`` times at the first step,
+    falling geometrically to exactly its weight at the last (full size and coarse alike); the weak loss,
+    which decides whether a fit is kept, never changes. What it does to a fit is measured on held-out
+    triplets (docs/refine.md, "A landmark weight that falls"), not here."""
+    from dfmvr.train.refine import RUN_LANDMARK_WEIGHT, landmark_factor
+
+    assert landmark_factor(0, 20, 100.0) == pytest.approx(100.0)
+    assert landmark_factor(19, 20, 100.0) == 1.0 and landmark_factor(7, 20, 1.0) == 1.0
+    assert landmark_factor(10, 21, 100.0) == pytest.approx(10.0)          # halfway: the geometric mean
+    gt = triplet.gt
+    start = torch.from_numpy(_perturbed(gt["coefficients"]))
+    refiner = Refiner(face_model, Camera(), RefineConfig(landmark_anneal=100.0,
+                                                         loss_weights={"landmark_2d": RUN_LANDMARK_WEIGHT}))
+    batch = refiner.make_batch(triplet.images[None], gt["landmarks"][None], gt["landmarks_visible"][None],
+                               gt["labels"][None])
+    with torch.no_grad():
+        for coarse, loss, data in ((False, refiner.loss, batch), (True, refiner.coarse_loss, refiner.coarse_batch(batch))):
+            weak, terms = loss(start, data)
+            assert terms["landmark_2d"] > 1.0                               # px²: the perturbed start is off
+            first = refiner.objective(start, start, data, 0, 20, coarse)
+            last = refiner.objective(start, start, data, 19, 20, coarse)
+            assert float(last) == pytest.approx(float(weak), rel=1e-6)
+            assert float(first - weak) == pytest.approx(99.0 * loss.weights.landmark_2d * float(terms["landmark_2d"]), rel=1e-5)
+    with pytest.raises(ValueError, match="landmark_anneal"):
+        Refiner(face_model, Camera(), RefineConfig(landmark_anneal=0.5))
