@@ -112,14 +112,15 @@ class RefiningPipeline(Pipeline):
                               visible if visible.any() else None, labels)
         refined = self.layout.split(np.asarray(result.coefficients, np.float32))
         mesh = self.assemble(refined)
+        config = getattr(self.refiner, "config", None)     # a Refiner's RefineConfig (any callable may refine)
         for i, rec in enumerate(recs):
             rec.coeffs = refined.select(i)
             rec.mesh = MeshResult(**{f.name: getattr(mesh, f.name)[i:i + 1] for f in fields(MeshResult)})
             rec.refine = {**result.record(i), "landmarks": found[i][1], "labels": "parse net (network output)",
                           # the weights changed from the recipe's (--refine-landmark-weight), if any
-                          "loss_weights": dict(getattr(getattr(self.refiner, "config", None), "loss_weights", {})),
+                          "loss_weights": dict(getattr(config, "loss_weights", {})),
                           # the landmark weight's start multiple (--refine-landmark-anneal; 1: constant)
-                          "landmark_anneal": float(getattr(getattr(self.refiner, "config", None), "landmark_anneal", 1.0))}
+                          "landmark_anneal": float(getattr(config, "landmark_anneal", 1.0))}
         return recs
 
     @staticmethod
