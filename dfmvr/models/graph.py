@@ -25,17 +25,19 @@ def graph_outputs(model) -> list[str]:
 def graph_forward(model, images: Tensor) -> tuple[Tensor, ...]:
     """``model``'s graph outputs for ``images``, in ``graph_outputs`` order and the graph's dtypes."""
     if GRAPH_KEYPOINTS in graph_outputs(model):
-        coefficients, labels, keypoints = model.forward_with_keypoints(images)
-        return coefficients.float(), labels.to(torch.uint8), keypoints.float()
-    coefficients, labels = model(images)
-    return coefficients.float(), labels.to(torch.uint8)
+        return _in_graph_dtypes(model, *model.forward_with_keypoints(images))
+    return _in_graph_dtypes(model, *model(images))
 
 
 def graph_forward_given_labels(model, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
     """``graph_forward`` with the parser's labels replaced by ``labels`` [B, 3, H, W] (``DFMVRNet.forward_given_labels``)."""
-    out = model.forward_given_labels(images, labels)
-    coefficients, labels = out[0].float(), out[1].to(torch.uint8)
-    return (coefficients, labels, out[2].float()) if GRAPH_KEYPOINTS in graph_outputs(model) else (coefficients, labels)
+    return _in_graph_dtypes(model, *model.forward_given_labels(images, labels))
+
+
+def _in_graph_dtypes(model, coefficients: Tensor, labels: Tensor, keypoints: Tensor | None = None) -> tuple[Tensor, ...]:
+    """The graph's dtypes (coefficients and keypoints float32, labels uint8), keypoints where the graph has them."""
+    out = (coefficients.float(), labels.to(torch.uint8))
+    return out + (keypoints.float(),) if GRAPH_KEYPOINTS in graph_outputs(model) else out
 
 
 class GraphModule(nn.Module):
