@@ -59,7 +59,7 @@ def command(inputs, out, aligned, detector, resume, quiet):
                               progress=bar)
     bar.close()
     if not quiet:
-        _print_fallbacks(summary.fallbacks)
+        _print_fallbacks(summary.fallbacks, check="its landmarks.npz (prepare draws no overlay)")
     if single and summary.failed:
         raise summary.failed[0].error
     if not single:

@@ -105,6 +105,8 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         raise click.UsageError("--refine-landmark-anneal sets up --refine; add --refine N")
     triplets, problems = discover_triplets(inputs)
     single = len(triplets) + len(problems) == 1
+    if not single:
+        triplets, problems = _refuse_the_summary_name(triplets, problems)
     if resume:
         skipped = [t for t in triplets if (Path(out) / t.name).is_dir()]
         triplets = [t for t in triplets if t not in skipped]
@@ -151,9 +153,12 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
     _write_summary(out, pipe, summary)
     if not quiet:
         _print_table(summary)
+    else:       # --quiet: no table, but the failures the last line points at are still listed
+        for problem in summary.failed:
+            click.echo(f"{problem.name}: {problem.error}", err=True)
     if summary.failed:
         click.echo(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.done)} triplets failed "
-                   f"(listed above and in {Path(out) / 'summary.json'})", err=True)
+                   f"(listed above and in {Path(out) / SUMMARY_NAME})", err=True)
         sys.exit(2)
 
 
@@ -191,15 +196,16 @@ def _quiet_opencv() -> None:
 FALLBACK_WORDS = {"hog-upsampled": "by dlib's HOG detector only with upsampling",
                   "cnn": "only by dlib's CNN face detector (HOG found none)",
                   "other-views": "by no detector: its face box was placed from the other views' detections "
-                                 "(same size and position), and the landmarks fitted in it -- check overlay.png"}
+                                 "(same size and position), and the landmarks fitted in it -- check {check}"}
 
 
-def _print_fallbacks(fallbacks: dict) -> None:
-    """One line per view whose face was found by a fallback path (also recorded in result.json)."""
+def _print_fallbacks(fallbacks: dict, check: str = "overlay.png") -> None:
+    """One line per view whose face was found by a fallback path (also recorded in result.json);
+    ``check``: the output that shows where the landmarks landed."""
     for name, views in fallbacks.items():
         for view, path in views.items():
-            click.echo(f"{name}: the face in the {view} view was found {FALLBACK_WORDS.get(path, 'by ' + path)}",
-                       err=True)
+            words = FALLBACK_WORDS.get(path, "by " + path).format(check=check)
+            click.echo(f"{name}: the face in the {view} view was found {words}", err=True)
 
 
 def _print_slot_doubts(doubts: dict) -> None:
@@ -218,6 +224,22 @@ def _stage_line(ms: dict) -> str:
     return ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
 
 
+SUMMARY_NAME = "summary.json"
+
+
+def _refuse_the_summary_name(triplets, problems):
+    """A batch writes ``SUMMARY_NAME`` beside its triplet folders: a triplet of that name is listed as bad
+    (its folder and the summary would overwrite each other) and the others go on."""
+    from ..errors import InputError
+    from ..runtime.inputs import TripletProblem
+
+    clash = [t for t in triplets if t.name == SUMMARY_NAME]
+    refused = [TripletProblem(t.name, InputError(t.ordered()[0].parent, f"a triplet named "
+                                                 f"{SUMMARY_NAME} would overwrite the batch's {SUMMARY_NAME} "
+                                                 "under --out", "rename the folder")) for t in clash]
+    return [t for t in triplets if t not in clash], [*problems, *refused]
+
+
 def _write_summary(out: Path, pipe, summary) -> None:
     from ..atomic import atomic_write_text
 
@@ -230,7 +252,7 @@ def _write_summary(out: Path, pipe, summary) -> None:
                      **({"slot_doubts": summary.slot_doubts[name]} if name in summary.slot_doubts else {})}
                     for name, folder, t in summary.done],
            "failed": [{"triplet": p.name, "file": p.error.path, "reason": str(p.error)} for p in summary.failed]}
-    atomic_write_text(Path(out) / "summary.json", json.dumps(doc, indent=2))
+    atomic_write_text(Path(out) / SUMMARY_NAME, json.dumps(doc, indent=2))
 
 
 def _print_table(summary) -> None:

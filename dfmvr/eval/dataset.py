@@ -72,15 +72,21 @@ def _image_path(folder: Path, view: str) -> Path | None:
     return None
 
 
+def _has_a_view(folder: Path) -> bool:
+    return any(_image_path(folder, v) for v in VIEWS)
+
+
 def find_eval_folders(root) -> list[Path]:
-    """Triplet folders under ``root`` (or ``root`` itself), sorted. InputError when there are none."""
+    """Triplet folders under ``root`` (or ``root`` itself), sorted: every folder with an image of any view,
+    so that one missing a view is refused by name when it is read, not skipped. InputError when there
+    are none."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "evaluation data folder not found", "pass a folder of triplet folders")
-    if _image_path(root, "front"):
+    if _has_a_view(root):
         return [root]
     found = sorted(d for d in root.iterdir()
-                   if d.is_dir() and not d.name.startswith(".") and _image_path(d, "front"))
+                   if d.is_dir() and not d.name.startswith(".") and _has_a_view(d))
     if not found:
         raise InputError(root, "no triplet folders (left/front/right images) found",
                          "create one with 'dfmvr data synth' or lay out real data as in docs/training.md")
@@ -177,6 +183,9 @@ def _load_eval_sample(folder: Path, face_model: MorphableModel, image_size: int)
     except Exception as exc:
         raise InputError(gt_path, f"cannot read 'vertices' and 'landmarks3d' ({exc})",
                          "regenerate the triplet with 'dfmvr data synth'") from exc
+    if not (np.isfinite(verts).all() and np.isfinite(lm3d).all()):
+        raise InputError(gt_path, "the ground-truth vertices or 3D landmarks hold NaN or infinite values",
+                         "regenerate the triplet with 'dfmvr data synth'")
     if verts.shape != (face_model.num_vertices, 3):
         raise InputError(gt_path, f"ground-truth mesh has {verts.shape[0]} vertices, the face model "
                          f"'{face_model.name}' has {face_model.num_vertices}",
@@ -193,12 +202,13 @@ class OnnxPredictor:
     def __init__(self, path, threads: int | None = None):
         from ..card import GRAPH_INPUT
         from ..runtime.artifacts import load_onnx_artifact
-        from ..runtime.runners import OnnxrtRunner
+        from ..runtime.runners import OnnxrtRunner, check_graph_io
 
         self.artifact = load_onnx_artifact(path)
         self.card = self.artifact.card
         self._input = GRAPH_INPUT
         self.runner = OnnxrtRunner(path, threads=threads).activate()
+        check_graph_io(self.runner)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]

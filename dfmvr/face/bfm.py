@@ -64,7 +64,7 @@ def read_mat(path, keys) -> dict[str, np.ndarray]:
                 missing = [k for k in keys if k not in f]
                 if missing:
                     raise InputError(path, f"MATLAB v7.3 file has no {missing} (it has {sorted(f.keys())})")
-                return {k: np.asarray(f[k][()]).T for k in keys}
+                return _numeric(path, {k: np.asarray(f[k][()]).T for k in keys})
         from scipy.io import loadmat
         data = loadmat(str(path), variable_names=list(keys))
     except InputError:
@@ -75,7 +75,17 @@ def read_mat(path, keys) -> dict[str, np.ndarray]:
     missing = [k for k in keys if k not in data]
     if missing:
         raise InputError(path, f"MATLAB file has no {missing}")
-    return {k: np.asarray(data[k]) for k in keys}
+    return _numeric(path, {k: np.asarray(data[k]) for k in keys})
+
+
+def _numeric(path, arrays: dict) -> dict:
+    """``arrays`` when every one holds numbers; an InputError naming the first that does not (strings,
+    cells or structs under a BFM variable's name)."""
+    for name, arr in arrays.items():
+        if arr.dtype.kind not in "biuf":
+            raise InputError(path, f"'{name}' holds {arr.dtype} values, expected numbers",
+                             "is this the face model's own .mat file (BFM_model_front.mat / 01_MorphableModel.mat)?")
+    return arrays
 
 
 def _vector(path, name, arr, length=None) -> np.ndarray:

@@ -153,13 +153,17 @@ class MorphableModel:
                                  f"with N={n} vertices and T={t} triangles",
                                  "rebuild the face model with 'dfmvr data face-model'")
         if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= n):
-            raise InputError(path, "face model triangles index vertices out of range (are they 1-based?)")
+            raise InputError(path, "face model triangles index vertices out of range (are they 1-based?)",
+                             "rebuild the face model with 'dfmvr data face-model'")
         if self.vertex_triangles.max() >= t or self.vertex_triangles.min() < -1:
-            raise InputError(path, "face model vertex_triangles index triangles out of range")
+            raise InputError(path, "face model vertex_triangles index triangles out of range",
+                             "rebuild the face model with 'dfmvr data face-model'")
         if self.keypoints.min() < 0 or self.keypoints.max() >= n:
-            raise InputError(path, "face model keypoints index vertices out of range")
+            raise InputError(path, "face model keypoints index vertices out of range",
+                             "rebuild the face model with 'dfmvr data face-model'")
         if self.parts.max(initial=0) >= NUM_PARSE_CLASSES:
-            raise InputError(path, f"face model parts use labels >= {NUM_PARSE_CLASSES}")
+            raise InputError(path, f"face model parts use labels >= {NUM_PARSE_CLASSES}",
+                             "rebuild the face model with 'dfmvr data face-model'")
         want = {"identity": COEFFS.identity, "expression": COEFFS.expression, "texture": COEFFS.texture}
         if self.dims != want:
             raise InputError(path, f"face model has basis sizes {self.dims}, the network emits {want}",
@@ -223,9 +227,11 @@ class MorphableModel:
         missing = [k for k in _ARRAYS if k not in data]
         if missing:
             raise InputError(path, f"face model is missing arrays {missing}")
-        model = cls(**{k: data[k] for k in _ARRAYS}, name=meta.get("name", path.stem),
-                    units=meta.get("units", "decimetre"), source=meta.get("source", {}))
-        model.validate(path)
+        try:        # the constructor validates without knowing the file: name it here
+            model = cls(**{k: data[k] for k in _ARRAYS}, name=meta.get("name", path.stem),
+                        units=meta.get("units", "decimetre"), source=meta.get("source", {}))
+        except InputError as exc:
+            raise InputError(path, exc.problem, exc.fix) from exc
         if not identity_matches(meta, model):
             raise InputError(path, "face model content does not match its stored hash (corrupt file)")
         return model

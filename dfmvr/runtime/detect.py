@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import InputError, MissingExtraError, require
 
 __all__ = ["DETECTORS", "DETECTION_PATHS", "Detection", "Detector", "DlibDetector", "FaceAlignmentDetector",
-           "make_detector", "dlib_model_path", "detect_triplet", "box_from_other_views"]
+           "make_detector", "dlib_model_path", "detect_triplet", "box_from_other_views", "check_photo_size",
+           "MIN_PHOTO_SIDE"]
 
 DETECTORS = ("dlib", "face-alignment")
 # How a view's face was found (Detection.path), in the order the dlib detector tries them.
@@ -42,6 +43,19 @@ CNN_MODEL_FILE = "mmod_human_face_detector.dat"
 # Photos are searched at most this large (longest side, pixels; HOG cost grows with the area, and
 # portrait faces are large); landmarks are then placed on the full-size photo.
 DETECT_MAX_SIDE = 480
+# A photo narrower than this on either side cannot show a face any path finds (HOG finds faces of ~80 px,
+# ~40 px upsampled), and dlib's CNN detector raises on images smaller than its filter window.
+MIN_PHOTO_SIDE = 40
+
+
+def check_photo_size(image: np.ndarray, source=None) -> None:
+    """An InputError naming ``source`` when the photo is too small to hold a findable face
+    (either side under ``MIN_PHOTO_SIDE`` pixels)."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_PHOTO_SIDE:
+        raise InputError(source, f"photo is {w}x{h} px: too small to hold a face the detector can find "
+                         f"(at least {MIN_PHOTO_SIDE} px a side; faces of ~80 px or more are found reliably)",
+                         "use the full-size photo, or pass crops aligned to 224x224 with --aligned")
 
 
 def dlib_model_path(name: str) -> Path:
@@ -149,6 +163,7 @@ class DlibDetector(Detector):
 
     def detect(self, image, source=None) -> Detection:
         image = np.ascontiguousarray(image, dtype=np.uint8)
+        check_photo_size(image, source)
         h, w = image.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
         small = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
@@ -209,6 +224,8 @@ def detect_triplet(detector: Detector, images: Sequence[np.ndarray], sources: Se
     Returns one Detection per view.
     """
     sources = list(sources) or [None] * len(images)
+    for image, source in zip(images, sources):     # a photo too small for a face is not covered from the others
+        check_photo_size(image, source)
     found, errors = [], []
     for image, source in zip(images, sources):
         try:

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ def staged_folder(target: Path):
     """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    # not mkdtemp: its 0700 would become the finished folder's mode; os.mkdir honours the umask (0755 usually)
+    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+    os.mkdir(tmp)
     try:
         yield tmp
         old = None

@@ -27,7 +27,7 @@ from ..face.layout import VIEWS, Coefficients
 from .assembly import CpuMeshAssembler
 from .artifacts import Artifact, load_artifact, load_face_model
 from .inputs import Triplet, TripletProblem, decode_image
-from .runners import Runner, runner_for
+from .runners import Runner, check_graph_io, runner_for
 
 __all__ = ["StageTimes", "Prepared", "prepare_triplet", "Reconstruction", "RunSummary", "Pipeline", "DEVICES"]
 
@@ -192,6 +192,7 @@ class Pipeline:
     # --- lifecycle -------------------------------------------------------------------------
     def activate(self) -> "Pipeline":
         self.runner.activate()
+        check_graph_io(self.runner)
         try:        # the mesh writers' trimesh takes ~1-2 s to import: pay it here, not in the first write
             import trimesh  # noqa: F401
         except ImportError:  # pragma: no cover - a base dependency
@@ -338,9 +339,14 @@ class Pipeline:
                 try:
                     folder = self.write(rec, out_root, formats)
                 except (InputError, OSError, ValueError) as exc:
-                    # ValueError: the mesh writers refuse non-finite vertices (a diverged network)
-                    err = exc if isinstance(exc, InputError) else InputError(
-                        Path(out_root) / name, f"cannot write outputs ({exc})")
+                    # ValueError: the mesh writers refuse non-finite vertices; the input was finite
+                    # (normalised uint8), so then the network is at fault: name it, not the output folder
+                    err = (exc if isinstance(exc, InputError) else
+                           InputError(self.artifact.path, f"{name}: the network's output for this triplet is "
+                                      "not finite; its weights are damaged or diverged",
+                                      "re-export the model with 'dfmvr-export', or restore the file")
+                           if not np.isfinite(rec.mesh.vertices).all() else
+                           InputError(Path(out_root) / name, f"cannot write outputs ({exc})"))
                     summary.failed.append(TripletProblem(name, err))
                     if progress:
                         progress(name, False)

@@ -63,7 +63,11 @@ def _crops_and_landmarks(triplet: Triplet, detector, size: int, aligned: bool):
         from .detect import detect_triplet
 
         prepared = prepare_triplet(triplet, size, None)               # checks every view is S x S
-        detections = detect_triplet(detector, list(prepared.crops), [triplet.paths[v] for v in VIEWS])
+        try:
+            detections = detect_triplet(detector, list(prepared.crops), [triplet.paths[v] for v in VIEWS])
+        except InputError as exc:   # the detector's own advice is "use --aligned", which this run did
+            raise InputError(exc.path, exc.problem, "check that these are face crops (with --aligned the "
+                             "detector still places the landmarks), or drop --aligned for full photos") from exc
         landmarks = np.stack([np.asarray(d.landmarks, np.float32) for d in detections])
         return prepared.crops, landmarks, detections
     prepared = prepare_triplet(triplet, size, detector)

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import InputError, UnavailableError
 
 __all__ = ["Runner", "OnnxrtRunner", "TensorrtRunner", "runner_for", "ONNX_BACKENDS", "check_profile_shape",
-           "engine_profile", "card_engine_record"]
+           "engine_profile", "card_engine_record", "check_graph_io"]
 
 ENGINE_RECORD_KEY = "tensorrt_engine"     # the same key as dfmvr.export.tensorrt_build.ENGINE_RECORD_KEY
 
@@ -38,6 +38,20 @@ def card_engine_record(card) -> dict:
     {} for cards written before it did."""
     record = (getattr(card, "provenance", None) or {}).get(ENGINE_RECORD_KEY)
     return record if isinstance(record, dict) else {}
+
+
+def check_graph_io(runner) -> None:
+    """InputError (exit 2) naming the model when an active runner's graph does not take dfmvr's input and
+    give its outputs (``card.GRAPH_INPUT``, ``card.GRAPH_OUTPUTS``): another network with a dfmvr card
+    copied into it would otherwise fail inside the backend with a traceback."""
+    from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
+
+    inputs, outputs = list(getattr(runner, "input_names", [])), list(getattr(runner, "output_names", []))
+    missing = [n for n in GRAPH_OUTPUTS if n not in outputs]
+    if inputs != [GRAPH_INPUT] or missing:
+        raise InputError(runner.path, f"this graph takes {inputs} and gives {outputs}; a dfmvr graph takes "
+                         f"['{GRAPH_INPUT}'] and gives {list(GRAPH_OUTPUTS)} (and optionally keypoints)",
+                         "export the model with 'dfmvr-export', or pass the model it was exported as")
 
 
 def engine_profile(engine, name: str, index: int = 0) -> tuple[tuple[int, ...], ...] | None:
@@ -154,6 +168,7 @@ class OnnxrtRunner(Runner):
             raise InputError(self.path, f"ONNX Runtime cannot load this model ({str(exc).strip()[:300]})",
                              "re-export it with 'dfmvr-export'") from exc
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
     def _infer(self, feed):
         values = self.session.run(self.output_names, feed)

@@ -37,6 +37,7 @@ from ..face.camera import Camera
 from ..face.layout import COEFFS
 from ..face.model import MorphableModel
 from ..synth.face_torch import FaceModelTorch
+from .device import resolve_torch_device
 from .losses.photo import downscale_photos_labels, downscaled_dilation, photo_weight_map
 from .losses.total import LossWeights, TrainingLoss
 
@@ -202,7 +203,7 @@ class Refiner:
 
     def __init__(self, face_model: MorphableModel, camera: Camera, config: RefineConfig | None = None):
         self.config = config or RefineConfig()
-        self.device = torch.device(self.config.device)
+        self.device = resolve_torch_device(self.config.device, "--refine-device")
         self.face = FaceModelTorch(face_model, camera).to(self.device)
         self.weights = weak_weights(prdl=self.config.prdl, **self.config.loss_weights)
         self.loss = TrainingLoss(self.face, self.weights).to(self.device)

@@ -30,6 +30,7 @@ from ..face.camera import Camera
 from ..models.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from ..models.convert import DEAD_PREFIXES
 from .data import TripletDataset
+from .device import resolve_torch_device
 from ..synth.face_torch import FaceModelTorch
 from .losses.keypoints import keypoint_loss
 from .losses.total import LossWeights, TrainingLoss
@@ -119,6 +120,8 @@ class Trainer:
         self.cfg = config
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        if config.device is not None:
+            resolve_torch_device(config.device, "--device")   # exit 3, not a traceback, for cuda without one
         want_cuda = config.device == "cuda" or (config.device is None and torch.cuda.is_available())
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo")

@@ -234,3 +234,25 @@ def test_slot_order_option_parses_view_names(synth4, tmp_path):
     for bad in ("front,front", "left,front,back"):
         r = CliRunner().invoke(command, ["--onnx", str(onnx_path), "--data", str(synth4), "--slot-order", bad])
         assert r.exit_code == 2 and "--slot-order" in r.output and bad in r.output
+
+
+def test_a_triplet_missing_its_front_photo_or_with_a_broken_truth_is_refused_by_name(synth4, tmp_path):
+    """A triplet folder without its front photo was skipped (the set scored one triplet short, exit 0);
+    it is now found by its other views and refused naming it, as a missing side view was. NaN in gt.npz
+    is refused naming the file, not raised from the metric."""
+    from dfmvr.eval.dataset import find_eval_folders
+
+    data = tmp_path / "data"
+    shutil.copytree(synth4, data)
+    (data / "000001" / "front.png").unlink()
+    folders = find_eval_folders(data)
+    assert data / "000001" in folders and len(folders) == len(find_eval_folders(synth4))
+    fm = MorphableModel.load(data / "face_model.npz")
+    with pytest.raises(InputError, match="front view image"):
+        load_eval_sample(data / "000001", fm)
+    gt = _gt(data / "000002")
+    gt["vertices"][5] = np.nan
+    np.savez(data / "000002" / "gt.npz", **gt)
+    with pytest.raises(InputError, match="NaN or infinite") as err:
+        load_eval_sample(data / "000002", fm)
+    assert "gt.npz" in str(err.value)

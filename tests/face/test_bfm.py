@@ -87,6 +87,7 @@ def test_load_bfm_front_truncates_larger_bases(tmp_path, small):
     (lambda a: a.update(tri=a["tri"] - 1), "tri"),                   # 0-based by mistake
     (lambda a: a.update(keypoints=a["keypoints"][:, :60]), "keypoints"),
     (lambda a: a.update(point_buf=a["point_buf"] + 5000), "point_buf"),
+    (lambda a: a.update(meanshape="a string"), "'meanshape' holds <U8 values, expected numbers"),
 ])
 def test_bad_bfm_front_names_file_and_problem(tmp_path, small, break_it, words):
     arrays = front_arrays(small)

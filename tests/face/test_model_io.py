@@ -81,13 +81,22 @@ def test_missing_array(tmp_path, small):
 
 
 def test_wrong_shape(tmp_path, small):
+    """Each shape or index error names the file it came from (the constructor's own check knew no path)."""
     src = small.save(tmp_path / "fm.npz")
     path = _rewrite(src, tmp_path / "bad.npz", replace={"exp_basis": small.exp_basis[:, :, :50]})
-    with pytest.raises(InputError, match="basis sizes"):
+    with pytest.raises(InputError, match="basis sizes") as err:
         MorphableModel.load(path)
+    assert err.value.path == str(path)
     path = _rewrite(src, tmp_path / "bad2.npz", replace={"triangles": small.triangles[:, :2]})
-    with pytest.raises(InputError, match="triangles"):
+    with pytest.raises(InputError, match="triangles") as err:
         MorphableModel.load(path)
+    assert err.value.path == str(path)
+    bad_index = small.triangles.copy()
+    bad_index[0, 0] = small.num_vertices + 5
+    path = _rewrite(src, tmp_path / "bad3.npz", replace={"triangles": bad_index})
+    with pytest.raises(InputError, match="out of range") as err:
+        MorphableModel.load(path)
+    assert err.value.path == str(path) and "dfmvr data face-model" in str(err.value)
 
 
 def test_corrupt_content_fails_hash(tmp_path, small):

@@ -17,7 +17,7 @@ from dfmvr.runtime.artifacts import (TRT_ENGINE_MAGIC, engine_card_path, load_ar
                                      read_onnx_metadata)
 from dfmvr.runtime.runners import OnnxrtRunner, TensorrtRunner, runner_for
 
-from .conftest import CARD_MEAN, CARD_STD, build_stats_onnx, expected_coefficients, make_crops
+from .conftest import CARD_MEAN, CARD_STD, build_stats_onnx, expected_coefficients, make_crops, write_triplet
 
 
 def test_card_is_read_from_metadata_props(stats_onnx, card):
@@ -149,3 +149,39 @@ def test_tensorrt_runner_without_tensorrt_is_unavailable(tmp_path, card):
     with pytest.raises(UnavailableError, match="TensorRT"):
         runner.activate()
 
+
+
+def test_another_graph_with_a_dfmvr_card_copied_in_is_refused_by_name(stats_onnx, face_model_path, tmp_path, capsys):
+    """A card says nothing about the graph it rides on: a one-node Relu graph carrying the test model's card
+    failed inside ONNX Runtime's run ("Required inputs ... are missing", a traceback, exit 1). The runner's
+    inputs and outputs are checked against dfmvr's graph contract on activation, in dfmvr-run and in eval."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dfmvr.eval.dataset import OnnxPredictor
+    from dfmvr.runtime.runners import check_graph_io
+
+    from .test_cli_run import dfmvr_run
+
+    card = read_onnx_metadata(stats_onnx)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    other = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(other, card)
+    path = tmp_path / "other_with_card.onnx"
+    onnx.save(other, str(path))
+    assert load_onnx_artifact(path).card is not None            # the card alone reads as a dfmvr model
+    with OnnxrtRunner(path) as runner, pytest.raises(InputError, match="a dfmvr graph takes") as err:
+        check_graph_io(runner)
+    assert "other_with_card.onnx" in str(err.value)
+    with OnnxrtRunner(stats_onnx) as runner:
+        check_graph_io(runner)                                   # the real contract passes
+    with pytest.raises(InputError, match="a dfmvr graph takes"):
+        OnnxPredictor(path)
+    crops = tmp_path / "in" / "t1"
+    write_triplet(crops, make_crops(3))
+    code, out, err_text = dfmvr_run([crops, "--aligned", "--onnx", path, "--face-model", face_model_path,
+                                     "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "other_with_card.onnx" in err_text and "a dfmvr graph takes" in err_text, err_text
+    assert not (tmp_path / "out" / "t1").exists()

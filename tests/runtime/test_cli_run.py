@@ -280,3 +280,41 @@ def test_a_link_to_dot_in_a_triplet_folder_reconstructs_once(tmp_path, base, cap
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["me"]      # single mode: no summary.json
     assert "me: wrote" in out
+
+
+def test_a_network_that_outputs_nan_is_named_not_the_output_folder(tmp_path, stats_onnx, face_model_path, capsys):
+    """Damaged weights (here one bias made NaN) give non-finite vertices, which the mesh writers refuse; the
+    error named the output folder ("cannot write outputs"). It names the model and what to do; the batch
+    lists every triplet, writes none of them, exits 2."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(stats_onnx))
+    bias = next(t for t in model.graph.initializer if t.name == "bias")
+    broken = numpy_helper.to_array(bias).copy()
+    broken[0] = np.nan
+    bias.CopyFrom(numpy_helper.from_array(broken, "bias"))
+    path = tmp_path / "damaged.onnx"
+    onnx.save(model, str(path))
+    for i in range(2):
+        write_triplet(tmp_path / "in" / f"t{i}", make_crops(i))
+    code, out, err = dfmvr_run([tmp_path / "in", "--aligned", "--onnx", path, "--face-model", face_model_path,
+                                "--threads", "1", "--out", tmp_path / "out"], capsys)
+    assert code == 2, err
+    assert err.count("damaged.onnx") >= 2 and "not finite" in err and "re-export" in err, err
+    assert "cannot write outputs" not in err
+    assert not any((tmp_path / "out" / f"t{i}").exists() for i in range(2))
+
+
+def test_a_triplet_named_like_the_batch_summary_is_listed_and_quiet_still_lists_failures(tmp_path, base, capsys):
+    """A triplet folder named summary.json made the batch's summary write fail (IsADirectoryError, exit 1,
+    no table); it is a bad item now. --quiet printed only the closing count, while its help promises the
+    errors: it lists each failure too."""
+    write_triplet(tmp_path / "in" / "summary.json", make_crops(1))
+    write_triplet(tmp_path / "in" / "good", make_crops(2))
+    code, out, err = dfmvr_run([tmp_path / "in", "--aligned", *base, "--out", tmp_path / "out", "--quiet"], capsys)
+    assert code == 2, err
+    assert "summary.json: " in err and "rename the folder" in err and "1 of 2 triplets failed" in err, err
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [d["triplet"] for d in doc["done"]] == ["good"]
+    assert [d["triplet"] for d in doc["failed"]] == ["summary.json"]

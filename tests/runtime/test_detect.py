@@ -12,8 +12,8 @@ import pytest
 from dfmvr.errors import InputError
 from dfmvr.face.align import five_points_from_68
 from dfmvr.face.layout import VIEWS
-from dfmvr.runtime.detect import (CNN_MODEL_FILE, DlibDetector, _dlib_cnn_detector, box_from_other_views,
-                                  detect_triplet)
+from dfmvr.runtime.detect import (CNN_MODEL_FILE, MIN_PHOTO_SIDE, DlibDetector, _dlib_cnn_detector,
+                                  box_from_other_views, detect_triplet)
 
 from tests.conftest import REPO
 
@@ -85,6 +85,22 @@ def test_a_blank_view_is_covered_and_a_faceless_triplet_is_still_an_error(profil
     assert "l.png" in str(err.value)          # the first view's error, as before the fallback
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (8, 8), (20, 3000), (MIN_PHOTO_SIDE - 1, 400)])
+def test_a_photo_too_small_for_a_face_is_refused_by_name_not_covered(profile_triplet, shape):
+    """dlib's CNN detector raises (a RuntimeError, not 'no face') on images smaller than its filter window;
+    a photo that small is refused before any detector runs, naming it, and the other views' box is not
+    placed in it (the two good views would otherwise 'cover' a 1-px photo)."""
+    photos, _ = profile_triplet
+    det = DlibDetector(cnn=_dlib_cnn_detector() is not None)
+    tiny = np.full((*shape, 3), 128, np.uint8)
+    with pytest.raises(InputError, match=rf"{shape[1]}x{shape[0]} px: too small") as err:
+        detect_triplet(det, [photos[0], photos[1], tiny], ["l.png", "f.png", "r.png"])
+    assert "r.png" in str(err.value)
+    with pytest.raises(InputError, match="too small"):
+        det.detect(tiny, source="r.png")
+    assert det.detect(photos[1]).path == "hog"     # a full-size photo is unaffected
+
+
 def test_the_example_triplet_hog_misses_is_found_by_the_cnn_and_the_other_views():
     """examples/triplet (rendered by ``dfmvr data synth``: tight 224 crops on a noisy background): HOG
     finds no face in any view; the CNN detector finds the front and right ones, the left one is placed
@@ -146,6 +162,14 @@ def test_run_reports_and_records_the_path_taken(profile_triplet, stats_onnx, fac
     summary = json.loads((tmp_path / "batch" / "summary.json").read_text())
     fallbacks = {d["triplet"]: d.get("detection_fallbacks") for d in summary["done"]}
     assert fallbacks == {"blanked": {"left": "cnn", "right": "other-views"}, "person": {"left": "cnn"}}
+    # a tiny photo in one triplet of a batch: that triplet is listed, the others are written (exit 2)
+    cv2.imwrite(str(tmp_path / "in" / "blanked" / "front.png"), np.zeros((1, 1, 3), np.uint8))
+    code, out, err = dfmvr_run([tmp_path / "in", *base, "--out", tmp_path / "tiny"], capsys)
+    assert code == 2, err
+    assert "front.png" in err and "too small" in err and "Traceback" not in err
+    assert (tmp_path / "tiny" / "person" / "result.json").is_file()
+    assert not (tmp_path / "tiny" / "blanked").exists()
+    assert [d["triplet"] for d in json.loads((tmp_path / "tiny" / "summary.json").read_text())["done"]] == ["person"]
     # the placed box comes from the HOG box of the front view alone (the CNN box of the left view sits differently)
     front = json.loads((tmp_path / "batch" / "blanked" / "result.json").read_text())["views"]["front"]["detection"]
     assert doc["views"]["right"]["detection"]["box"] == pytest.approx(front["box"], abs=0.02)

@@ -116,6 +116,20 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"]  # no temporary folders left
 
 
+def test_a_finished_folder_gets_the_umask_mode_not_a_temporary_folders_0700(tmp_path):
+    """The staging folder came from mkdtemp (0700), so every triplet folder was private to its writer."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with staged_folder(tmp_path / "t") as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "t").stat().st_mode) == 0o755
+
+
 def test_dlib_finds_the_synthetic_face_offline(rendered_faces):
     photos, true68 = rendered_faces
     det = DlibDetector()

@@ -122,3 +122,25 @@ def test_refine_without_any_landmarks_exits_2_before_writing(stats_onnx, face_mo
         assert r.returncode == 2, r.stderr[-3000:]
         assert words in r.stderr and stats_onnx.name in r.stderr, r.stderr[-3000:]
         assert not (tmp_path / "out").exists()
+
+
+def test_a_refine_device_torch_cannot_use_exits_cleanly_before_writing(tmp_path):
+    """A misspelt --refine-device is a usage error (exit 2) and a CUDA one on a machine without CUDA a
+    missing capability (exit 3): each named, no traceback, nothing written (torch raised a RuntimeError /
+    AssertionError here before)."""
+    import torch
+
+    cases = [("foo", 2, "--refine-device 'foo' is not a torch device")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda", 3, "--refine-device cuda: this machine's torch"))
+    write_triplet(tmp_path / "in" / "t1", make_crops(3))
+    for device, code, words in cases:
+        r = run_python(f"""
+        from dfmvr.cli import run_entry
+        run_entry([r"{tmp_path / 'in' / 't1'}", "--aligned", "--refine", "2", "--refine-device", "{device}",
+                   "--out", r"{tmp_path / 'out'}", "--quiet"])
+        """)
+        assert r.returncode == code, r.stderr[-3000:]
+        assert words in r.stderr and "use --refine-device cpu" in r.stderr, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "out" / "t1").exists()
