@@ -295,6 +295,13 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         raise ValueError(f"landmark_noise is the data's landmarks' error: not with refine_landmarks={refine_landmarks!r}")
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
+        if refiner is not None and refine_landmarks == "data":
+            lacking = [f for f, s in zip(folders[start:start + batch], samples) if s.landmarks is None]
+            if lacking:     # silently fitting the photo alone would wreck the expression (docs/refine.md)
+                raise InputError(lacking[0], "--refine fits the data's 2D landmarks and this triplet has none "
+                                 "(no landmarks.npz, no 'landmarks' in gt.npz)",
+                                 "add them (dfmvr data prepare writes landmarks.npz), fit the network's keypoints "
+                                 "(--refine-landmarks network), or fit none on purpose (--refine-landmarks none)")
         if refine_landmarks == "none":
             for s in samples:
                 s.landmarks = s.landmark_visible = None

@@ -165,6 +165,11 @@ def load_checkpoint(path, load_train_state: bool = True):
             tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
     except Exception as exc:
         raise InputError(path, f"checkpoint is truncated or corrupt ({exc})", "re-save or re-download it") from exc
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:      # else an export fails its parity gate and a run writes no mesh, neither naming this file
+        raise InputError(path, f"{len(broken)} weight tensor(s) hold NaN or infinite values (first: {broken[0]}): "
+                         "a diverged or damaged checkpoint", "use an earlier checkpoint of the run, or retrain "
+                         "with a lower learning rate")
     try:
         # Built on the meta device, then handed the file's tensors (assign=True): a paper model
         # skips its 110 M-parameter random initialisation.

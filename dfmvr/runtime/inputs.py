@@ -36,6 +36,10 @@ LINK_RULE = ("Symbolic links: a link to an image is read as that image; a link t
              "but every real folder is searched once (under its own name when it is inside the input "
              "folder), so a link to '.' or to a folder already searched adds nothing.")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Photo formats met in the wild that OpenCV does not decode: named in the error when a view is missing because
+# of them (a phone's front.heic), instead of reporting the view as absent.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".heic", ".heif", ".gif", ".avif", ".jxl", ".dng", ".cr2", ".nef", ".arw", ".psd",
+                                ".svg")
 # RGBA pixels are composited over this grey so that a transparent background is neutral.
 ALPHA_BACKGROUND = 127.5
 
@@ -81,14 +85,23 @@ def _view_of(stem: str) -> tuple[str, str] | None:
 
 def _folder_triplets(folder: Path, name: str) -> tuple[list[Triplet], list[TripletProblem]]:
     groups: dict[str, dict[str, list[Path]]] = {}
+    unusable: dict[tuple[str, str], list[str]] = {}     # (key, view) -> why a file named for it was not read
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
         hit = _view_of(p.stem)
         if hit is None:
             continue
         key, view = hit
-        groups.setdefault(key, {}).setdefault(view, []).append(p)
+        suffix = p.suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS + UNSUPPORTED_IMAGE_EXTENSIONS:
+            continue            # notes.txt, a folder named 0: not meant as a photo
+        if not p.is_file():
+            unusable.setdefault(hit, []).append(f"{p.name} is {'a folder' if p.is_dir() else 'a broken link'}")
+        elif suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+            unusable.setdefault(hit, []).append(f"{p.name} is an image type dfmvr does not read")
+        else:
+            groups.setdefault(key, {}).setdefault(view, []).append(p)
+    for key, _ in unusable:     # a triplet whose photos are all unreadable is reported, not passed over
+        groups.setdefault(key, {})
     triplets, problems = [], []
     for key, views in sorted(groups.items()):
         # one triplet in a folder is named after the folder; several get "<folder>/<key>"
@@ -102,8 +115,10 @@ def _folder_triplets(folder: Path, name: str) -> tuple[list[Triplet], list[Tripl
                 f"{[p.name for v in dup for p in views[v]]}", "keep one image per view")))
         elif missing:
             have = ", ".join(p.name for ps in views.values() for p in ps)
+            why = [w for v in missing for w in unusable.get((key, v), [])]
             problems.append(TripletProblem(tname, InputError(
-                folder, f"triplet '{tname}' is missing view(s) {missing} (found: {have})",
+                folder, f"triplet '{tname}' is missing view(s) {missing} (found: {have})"
+                + (f"; {'; '.join(why)} ({', '.join(sorted(IMAGE_EXTENSIONS))} are read)" if why else ""),
                 "add the missing photo as left.*, front.*, right.* (or <name>0/1/2, <name>_lt/_ft/_rt)")))
         else:
             triplets.append(Triplet(tname, {v: views[v][0] for v in VIEWS}))

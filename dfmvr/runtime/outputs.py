@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
+from ..errors import InputError
 from ..face.geometry import rotation_matrix
 from ..face.layout import VIEW_YAW_DEG, VIEWS
 
@@ -44,7 +45,6 @@ MM_PER_UNIT = 100.0           # model units are decimetres
 
 def parse_formats(text: str) -> tuple[str, ...]:
     """"obj,ply,json" -> ("obj", "ply", "json"); raises InputError for unknown names."""
-    from ..errors import InputError
 
     names = tuple(dict.fromkeys(s.strip().lower() for s in str(text).split(",") if s.strip()))
     bad = [n for n in names if n not in FORMATS]
@@ -62,6 +62,9 @@ def needs_photos(formats) -> bool:
 def staged_folder(target: Path):
     """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` whole."""
     target = Path(target)
+    if target.exists() and not target.is_dir():     # a user's file is never replaced by an output folder
+        raise InputError(target, "a file (not an earlier output folder) is where this triplet's folder goes",
+                         "move the file, or choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     # not mkdtemp: its 0700 would become the finished folder's mode; os.mkdir honours the umask (0755 usually)
     tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"

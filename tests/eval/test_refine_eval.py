@@ -150,3 +150,32 @@ def test_refine_fits_the_networks_own_keypoints_when_asked(synth4, capsys):
     code, output = run_cli(eval_command, ["--onnx", "default", "--data", synth4, "--refine", "1",
                                           "--refine-landmarks", "network", "--landmark-noise", "2"], capsys)
     assert code == 2 and "--landmark-noise" in output
+
+
+def test_refine_on_data_without_landmarks_is_refused_naming_the_triplet(synth4, tmp_path):
+    """A triplet without 2D landmarks was refined on the photo alone, silently (what dfmvr-run refuses:
+    it wrecks the expression); it is refused naming the folder, and --refine-landmarks none still asks
+    for exactly that."""
+    import shutil
+
+    import numpy as np
+
+    from dfmvr.errors import InputError
+    from dfmvr.eval import OnnxPredictor, evaluate_dataset
+    from dfmvr.face.model import MorphableModel
+    from dfmvr.train.refine import RefineConfig, Refiner
+
+    data = tmp_path / "data"
+    shutil.copytree(synth4, data)
+    gt = dict(np.load(data / "000001" / "gt.npz"))
+    del gt["landmarks"]
+    np.savez(data / "000001" / "gt.npz", **gt)
+    face_model = MorphableModel.load(data / "face_model.npz")
+    predictor = OnnxPredictor(DEFAULT_ONNX, threads=1)
+    refiner = Refiner(face_model, predictor.card.camera_obj(), RefineConfig(steps=1))
+    with pytest.raises(InputError, match="has none") as err:
+        evaluate_dataset(predictor, data, face_model, limit=2, batch=2, baselines=False, refiner=refiner)
+    assert "000001" in str(err.value) and "--refine-landmarks network" in str(err.value)
+    report = evaluate_dataset(predictor, data, face_model, limit=2, batch=2, baselines=False, refiner=refiner,
+                              refine_landmarks="none")
+    assert report["num_triplets"] == 2

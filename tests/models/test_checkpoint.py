@@ -117,6 +117,23 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tmp_path, trained_tiny)
         load_checkpoint(tmp_path / "missing.safetensors")
 
 
+def test_a_checkpoint_with_nan_weights_is_refused_by_name(tmp_path, trained_tiny):
+    """A diverged run's weights: the export failed its parity gate (exit 1) and dfmvr-run wrote no mesh,
+    neither naming the checkpoint."""
+    model, _ = trained_tiny
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    key = "rednet_fc.conv2_id.bias"
+    state[key][0] = float("nan")
+    import copy
+
+    broken = copy.deepcopy(model)
+    broken.load_state_dict(state)
+    path = save_checkpoint(tmp_path / "diverged.safetensors", broken, model.card)
+    with pytest.raises(InputError, match=f"1 weight tensor\\(s\\) hold NaN or infinite values \\(first: {key}\\)") as err:
+        load_checkpoint(path)
+    assert "diverged.safetensors" in str(err.value) and err.value.exit_code == 2
+
+
 def test_weights_that_do_not_fit_the_card_are_refused(tmp_path, trained_tiny):
     from safetensors.torch import save_file
 

@@ -39,6 +39,32 @@ def test_named_suffix_and_digit_triplets_are_found_recursively(tmp_path):
     assert "front" in str(problems[0].error) and "broken" in str(problems[0].error)
 
 
+def test_a_view_in_an_unread_format_or_a_broken_link_is_named_not_just_missing(tmp_path):
+    """A phone's front.heic, a dangling front.png link or a folder named front.png read as "missing view
+    ['front']" without a word about the file that is there; all-HEIC triplets were not found at all.
+    Folders and files not named like photos (a folder called 0, notes_1.txt) stay out of it."""
+    _touch_images(tmp_path / "heic", ["left", "right"])
+    (tmp_path / "heic" / "front.heic").write_bytes(b"\x00" * 64)
+    _touch_images(tmp_path / "link", ["left", "right"])
+    (tmp_path / "link" / "front.png").symlink_to(tmp_path / "nowhere.png")
+    _touch_images(tmp_path / "dir", ["left", "right"])
+    (tmp_path / "dir" / "front.png").mkdir()
+    (tmp_path / "allheic").mkdir()
+    for v in VIEWS:
+        (tmp_path / "allheic" / f"{v}.HEIC").write_bytes(b"\x00" * 64)
+    _touch_images(tmp_path / "fine", VIEWS)
+    (tmp_path / "fine" / "0").mkdir()
+    (tmp_path / "fine" / "notes_1.txt").write_text("x")
+    triplets, problems = discover_triplets([tmp_path])
+    assert [t.name for t in triplets] == ["fine"]
+    why = {p.name: str(p.error) for p in problems}
+    assert sorted(why) == ["allheic", "dir", "heic", "link"]
+    assert "front.heic is an image type dfmvr does not read" in why["heic"] and ".png" in why["heic"]
+    assert "front.png is a broken link" in why["link"]
+    assert "front.png is a folder" in why["dir"]
+    assert all(f"{v}.HEIC is an image type" in why["allheic"] for v in VIEWS)
+
+
 def test_single_triplet_folder_and_three_paths(tmp_path):
     _touch_images(tmp_path / "me", VIEWS)
     triplets, problems = discover_triplets([tmp_path / "me"])

@@ -116,6 +116,15 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"]  # no temporary folders left
 
 
+def test_a_file_where_the_folder_goes_is_refused_not_replaced(tmp_path):
+    (tmp_path / "t").write_text("the user's notes")
+    with pytest.raises(InputError, match="a file") as err:
+        with staged_folder(tmp_path / "t") as tmp:
+            (tmp / "a.txt").write_text("x")
+    assert str(tmp_path / "t") in str(err.value)
+    assert (tmp_path / "t").read_text() == "the user's notes" and sorted(tmp_path.iterdir()) == [tmp_path / "t"]
+
+
 def test_a_finished_folder_gets_the_umask_mode_not_a_temporary_folders_0700(tmp_path):
     """The staging folder came from mkdtemp (0700), so every triplet folder was private to its writer."""
     import os
