@@ -6,8 +6,11 @@ subcommand lives in its own module and exposes a click command named ``command``
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 import click
 
@@ -50,16 +53,42 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's stop, ``kill``), raised in the main thread so that a run unwinds as on
+    Ctrl-C: the triplet being written finishes or its hidden staging folder is removed, none is left half
+    written for ``--resume`` to trip over. Exit 143 (128 + SIGTERM), as if the signal had killed it."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():
+        yield                               # only the main thread may set signal handlers
+        return
+
+    def _raise(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def invoke(cmd: click.Command, args=None, prog_name=None) -> None:
     """Run a click command, turning DfmvrError into a clear message and its exit code."""
     try:
-        cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
+        with _sigterm_unwinds():
+            cmd.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("Terminated.", err=True)
+            sys.exit(128 + signal.SIGTERM)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except DfmvrError as exc:
