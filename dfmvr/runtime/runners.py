@@ -46,10 +46,12 @@ def check_graph_io(runner) -> None:
     copied into it would otherwise fail inside the backend with a traceback."""
     from ..card import GRAPH_INPUT, GRAPH_OUTPUTS
 
-    inputs, outputs = list(getattr(runner, "input_names", [])), list(getattr(runner, "output_names", []))
+    if getattr(runner, "input_names", None) is None:
+        return          # a runner without a graph (dfmvr-bench's torch runners call the model itself)
+    inputs, outputs = list(runner.input_names), list(getattr(runner, "output_names", []))
     missing = [n for n in GRAPH_OUTPUTS if n not in outputs]
     if inputs != [GRAPH_INPUT] or missing:
-        raise InputError(runner.path, f"this graph takes {inputs} and gives {outputs}; a dfmvr graph takes "
+        raise InputError(getattr(runner, "path", None), f"this graph takes {inputs} and gives {outputs}; a dfmvr graph takes "
                          f"['{GRAPH_INPUT}'] and gives {list(GRAPH_OUTPUTS)} (and optionally keypoints)",
                          "export the model with 'dfmvr-export', or pass the model it was exported as")
 
