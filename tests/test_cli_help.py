@@ -57,7 +57,16 @@ def test_every_option_has_a_description():
 
 
 def test_shared_options_are_declared_once():
-    """--face-model, --onnx, --engine, --quiet, --threads, --json: one type and one help text everywhere."""
+    """--face-model, --onnx, --engine, --quiet, --threads, --json: one type and one help text everywhere
+    (--face-model: one for the commands that read a --data folder, whose face_model.npz is its default, one
+    for the rest; the rest once said "the --data folder's" too, where there is none)."""
+    from dfmvr.cli.options import DATA_FACE_MODEL_HELP, FACE_MODEL_HELP
+
+    for path, cmd in _all_commands():
+        names = {p.name for p in cmd.params}
+        for param in cmd.params:
+            if param.name == "face_model":
+                assert param.help == (DATA_FACE_MODEL_HELP if "data" in names else FACE_MODEL_HELP), path
     seen: dict[str, tuple] = {}
     shared = {"face_model": {"train", "eval", "export", "run", "bench", "data synth"},
               "onnx": {"eval", "run", "bench"}, "engine": {"run", "bench"},
@@ -68,7 +77,8 @@ def test_shared_options_are_declared_once():
         for param in cmd.params:
             if param.name in shared and path.removeprefix("dfmvr ") in shared[param.name]:
                 found[param.name].add(path.removeprefix("dfmvr "))
-                key = (tuple(param.opts + param.secondary_opts), type(param.type).__name__, param.help)
+                help_text = FACE_MODEL_HELP if param.name == "face_model" else param.help     # two, checked above
+                key = (tuple(param.opts + param.secondary_opts), type(param.type).__name__, help_text)
                 assert seen.setdefault(param.name, key) == key, (path, param.name)
     assert found == shared
     assert seen["quiet"][0] == ("--quiet", "-q")

@@ -187,7 +187,8 @@ def availability(backend: str, *, torch_model: bool, onnx: bool, engine: bool, g
         return None
     if backend == "tensorrt":
         if not _has("tensorrt"):
-            return "TensorRT is not installed (it cannot be installed on this machine; see PLATFORM.md)"
+            return ("TensorRT is not installed (pip install 'dfmvr[tensorrt-cu12]' or 'dfmvr[tensorrt-cu13]' on a machine "
+                    "with an NVIDIA GPU; docs/export.md)")
         if gpu is None:
             return "no CUDA GPU (no driver or no device)"
         if not engine:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .options import (batch_size_option, exit_codes, face_model_option, json_option, onnx_option, quiet_option,
+from .options import (batch_size_option, data_face_model_option, exit_codes, json_option, onnx_option, quiet_option,
                       refine_device_option, refine_landmark_weight_option, refine_landmark_anneal_option, refine_config)
 from .settings import HELP_SETTINGS
 
@@ -41,7 +41,7 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
 @onnx_option
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Triplet folders: synthetic (gt.npz) or real (images + scan.obj|ply + scan_landmarks.*).")
-@face_model_option
+@data_face_model_option
 @json_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N triplets.")
 @batch_size_option(4)

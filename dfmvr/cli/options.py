@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_model_option", "onnx_option",
-           "engine_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
+           "engine_option", "data_face_model_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
            "refine_device_option", "refine_landmark_weight_option", "refine_landmark_anneal_option",
            "refine_landmarks_option", "refine_config", "detector_option",
            "FACE_MODEL_HELP"]
@@ -97,13 +97,19 @@ class OutputPath(click.Path):
 
 
 # --- shared options ---------------------------------------------------------------------------------
-FACE_MODEL_HELP = ("Face model .npz. Default: the --data folder's face_model.npz if it has one, else the bundled "
-                   "one (the synthetic seed-0 model). A network's face model must match its model card.")
+FACE_MODEL_HELP = ("Face model .npz. Default: the bundled one (the synthetic seed-0 model). A network's face "
+                   "model must match its model card.")
+DATA_FACE_MODEL_HELP = ("Face model .npz. Default: the --data folder's face_model.npz if it has one, else the "
+                        "bundled one (the synthetic seed-0 model). A network's face model must match its model card.")
 
 
-def face_model_option(f):
+def _face_model_option(help: str):
     return click.option("--face-model", "face_model", default=None,
-                        type=click.Path(exists=True, dir_okay=False, path_type=Path), help=FACE_MODEL_HELP)(f)
+                        type=click.Path(exists=True, dir_okay=False, path_type=Path), help=help)
+
+
+face_model_option = _face_model_option(FACE_MODEL_HELP)
+data_face_model_option = _face_model_option(DATA_FACE_MODEL_HELP)     # commands with --data (dfmvr eval)
 
 
 def onnx_option(f):

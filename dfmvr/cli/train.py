@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .options import OutputPath, batch_size_option, exit_codes, face_model_option, quiet_option
+from .options import OutputPath, batch_size_option, data_face_model_option, exit_codes, quiet_option
 from .settings import HELP_SETTINGS
 
 from ..errors import require
@@ -42,7 +42,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--init", "init", default=None, metavar="CHECKPOINT",
               help="Fine-tune: start from this checkpoint's weights and architecture (`default`: the bundled "
                    "model), with this run's losses, a fresh optimizer and schedule; the card records the source.")
-@face_model_option
+@data_face_model_option
 @click.option("--parse-net", "parse_net", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Frozen parser: parse_net.safetensors (--stage parse), face_mask.pth or 79999_iter.pth.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..atomic import atomic_path
@@ -106,10 +107,15 @@ def _reject_failed(summary: ExportSummary, reports: list, echo) -> None:
                  ("tensorrt", "fp32"): summary.engine_path, ("tensorrt", "fp16"): summary.engine_path}
     for report in reports:
         path = artefacts.get((report.backend, report.precision))
-        if report.passed is False and path is not None and path.is_file():
-            rejected = path.with_name(f"{path.stem}.rejected{path.suffix}")
+        if path is None:
+            continue
+        rejected = path.with_name(f"{path.stem}.rejected{path.suffix}")
+        if report.passed is False and path.is_file():
             path.replace(rejected)
             echo(f"parity failed: moved {path.name} to {rejected.name}")
+        elif report.passed and rejected.is_file():     # an earlier export's reject beside a passing artefact
+            rejected.unlink()
+            echo(f"removed {rejected.name}, left by an earlier export that failed parity")
 
 
 @dataclass
@@ -168,6 +174,19 @@ class _ExportRun:
             images = parity.parity_inputs(self.card, batch=self.parity_batch)
             self._reference = images, parity.RunnerCall(TorchRunner(self.model))(images)
         return self._reference
+
+    def reference_rounding(self, images) -> float:
+        """How far the torch model's own float32 coefficients on ``images`` lie from the same model's in float64:
+        a model that amplifies rounding there (per-sample statistics of a blank missing view normalise rounding
+        noise to unit size) cannot be matched closer by any float32 graph. Run only to explain a failed gate."""
+        import copy
+
+        import torch
+
+        model64 = copy.deepcopy(self.model).double().eval()
+        with torch.inference_mode():
+            coefficients64 = model64(torch.from_numpy(np.asarray(images)).double())[0].numpy()
+        return float(np.abs(coefficients64 - self.reference()[1][0]).max())
 
     def reference_given_labels(self, images, labels) -> tuple:
         """The torch model's outputs on ``images`` with the parser's labels replaced by ``labels`` (numpy)."""
@@ -308,8 +327,17 @@ def _check(run: _ExportRun, artefact: Artefact) -> parity.ParityReport:
     if artefact.precision == "fp32" and cand_labels.shape == ref_labels.shape and (cand_labels != ref_labels).any():
         # an argmax that fell the other way at a near tie: score the layers after the parser on equal labels
         given_labels = run.reference_given_labels(images, cand_labels)
-    return parity.compare(reference, candidate, run.card, run.face_model, artefact.backend, artefact.precision,
-                          artefact.tolerance, given_labels=given_labels)
+    report = parity.compare(reference, candidate, run.card, run.face_model, artefact.backend, artefact.precision,
+                            artefact.tolerance, given_labels=given_labels)
+    limit = artefact.tolerance.coefficients_max_abs
+    if report.passed is False and limit is not None:
+        rounding = run.reference_rounding(images)
+        if rounding > limit:
+            report.failures.append(
+                f"PyTorch's own float32 coefficients differ from its float64 ones by {rounding:.3g} on these inputs: "
+                "the model amplifies rounding there (e.g. per-sample statistics of a missing view), so no graph can "
+                "match it closer; the export is not at fault. --parity-batch 1 checks all-view triplets only")
+    return report
 
 
 def export_all(spec: str, out_dir, fp16: bool = False, engine=None, batch: str = "1:1:4",

@@ -232,6 +232,22 @@ def _landmark_fit_targets(dataset, face_model: MorphableModel, card, progress, s
         raise InputError(dataset.root, str(exc), "give every triplet its 2D landmarks (a detector's)") from exc
 
 
+# Head inputs are pooled activations of a trained network (order 1-10); beyond this the network blew up.
+HEAD_INPUT_LIMIT = 1e6
+
+
+def _check_head_inputs(features: HeadFeatures, init, root) -> None:
+    """InputError naming the checkpoint when what its heads read is not finite or absurdly large on ``root``'s
+    rows: a ridge on such rows gave NaN heads, reported as kept, and a heads.json with NaN in it."""
+    bad = ~np.isfinite(features.inputs).all(axis=1) | (np.abs(features.inputs).max(axis=1) > HEAD_INPUT_LIMIT)
+    if bad.any():
+        raise InputError(init, f"the network's head inputs are NaN, infinite or beyond {HEAD_INPUT_LIMIT:g} on "
+                         f"{int(bad.sum())} of {len(bad)} rows of {root} (all-view, missing-view and slot-broken "
+                         "triplets): the network is unstable there, so no head fitted to them can be trusted",
+                         "refit the heads of a network trained longer (its validation's val_max_abs_coefficient "
+                         "stays near 1-3)")
+
+
 def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_model_path=None,
                    progress=print, slot_breaks: float = 0.0, targets: str = "truth",
                    landmark_noise: float = 0.0, fits_from=None) -> tuple[Path, dict]:
@@ -267,6 +283,9 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
         dataset = TripletDataset(root, landmark_noise_px=landmark_noise)
         if len(dataset) == 0:
             raise InputError(root, "no triplet folders", "point --data/--val at folders made by dfmvr data synth")
+        if name == "select" and len(dataset) < 2:   # R² over one triplet is undefined: every strength scores NaN
+            raise InputError(root, f"the selection set has {len(dataset)} triplet; the ridge strength is chosen by "
+                             "R² over it, which needs at least 2", "pass a --val folder of several triplets")
         fitted = None
         if targets == "landmark-fit":
             fitted, settings = _landmark_fit_targets(dataset, face_model, card, progress, name, fits_from)
@@ -277,6 +296,8 @@ def run_head_refit(init: str, data, select, out, groups=DEFAULT_GROUPS, face_mod
         if broken:
             progress(f"and {broken} of them with their slots broken")
             features[name] = joined(features[name], slot_broken_rows(model, dataset, broken, SLOT_BREAK_SEEDS[name]))
+    for name, root in (("train", data), ("select", select)):
+        _check_head_inputs(features[name], init, root)
     report = {"init": str(init), "data": str(data), "triplets": counts["train"], "slot_breaks": slot_breaks,
               "targets": targets, "rows": len(features["train"].inputs), "select": str(select),
               "select_triplets": counts["select"], "select_rows": len(features["select"].inputs),

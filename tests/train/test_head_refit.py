@@ -271,3 +271,31 @@ def test_stage_heads_fits_landmark_fits_on_photos_without_ground_truth(synth4, l
     assert code == 2 and "other triplet folders" in output
     code, output = run_cli(train_command, args + ["--fits", str(stored)], capsys)
     assert code == 2 and "--fits" in output
+
+
+def test_head_inputs_of_an_unstable_network_and_a_one_triplet_selection_set_are_refused(synth4, lite_checkpoint,
+                                                                                        tmp_path):
+    """A barely trained network blew up on missing-view rows (head inputs NaN or 1e24): the refit fitted NaN
+    heads, reported them as kept and wrote NaN into heads.json. A one-triplet selection set scored every
+    strength NaN. Both are input errors now, naming the checkpoint / the folder, nothing written."""
+    from dfmvr.cli.train import command
+    from dfmvr.errors import InputError
+    from dfmvr.train.head_refit import HeadFeatures, _check_head_inputs
+
+    rows = np.ones((4, 8))
+    _check_head_inputs(HeadFeatures(rows, np.zeros((4, 269))), "net.safetensors", "data")
+    for bad in (np.nan, np.inf, 1.6e24):
+        broken = rows.copy()
+        broken[2, 3] = bad
+        with pytest.raises(InputError, match="1 of 4 rows of data") as err:
+            _check_head_inputs(HeadFeatures(broken, np.zeros((4, 269))), "net.safetensors", "data")
+        assert "net.safetensors" in str(err.value) and "unstable" in str(err.value)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copytree(synth4 / sorted(p.name for p in synth4.iterdir() if p.is_dir())[0], one / "000000")
+    shutil.copy(synth4 / "face_model.npz", one / "face_model.npz")
+    out = tmp_path / "heads"
+    result = CliRunner().invoke(command, ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(synth4),
+                                          "--val", str(one), "--out", str(out)])
+    assert isinstance(result.exception, InputError) and "needs at least 2" in str(result.exception)
+    assert str(one) in str(result.exception) and not out.exists()
