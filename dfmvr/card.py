@@ -109,7 +109,8 @@ class ModelCard:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(source, f"model card is not valid JSON ({exc})") from exc
+            raise InputError(source, f"model card is not valid JSON ({exc})",
+                             "dfmvr writes the card: restore the file, or re-save / re-export the model") from exc
         return cls.from_dict(d, source)
 
     def check_face_model(self, face_model: MorphableModel, source=None) -> None:

@@ -226,7 +226,8 @@ class MorphableModel:
             raise InputError(path, f"unsupported face model format {meta.get('format')} v{meta.get('version')}")
         missing = [k for k in _ARRAYS if k not in data]
         if missing:
-            raise InputError(path, f"face model is missing arrays {missing}")
+            raise InputError(path, f"face model is missing arrays {missing}",
+                             "rebuild the face model with 'dfmvr data face-model'")
         try:        # the constructor validates without knowing the file: name it here
             model = cls(**{k: data[k] for k in _ARRAYS}, name=meta.get("name", path.stem),
                         units=meta.get("units", "decimetre"), source=meta.get("source", {}))

@@ -105,7 +105,8 @@ def read_onnx_metadata(path) -> dict[str, str]:
                 tag = _varint(f)
                 field_no, wire = tag >> 3, tag & 7
                 if field_no == 0:
-                    raise InputError(path, "not an ONNX model (malformed protobuf)")
+                    raise InputError(path, "not an ONNX model (malformed protobuf)",
+                                     "pass a graph made by 'dfmvr-export', or re-export it")
                 if wire == 0:
                     _varint(f)
                 elif wire == 1:
@@ -124,7 +125,8 @@ def read_onnx_metadata(path) -> dict[str, str]:
                         seen_graph |= field_no == _GRAPH_FIELD
                         f.seek(n, 1)
                 else:
-                    raise InputError(path, "not an ONNX model (malformed protobuf)")
+                    raise InputError(path, "not an ONNX model (malformed protobuf)",
+                                     "pass a graph made by 'dfmvr-export', or re-export it")
             if f.tell() != size:
                 raise EOFError
         except (EOFError, ValueError, UnicodeDecodeError):
