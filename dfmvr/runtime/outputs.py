@@ -72,10 +72,20 @@ def staged_folder(target: Path):
     try:
         yield tmp
         old = None
-        if target.exists():
+        if target.exists():     # the earlier output steps aside, and comes back if the new one cannot move in
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "x")
-        os.replace(tmp, target)
+            try:
+                os.replace(target, old / "x")
+            except BaseException:
+                old.rmdir()
+                raise
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old / "x", target)
+                old.rmdir()
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -116,6 +116,35 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"]  # no temporary folders left
 
 
+def test_a_failed_swap_keeps_the_earlier_output_and_leaves_no_hidden_folder(tmp_path, monkeypatch):
+    """The earlier output moves aside before the new folder moves in: when the move in failed, the earlier
+    output stayed hidden in .t.old-*; when the move aside failed, an empty .t.old-* stayed."""
+    import os
+
+    import dfmvr.runtime.outputs as outputs
+
+    target = tmp_path / "t"
+    with staged_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    real = os.replace
+    for failing_call in (1, 2):     # 1: moving the earlier output aside; 2: moving the new one in
+        calls = []
+
+        def replace(src, dst, _fail=failing_call):
+            calls.append(src)
+            if len(calls) == _fail:
+                raise PermissionError("simulated")
+            return real(src, dst)
+
+        monkeypatch.setattr(outputs.os, "replace", replace)
+        with pytest.raises(PermissionError):
+            with staged_folder(target) as tmp:
+                (tmp / "a.txt").write_text("second")
+        monkeypatch.setattr(outputs.os, "replace", real)
+        assert (target / "a.txt").read_text() == "first", failing_call
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["t"], failing_call
+
+
 def test_a_file_where_the_folder_goes_is_refused_not_replaced(tmp_path):
     (tmp_path / "t").write_text("the user's notes")
     with pytest.raises(InputError, match="a file") as err:
