@@ -13,6 +13,9 @@ from .settings import HELP_SETTINGS
 from ..errors import InputError
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+# the files --bfm2009 reads beside 01_MorphableModel.mat: (parameter, option)
+BFM2009_FILES = (("exp_pca", "--exp"), ("std_exp", "--std-exp"), ("front_idx", "--front-idx"), ("exp_idx", "--exp-idx"),
+                 ("info", "--info"))
 
 
 @click.command(context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
@@ -45,6 +48,16 @@ def command(synthetic, seed, bfm, bfm2009, exp_pca, std_exp, front_idx, exp_idx,
         raise click.UsageError("nothing to do: give --out and/or --preview")
     if bfm2009 is not None and exp_pca is None:
         raise click.UsageError("--bfm2009 needs --exp Exp_Pca.bin")
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE     # noqa: E731
+    # options another source reads were ignored without a word (--seed with --model, --exp with --synthetic)
+    stray = [flag for name, flag, reader in (("seed", "--seed", synthetic),
+                                             *((n, f, bfm2009 is not None) for n, f in BFM2009_FILES))
+             if given(name) and not reader]
+    if stray:
+        raise click.UsageError(f"{', '.join(stray)}: not read with {sources[0]}")
     if out is not None and out.suffix != ".npz":
         raise click.UsageError(f"--out must end in .npz, got '{out.name}'")
 

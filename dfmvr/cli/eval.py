@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .options import (batch_size_option, data_face_model_option, exit_codes, json_option, onnx_option, quiet_option,
+from .options import (FiniteFloatRange, batch_size_option, data_face_model_option, exit_codes, json_option, onnx_option, quiet_option,
                       refine_device_option, refine_landmark_weight_option, refine_landmark_anneal_option, refine_config)
 from .settings import HELP_SETTINGS
 
@@ -59,7 +59,7 @@ def _parse_slot_order(text: str | None) -> tuple[int, int, int] | None:
               help="With --refine: also refine from the mean face (identity, expression and texture zeroed; "
                    "the network's pose and light) for the same steps: what the network's shape is worth "
                    "as a starting point.")
-@click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               metavar="PX", help="With --refine: add Gaussian error of PX pixels per coordinate to the data's 2D "
                                  "landmarks before the refinement fits them (a detector's error on synthetic data; "
                                  "drawn per triplet as dfmvr-train --landmark-noise draws it).")

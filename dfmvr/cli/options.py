@@ -18,6 +18,7 @@ works there as the old spelling.
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -28,7 +29,7 @@ __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_mod
            "engine_option", "data_face_model_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
            "refine_device_option", "refine_landmark_weight_option", "refine_landmark_anneal_option",
            "refine_landmarks_option", "refine_config", "detector_option",
-           "FACE_MODEL_HELP"]
+           "FACE_MODEL_HELP", "FiniteFloatRange"]
 
 # code -> its meaning in every command; a command may say more about a code, or leave one out.
 EXIT_CODES = {
@@ -96,6 +97,18 @@ class OutputPath(click.Path):
         return path
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange with NaN and infinity refused: NaN passes every range check (each comparison with it
+    is false) and inf passes an open maximum; a learning rate of NaN crashed Adam, and inf, or a NaN gradient
+    clip, trained a checkpoint of NaN weights with exit 0."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 # --- shared options ---------------------------------------------------------------------------------
 FACE_MODEL_HELP = ("Face model .npz. Default: the bundled one (the synthetic seed-0 model). A network's face "
                    "model must match its model card.")
@@ -148,7 +161,7 @@ def refine_device_option(f):
 
 def _refine_number_option(flag: str, least: float, metavar: str, help: str):
     """A ``--refine-*`` number, None when not given (the command then uses the refiner's default)."""
-    return click.option(flag, flag.lstrip("-").replace("-", "_"), default=None, type=click.FloatRange(min=least),
+    return click.option(flag, flag.lstrip("-").replace("-", "_"), default=None, type=FiniteFloatRange(min=least),
                         metavar=metavar, help=help)
 
 

@@ -11,12 +11,41 @@ from pathlib import Path
 
 import click
 
-from .options import OutputPath, batch_size_option, data_face_model_option, exit_codes, quiet_option
+from .options import FiniteFloatRange, OutputPath, batch_size_option, data_face_model_option, exit_codes, quiet_option
 from .settings import HELP_SETTINGS
 
 from ..errors import require
 
 _PATH = click.Path(path_type=Path)
+
+
+# What each stage reads. An option given on the command line that the stage would not read is refused: it was
+# ignored without a word (loss weights with --stage parse, --epochs with --stage heads).
+PARSE_STAGE_READS = {"data", "out", "variant", "stage", "epochs", "batch", "lr", "resume", "seed", "workers",
+                     "max_steps", "quiet", "class_balanced", "parse_detail"}
+HEADS_STAGE_READS = {"data", "out", "stage", "init", "val", "face_model", "landmark_noise", "targets", "groups",
+                     "fits_from", "slot_breaks", "quiet"}
+# The loss weight each option sets (LossWeights fields): a --resume compares the ones given with the run's.
+WEIGHT_OPTIONS = {"supervised_weight": "supervised", "supervised_shape_weight": "supervised_shape",
+                  "supervised_shape_aligned_weight": "supervised_shape_aligned",
+                  "supervised_pose_weight": "supervised_pose", "supervised_expression_weight": "supervised_expression",
+                  "prdl_weight": "prdl", "photo_weight": "photo", "photo_render_factor": "photo_render_factor",
+                  "mask_weight": "mask", "eye_landmarks": "landmark_eyes", "keypoint_weight": "keypoint_2d",
+                  "depth_prior_weight": "depth_prior", "size_prior_weight": "size_prior"}
+
+
+def _given(ctx: click.Context) -> list[str]:
+    """The parameters the command line set (not defaults)."""
+    from click.core import ParameterSource
+
+    return sorted(name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
+
+
+def _refuse_what_is_ignored(ctx: click.Context, stage: str) -> None:
+    reads = {"parse": PARSE_STAGE_READS, "heads": HEADS_STAGE_READS}.get(stage)
+    extra = ["--" + n.replace("_", "-") for n in _given(ctx) if reads is not None and n not in reads]
+    if extra:
+        raise click.UsageError(f"{', '.join(extra)}: not read by --stage {stage}, which would ignore it")
 
 
 @click.command(name="train", context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
@@ -36,7 +65,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="Passes over DATA; the learning-rate schedule spans them all.")
 @batch_size_option(4, per="per training step, in each process")
-@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", default=None, type=FiniteFloatRange(min=0, min_open=True),
               help="Peak learning rate (default 1e-4 main, 1e-3 parse); main: constant, then cosine to 1e-6.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its checkpoint ends.")
 @click.option("--init", "init", default=None, metavar="CHECKPOINT",
@@ -49,32 +78,32 @@ _PATH = click.Path(path_type=Path)
               help="Validation triplets scored (mm) after every epoch.")
 @click.option("--val-limit", default=16, show_default=True, type=click.IntRange(min=1),
               help="Validation triplets scored after each epoch.")
-@click.option("--supervised-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--supervised-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Synthetic data only: weight of an MSE to the true coefficients (recorded in the card).")
-@click.option("--supervised-shape-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--supervised-shape-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Synthetic data only: weight of the mean squared vertex distance (mm^2) of the unposed "
                    "shape to the true one (recorded in the card).")
-@click.option("--supervised-pose-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--supervised-pose-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Synthetic data only: weight of each view's head-pose error (degrees² + cm²); the "
                    "coefficient MSE gives the pose almost no weight.")
-@click.option("--supervised-expression-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--supervised-expression-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Synthetic data only: weight of the expression part of the vertex error alone (mm^2), "
                    "added to --supervised-shape-weight's to weigh expression up (identity is ~78 % of it).")
-@click.option("--supervised-shape-aligned-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--supervised-shape-aligned-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Synthetic data only: the same after the best per-sample scale and translation (face size "
                    "and camera distance trade off in the image; the metric ignores scale).")
-@click.option("--prdl-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--prdl-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Part re-projection distance loss weight (0 = off; 3DDFA-V3 used 8e-4).")
-@click.option("--photo-weight", default=None, type=click.FloatRange(min=0), show_default="24, the official",
+@click.option("--photo-weight", default=None, type=FiniteFloatRange(min=0), show_default="24, the official",
               help="Photometric loss weight. 0 skips the differentiable render (with --mask-weight 0): about "
                    "half of a lite step on a CPU (docs/training.md, 'What the render costs').")
 @click.option("--photo-render-factor", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
               help="Render the photometric term at 1/K of the image size per side (photos box-averaged, labels "
                    "subsampled; needs --mask-weight 0). 2: a lite step 1.47x faster on a CPU "
                    "(docs/training.md, 'What the render costs').")
-@click.option("--mask-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--mask-weight", default=1.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Parse-consistency (mask) loss weight, on after 100/280 of training.")
-@click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--landmark-noise", "landmark_noise", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               metavar="PX", help="Gaussian error (pixels per coordinate, fixed per triplet) added to the training "
                                  "landmarks: weak supervision as a detector would give it.")
 @click.option("--parser-labels", is_flag=True,
@@ -82,7 +111,7 @@ _PATH = click.Path(path_type=Path)
                    "drive the photometric weight map and the mask loss, as on unlabelled photos. For weak "
                    "supervision that uses nothing a real photo lacks.")
 @click.option("--eye-landmarks", is_flag=True, help="Weigh the eye landmarks 20 too (the official code).")
-@click.option("--clip-grad", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--clip-grad", default=10.0, show_default=True, type=FiniteFloatRange(min=0, min_open=True),
               help="Largest global gradient norm; larger gradients are scaled down to it.")
 @click.option("--no-view-dropout", is_flag=True, help="Always feed all three views.")
 @click.option("--no-augment", is_flag=True, help="No colour jitter / blur.")
@@ -105,14 +134,14 @@ _PATH = click.Path(path_type=Path)
                    "Official design: the heads also read each view's soft-argmax keypoints "
                    "(dfmvr/models/keypoints.py); 'lite': a training-only target of each view's encoder, "
                    "not in the exported graph (dfmvr/models/lite.py). Recorded in the card.")
-@click.option("--keypoint-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--keypoint-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Weight of the keypoints' squared pixel distance to the 2D landmarks (needs --keypoints).")
-@click.option("--depth-prior-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--depth-prior-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Weight of each view's depth (translation z) away from where the crop alignment puts the mean "
                    "face, squared (cm^2): needs no ground truth. Aligned crops show every face at about one size; "
                    "without a prior the weak losses trade face size for camera distance (docs/training.md, "
                    "\"Weak supervision alone\").")
-@click.option("--size-prior-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--size-prior-weight", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Weight of the identity's uniform-scale component (mean squared vertex displacement, mm^2): a prior "
                    "on the face's size, which the photos cannot show; needs no ground truth. Measured on weak-only runs: "
                    "it pins the size and costs the rest of the identity (docs/training.md, \"A prior on the size\").")
@@ -142,7 +171,7 @@ _PATH = click.Path(path_type=Path)
               help="--stage heads --targets landmark-fit: reuse the landmark fits an earlier such run saved "
                    "(its OUT/landmark_fits.npz) instead of fitting every triplet again; refused unless they are "
                    "the fits of the same triplet folders with the same settings (face model, noise, fit).")
-@click.option("--slot-breaks", "slot_breaks", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--slot-breaks", "slot_breaks", default=0.0, show_default=True, type=FiniteFloatRange(0, 1),
               help="--stage heads: add this fraction of the triplets again with their slots broken (a photo in "
                    "another view's slot, the pose truth following it), so the refit heads read each view's pose "
                    "from the photo, not the slot; costs some accuracy on conventional input (docs/training.md).")
@@ -182,6 +211,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
         raise click.UsageError("--fits reuses stored landmark fits; it needs --stage heads --targets landmark-fit")
     if targets != "truth" and slot_breaks:
         raise click.UsageError("--slot-breaks needs the true pose of each photo; drop it with --targets " + targets)
+    _refuse_what_is_ignored(click.get_current_context(), stage)     # after the specific messages above
     if stage == "heads":
         if not init or not val:
             raise click.UsageError("--stage heads refits a trained network: give it --init CHECKPOINT and "
@@ -219,6 +249,11 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                               **({} if photo_weight is None else {"photo": photo_weight}))
     except ValueError as exc:              # weights no loss can compute (LossWeights.check): exit 2, no output yet
         raise click.UsageError(str(exc)) from None
+    given = _given(click.get_current_context())
+    # what a --resume must find in the run it continues (it takes architecture and losses from the checkpoint)
+    resume_expects = {"variant": variant if "variant" in given else None,
+                      "weights": {field: getattr(weights, field) for name, field in WEIGHT_OPTIONS.items()
+                                  if name in given}}
     if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides
         raise click.UsageError("--keypoint-weight needs a keypoint readout (--keypoints 68)")
     cfg = TrainConfig(data=str(data), out=str(out), variant=variant or (None if init else "tiny"), epochs=epochs, batch=batch, lr=lr or 1e-4,
@@ -229,7 +264,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                       device=device, progress=not quiet, weights=weights.to_dict(),
                       bn_recalibration=bn_recalibration, per_sample_norm=per_sample_norm, pool=pool,
                       keypoints=keypoints, init=init, landmark_noise_px=landmark_noise,
-                      parser_labels=parser_labels, speed=speed, train_only=list(train_only) or None)
+                      parser_labels=parser_labels, speed=speed, train_only=list(train_only) or None,
+                      resume_expects=resume_expects)
     try:
         trainer = Trainer(cfg)
     except ValueError as exc:

@@ -18,8 +18,11 @@ The name ``default`` resolves to the bundled model ``dfmvr/assets/default/model.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +108,42 @@ def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: 
     if half_storage:
         metadata["storage_dtype"] = HALF_STORAGE
         tensors = {k: _to_half(k, v) for k, v in tensors.items()}
-    if train_state is not None:
-        with atomic_path(sidecar_path(path)) as tmp:
-            torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, tmp)
-    with atomic_path(path) as tmp:
-        st.save_file(tensors, str(tmp), metadata=metadata)
+    held = None
+    try:
+        with contextlib.ExitStack() as renames:     # on leaving: the weights renamed into place, then the state
+            if train_state is not None:
+                side = renames.enter_context(atomic_path(sidecar_path(path)))
+                torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, side)
+            tmp = renames.enter_context(atomic_path(path))
+            st.save_file(tensors, str(tmp), metadata=metadata)
+            held = _hold_interrupts()
+    finally:
+        _release_interrupts(held)
     return path
+
+
+def _hold_interrupts():
+    """Hold SIGINT and SIGTERM back (main thread) until ``_release_interrupts``: the weights and their training
+    state are renamed into place together. A stop between the two renames left a new state beside old weights
+    (checkpoint ids differ), a run that could not be resumed. Python-level, not a signal mask: Python runs its
+    handlers in the main thread whichever thread the kernel delivered to (torch's threads included)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    return previous, caught
+
+
+def _release_interrupts(held) -> None:
+    """Put the handlers back and deliver what came in meanwhile, once each."""
+    if held is None:
+        return
+    previous, caught = held
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    for sig in dict.fromkeys(caught):
+        signal.raise_signal(sig)
 
 
 def _to_half(name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -318,12 +318,24 @@ def write_dataset(out, triplets: int, seed: int = 0, model: MorphableModel | Non
         triplets_total = max(triplets, json.loads(meta_path.read_text()).get("triplets", 0))
     else:
         triplets_total = triplets
+        # without meta.json nothing says how these were made: "resuming" would adopt them under this seed
+        foreign = [p.name for p in sorted(out.glob("[0-9]" * 6)) if p.is_dir()] if out.is_dir() else []
+        if foreign:
+            raise InputError(out, f"holds triplet folders ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) "
+                             "but no meta.json: they are not a dataset this command can resume",
+                             "pass an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     model_path = out / "face_model.npz"
     if not model_path.exists():
         model.save(model_path)
+    else:
+        from ..face.model import MorphableModel, identity_matches
+
+        if not identity_matches(model.identity(), MorphableModel.load(model_path)):
+            raise InputError(model_path, f"is not the face model '{model.name}' these triplets are made with",
+                             "pass an empty or new --out, or the face model of the triplets already there")
     atomic_write_text(meta_path, json.dumps({**meta, "triplets": triplets_total}, indent=2))
     todo = [i for i in range(triplets) if not (out / triplet_name(i)).is_dir()]
     start = time.perf_counter()

@@ -88,6 +88,8 @@ def _checked(path: Path, arrays: dict, key: str, shape: tuple) -> np.ndarray | N
     value = arrays[key]
     if value.shape != shape:
         raise InputError(path, f"'{key}' has shape {value.shape}, expected {shape}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():   # else a NaN loss, then NaN weights
+        raise InputError(path, f"'{key}' holds NaN or infinite values", "regenerate or replace the file")
     return value
 
 
@@ -154,6 +156,7 @@ class TripletDataset(Dataset):
 
     def __init__(self, root, augment: bool = False, landmark_noise_px: float = 0.0, noise_seed: int = 0):
         self.root = Path(root)
+        self.synthetic = (self.root / "meta.json").is_file()     # written by dfmvr data synth: gt.npz everywhere
         self.folders = find_triplets(self.root)
         self.augment = augment
         # Weak supervision as a user with real photos has it: their landmarks come from a detector,
@@ -217,5 +220,12 @@ class TripletDataset(Dataset):
         if coeffs is not None:
             item["coefficients"] = torch.from_numpy(coeffs.astype(np.float32))
         if "vertices" in arrays:
-            item["vertices"] = torch.from_numpy(arrays["vertices"].astype(np.float32))
+            vertices = arrays["vertices"]
+            if not np.isfinite(vertices).all():
+                raise InputError(where("vertices"), "'vertices' holds NaN or infinite values", "regenerate the triplet")
+            item["vertices"] = torch.from_numpy(vertices.astype(np.float32))
+        elif self.synthetic and "coefficients" not in arrays:
+            # one triplet of a synthetic set without its ground truth would train unsupervised, unnoticed
+            raise InputError(folder, "this triplet of a synthetic dataset (meta.json) has no gt.npz",
+                             "regenerate it: rerun 'dfmvr data synth' with the same --out, --seed and --triplets")
         return item

@@ -226,8 +226,18 @@ def train_parse_net(cfg: ParseConfig) -> Path:
     net = BiSeNet(**args).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     epoch, lr_per_epoch = 0, []
+    if weights_path.is_file() and not cfg.resume:     # a trained parser is never overwritten by a new run
+        raise InputError(weights_path, "a parse run's weights are already here",
+                         "continue that run with --resume, or pass another --out")
+    if cfg.resume and weights_path.is_file() and not state_path.is_file():   # it restarted at epoch 0, overwriting
+        raise InputError(state_path, "no training state beside the parse net's weights",
+                         "cannot resume exactly; start a new run (--out elsewhere)")
     if cfg.resume and weights_path.is_file() and state_path.is_file():
         loaded, args = load_parse_weights(weights_path)       # first: a corrupt file gets its clear error
+        if {k: v for k, v in args.items() if k != "detail_channels"} != {
+                k: v for k, v in variant_architecture(cfg.variant)["parse"].items() if k != "detail_channels"}:
+            raise InputError(weights_path, f"is another parser than --variant {cfg.variant}'s",
+                             "resume with the run's --variant, or train into a new --out")
         _refuse_a_second_loss(weights_path, cfg.class_balanced)
         if args.get("detail_channels", 0) != cfg.detail_channels:
             raise InputError(weights_path, f"has detail_channels {args.get('detail_channels', 0)}; "
@@ -235,7 +245,11 @@ def train_parse_net(cfg: ParseConfig) -> Path:
                              "resume with the same --parse-detail, or train into a new --out")
         net.load_state_dict(loaded.state_dict())
         net.train()
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:   # torch raises OSError, RuntimeError, UnpicklingError... for a damaged file
+            raise InputError(state_path, f"training state is truncated or corrupt ({type(exc).__name__})",
+                             "restore it, or start a new run (--out elsewhere)") from exc
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         opt.load_state_dict(state["optimizer"])
         epoch = int(state["epoch"])

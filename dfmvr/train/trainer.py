@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..errors import InputError
+from ..errors import DfmvrError, InputError
 from ..face.camera import Camera
 from ..models.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from ..models.convert import DEAD_PREFIXES
@@ -90,6 +90,9 @@ class TrainConfig:
                                          # mode measured fastest on this device
     train_only: list | None = None       # parameter-name prefixes: train only those, freeze the rest (a
                                          # heads-only phase; docs/training.md "With the landmark target")
+    # What the command line set that a --resume takes from the checkpoint instead ({"variant": str | None,
+    # "weights": {LossWeights field: value}}): refused when the run records something else (it was ignored)
+    resume_expects: dict | None = None
 
 
 def _dataset_camera(data_root) -> Camera:
@@ -111,6 +114,42 @@ def _attach_parser(model, card, path) -> None:
     from .parse_stage import attach_parse_weights
     attach_parse_weights(model, path)
     card.architecture = {**card.architecture, "parse": dict(model.card.architecture["parse"])}
+
+
+def _check_resume_expects(expects: dict | None, card, checkpoint) -> None:
+    """ValueError ("--option ...", exit 2 at the CLI) when the command line asks a --resume for another variant
+    or other loss weights than the run records: a resume continues the checkpoint's architecture and losses, so
+    these were ignored without a word. Rerunning the run's own command line (the recipe does) passes."""
+    if not expects:
+        return
+    if expects.get("variant") and expects["variant"] != card.variant:
+        raise ValueError(f"--variant {expects['variant']}: the run being resumed ({checkpoint}) is a "
+                         f"'{card.variant}' network -- drop --variant, or train into a new --out")
+    recorded = LossWeights.from_dict(card.loss_weights).to_dict()
+    changed = {k: v for k, v in (expects.get("weights") or {}).items()
+               if not math.isclose(float(v), float(recorded.get(k, 0.0)), rel_tol=1e-9, abs_tol=1e-12)}
+    if changed:
+        said = ", ".join(f"{k} {v:g} (the run: {float(recorded.get(k, 0.0)):g})" for k, v in sorted(changed.items()))
+        raise ValueError(f"--resume continues the losses {checkpoint} records; asked for other weights: {said} -- "
+                         f"drop those options, or fine-tune from it into a new run: --init {checkpoint} --out NEW")
+
+
+def _check_sets_face_model(face_model, source, data, val) -> None:
+    """InputError when --data's or --val's synthetic triplets were made with another face model than the one
+    training uses (--face-model, else --data's): their ground truth would be scored against the wrong mesh.
+    (dfmvr eval refuses a mismatched set; training and its validation took it silently.)"""
+    from ..face.model import MorphableModel, identity_matches
+    from ..face.selection import DATASET_FACE_MODEL
+
+    for flag, root in (("--data", data), ("--val", val)):
+        path = Path(root) / DATASET_FACE_MODEL if root else None
+        if path is None or not path.is_file() or str(path) == str(source):
+            continue
+        theirs = MorphableModel.load(path)
+        if not identity_matches(theirs.identity(), face_model):
+            raise InputError(path, f"{flag}'s triplets were made with face model '{theirs.name}', training uses "
+                             f"'{face_model.name}' ({source})", "use sets made with one face model, or drop "
+                             "--face-model so that --data's is used")
 
 
 class Trainer:
@@ -142,6 +181,14 @@ class Trainer:
         face_model, fm_source = select_face_model(config.face_model, data=config.data)
         camera = _dataset_camera(config.data)
         self.face_model = face_model
+        _check_sets_face_model(face_model, fm_source, config.data, config.val)
+        if config.val:      # an empty or unreadable validation set fails now, not after the first epoch's training
+            from ..eval.dataset import find_eval_folders, load_eval_sample
+
+            load_eval_sample(find_eval_folders(config.val)[0], face_model)
+        if self.ckpt_path.is_file() and not config.resume:     # hours of someone's training: never overwritten
+            raise InputError(self.ckpt_path, "a run's checkpoint is already here",
+                             "continue that run with --resume, or pass another --out")
         train_state = None
         if config.resume and self.ckpt_path.is_file():
             model, card, train_state = load_checkpoint(self.ckpt_path)
@@ -149,6 +196,7 @@ class Trainer:
                 raise InputError(self.ckpt_path.with_suffix(".train.pt"), "no training state beside the checkpoint",
                                  "cannot resume exactly; start a new run (--out elsewhere)")
             card.check_face_model(face_model, source=fm_source)
+            _check_resume_expects(config.resume_expects, card, self.ckpt_path)
             weights = LossWeights.from_dict(card.loss_weights)
         elif config.init:
             if config.resume and self.rank == 0:
@@ -425,6 +473,10 @@ class Trainer:
             terms["keypoint_2d"] = keypoint_loss(keypoints.float(), batch["landmarks"],
                                                  view_mask & item["has_landmarks"].to(self.device)[:, None])
             total = total + self.loss.weights.keypoint_2d * terms["keypoint_2d"]
+        if not bool(torch.isfinite(total)):     # stop before NaN reaches the weights and the next checkpoint
+            raise DfmvrError(f"training diverged at step {self.step}: the loss is {float(total)} "
+                             f"({', '.join(f'{k} {float(v):.4g}' for k, v in terms.items())}); the last checkpoint "
+                             f"(epoch {self.epoch}) is kept -- lower --lr or check the data for non-finite values")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)

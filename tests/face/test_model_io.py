@@ -134,6 +134,17 @@ def test_cli_synthetic_writes_model_and_preview(tmp_path):
     assert not list(tmp_path.glob(".*"))                      # no temporary files left behind
 
 
+def test_cli_refuses_options_its_source_does_not_read(tmp_path):
+    """--seed with --model and --exp / --info with --synthetic were ignored without a word."""
+    fm = tmp_path / "fm.npz"
+    assert _invoke("--synthetic", "--out", fm).exit_code == 0
+    for args, words in ((("--model", fm, "--seed", 9), "--seed: not read with --model"),
+                        (("--synthetic", "--exp", fm, "--info", fm), "--exp, --info: not read with --synthetic")):
+        result = _invoke(*args, "--out", tmp_path / "x.npz")
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert not (tmp_path / "x.npz").exists()
+
+
 def test_cli_bfm_front(tmp_path, small):
     n = small.num_vertices
     mat = tmp_path / "BFM_model_front.mat"

@@ -230,3 +230,39 @@ def test_convert_half_cli_writes_a_half_size_checkpoint_and_records_the_rounding
     assert card.provenance["weights_rounded_to"] == "float16"
     r = CliRunner().invoke(command, ["half", str(full), "--out", str(tmp_path / "half.pt")])
     assert r.exit_code == 2 and ".safetensors" in r.output
+
+
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="POSIX signals")
+def test_a_stop_between_the_two_renames_waits_until_both_are_done(tmp_path, trained_tiny, monkeypatch):
+    """SIGTERM (a scheduler's stop) arriving after the training state was renamed into place but before the
+    weights left a run whose state and weights disagree (checkpoint ids differ): it could not be resumed. The
+    signal is held back over the two renames and delivered after them."""
+    import os
+    import signal
+
+    import dfmvr.atomic as atomic
+
+    model, _ = trained_tiny
+    path = save_checkpoint(tmp_path / "run.safetensors", model, model.card, {"epoch": 1})
+    real = os.replace
+    calls = []
+
+    def replace_then_stop(src, dst):
+        real(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)      # the stop lands right after the first rename
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(atomic.os, "replace", replace_then_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, model, model.card, {"epoch": 2})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(calls) == 2                               # both renames happened before the stop was delivered
+    _, _, state = load_checkpoint(path)                  # ids agree: the run resumes
+    assert state == {"epoch": 2}

@@ -129,6 +129,26 @@ def test_write_dataset_resumes_and_writes_atomically(tmp_path, monkeypatch):
         write_dataset(out, 3, seed=8, model=_model(), progress=False)
 
 
+def test_triplets_without_meta_json_or_beside_another_face_model_are_not_adopted(tmp_path):
+    """With meta.json gone, a rerun "resumed" the folder: its old triplets kept, a new meta.json claiming the new
+    seed and face model over them, the old face_model.npz kept. Both are refused now, naming the folder / file."""
+    import shutil
+
+    from dfmvr.face.synthetic import synthetic_face_model
+
+    out = tmp_path / "ds"
+    write_dataset(out, 2, seed=7, model=_model(), progress=False)
+    (out / "meta.json").unlink()
+    with pytest.raises(InputError, match="no meta.json") as err:
+        write_dataset(out, 3, seed=7, model=_model(), progress=False)
+    assert str(out) in str(err.value) and not (out / "000002").exists()
+    for triplet in ("000000", "000001"):
+        shutil.rmtree(out / triplet)
+    with pytest.raises(InputError, match="is not the face model") as err:
+        write_dataset(out, 2, seed=7, model=synthetic_face_model(seed=5, num_vertices=600), progress=False)
+    assert "face_model.npz" in str(err.value)
+
+
 def test_written_triplet_equals_the_sample(tmp_path):
     import cv2
 

@@ -125,6 +125,7 @@ def test_stage_heads_without_ground_truth_is_a_clear_error(synth4, lite_checkpoi
     shutil.copytree(synth4, photos)
     for gt in photos.glob("*/gt.npz"):
         gt.unlink()
+    (photos / "meta.json").unlink()       # a user's photos: not a synthetic set (whose triplets all need gt.npz)
     out = tmp_path / "heads"
     result = CliRunner().invoke(command, ["--stage", "heads", "--init", str(lite_checkpoint), "--data", str(photos),
                                           "--val", str(synth4), "--out", str(out)])

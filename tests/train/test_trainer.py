@@ -581,3 +581,142 @@ def test_photo_weight_zero_trains_without_the_render(synth4, tmp_path):
         (step,), _ = _steps(out)
         terms[name] = (card.loss_weights["photo"], card.loss_weights["photo_render_factor"], "photo" in step)
     assert terms == {"default": (24.0, 1, True), "bare": (0.0, 1, False), "half": (24.0, 2, True)}
+
+
+def test_a_new_run_never_overwrites_a_finished_one(synth4, tmp_path):
+    """Without --resume, a second run into the same --out replaced the first one's checkpoint (hours of
+    training) and appended to its metrics. It is refused, the checkpoint untouched."""
+    from dfmvr.errors import InputError
+
+    out = tmp_path / "out"
+    Trainer(_config(synth4, out, epochs=1, bn_recalibration=0)).run()
+    before = (out / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(InputError, match="already here") as err:
+        Trainer(_config(synth4, out, epochs=1, bn_recalibration=0))
+    assert "--resume" in str(err.value) and (out / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_non_finite_ground_truth_a_missing_gt_and_a_diverged_loss_stop_before_a_checkpoint(synth4, tmp_path,
+                                                                                          monkeypatch):
+    """NaN coefficients in one gt.npz trained a checkpoint of NaN weights, exit 0; a synthetic set missing one
+    gt.npz trained that triplet unsupervised, unnoticed; a loss gone NaN (a learning rate too high) saved NaN
+    weights. The first two are input errors naming the file; the third stops the run with the last checkpoint kept."""
+    import shutil
+
+    from dfmvr.errors import DfmvrError, InputError
+    from dfmvr.train.data import TripletDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(synth4, data)
+    gt = dict(np.load(data / "000001" / "gt.npz"))
+    gt["coefficients"] = gt["coefficients"] * np.nan
+    np.savez(data / "000001" / "gt.npz", **gt)
+    with pytest.raises(InputError, match="'coefficients' holds NaN") as err:
+        TripletDataset(data)[1]
+    assert "000001" in str(err.value)
+    (data / "000001" / "gt.npz").unlink()
+    with pytest.raises(InputError, match="has no gt.npz"):
+        TripletDataset(data)[1]
+
+    trainer = Trainer(_config(synth4, tmp_path / "out", epochs=1, bn_recalibration=0))
+    real = trainer.loss.forward
+
+    def diverged(*args, **kwargs):
+        total, terms = real(*args, **kwargs)
+        return total * float("nan"), terms
+
+    monkeypatch.setattr(trainer.loss, "forward", diverged)
+    with pytest.raises(DfmvrError, match="training diverged at step 0: the loss is nan"):
+        trainer.run()
+    assert not (tmp_path / "out" / "checkpoint.safetensors").exists()
+
+
+def test_a_validation_set_made_with_another_face_model_is_refused(synth4, tmp_path):
+    """dfmvr eval refuses a set whose face_model.npz is not the network's; training validated on one silently
+    (its val_mean_mm measured against the wrong mesh)."""
+    import shutil
+
+    from dfmvr.errors import InputError
+    from dfmvr.face.synthetic import synthetic_face_model
+
+    other = tmp_path / "other_val"
+    shutil.copytree(synth4, other)
+    synthetic_face_model(seed=5).save(other / "face_model.npz")
+    with pytest.raises(InputError, match="--val's triplets were made with face model") as err:
+        Trainer(_config(synth4, tmp_path / "out", epochs=1, val=str(other)))
+    assert str(other) in str(err.value)
+    empty = tmp_path / "empty_val"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no triplet folders"):        # before any training, not after an epoch
+        Trainer(_config(synth4, tmp_path / "out2", epochs=1, val=str(empty)))
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--clip-grad", "--supervised-weight", "--landmark-noise"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_numbers_that_are_not_finite_are_usage_errors(flag, value, tmp_path):
+    """click's FloatRange lets NaN (and inf, with an open maximum) through: --lr nan crashed Adam with a
+    traceback, --lr inf and --clip-grad nan trained NaN weights with exit 0."""
+    from click.testing import CliRunner
+
+    from dfmvr.cli.train import command
+
+    r = CliRunner().invoke(command, ["--data", str(tmp_path), "--out", str(tmp_path / "x"), flag, value])
+    assert r.exit_code == 2 and "is not a finite number" in r.output, r.output
+
+
+def test_the_parse_stage_never_overwrites_and_resumes_only_what_it_can(synth4, tmp_path):
+    """A second parse run without --resume overwrote the first; --resume without the state restarted at epoch 0
+    over the weights; a truncated state or another variant's weights gave tracebacks. Each is an input error
+    naming the file now, the weights untouched."""
+    import shutil
+
+    from dfmvr.errors import InputError
+    from dfmvr.train.parse_stage import ParseConfig, train_parse_net
+
+    out = tmp_path / "p"
+    cfg = dict(data=str(synth4), out=str(out), batch=3, max_steps_per_epoch=1, progress=False)
+    train_parse_net(ParseConfig(epochs=1, **cfg))
+    weights, state = out / "parse_net.safetensors", out / "parse_net.train.pt"
+    before = weights.read_bytes()
+    with pytest.raises(InputError, match="already here"):
+        train_parse_net(ParseConfig(epochs=2, **cfg))
+    with pytest.raises(InputError, match="another parser than --variant paper"):
+        train_parse_net(ParseConfig(epochs=2, resume=True, variant="paper", **cfg))
+    kept = tmp_path / "state.pt"
+    shutil.copy(state, kept)
+    state.write_bytes(kept.read_bytes()[:1000])
+    with pytest.raises(InputError, match="truncated or corrupt") as err:
+        train_parse_net(ParseConfig(epochs=2, resume=True, **cfg))
+    assert "parse_net.train.pt" in str(err.value)
+    state.unlink()
+    with pytest.raises(InputError, match="no training state"):
+        train_parse_net(ParseConfig(epochs=2, resume=True, **cfg))
+    assert weights.read_bytes() == before
+
+
+def test_options_a_stage_or_a_resume_would_ignore_are_refused(synth4, tmp_path):
+    """--stage heads took --epochs / loss weights, --stage parse took loss weights and --keypoints, and --resume
+    took another --variant or other loss weights, all without a word (the run went on as before). Each is a
+    usage error now; rerunning a run's own command line with --resume (what the recipe does) still resumes."""
+    from click.testing import CliRunner
+
+    from dfmvr.cli.train import command
+
+    base = ["--data", str(synth4), "--out", str(tmp_path / "run"), "--batch", "1", "--max-steps", "1",
+            "--bn-recalibration", "0", "--quiet", "--supervised-weight", "5"]
+    r = CliRunner().invoke(command, base + ["--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(command, base + ["--epochs", "2", "--resume"])               # the same command: resumes
+    assert r.exit_code == 0, r.output
+    for extra, words in ((["--supervised-weight", "7"], "supervised 7 (the run: 5)"),
+                         (["--variant", "lite"], "is a 'tiny' network")):
+        args = [a for a in base if a not in ("--supervised-weight", "5")] + extra + ["--epochs", "3", "--resume"]
+        r = CliRunner().invoke(command, args)
+        assert r.exit_code == 2 and words in r.output, r.output
+    r = CliRunner().invoke(command, ["--stage", "heads", "--init", str(tmp_path / "run" / "checkpoint.safetensors"),
+                                     "--data", str(synth4), "--val", str(synth4), "--out", str(tmp_path / "h"),
+                                     "--epochs", "5", "--supervised-weight", "3"])
+    assert r.exit_code == 2 and "--epochs, --supervised-weight: not read by --stage heads" in r.output, r.output
+    r = CliRunner().invoke(command, ["--stage", "parse", "--data", str(synth4), "--out", str(tmp_path / "p"),
+                                     "--keypoints", "68"])
+    assert r.exit_code == 2 and "--keypoints: not read by --stage parse" in r.output, r.output
