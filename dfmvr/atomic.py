@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "interrupts_held"]
 
 
 @contextlib.contextmanager
@@ -52,3 +54,25 @@ def atomic_write_bytes(target, data: bytes) -> Path:
 
 def atomic_write_text(target, text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """SIGINT and SIGTERM held back over the body and delivered (once each) after it, for files that must change
+    together: a checkpoint's weights and its training state, one new beside one old, could not be resumed.
+    Main thread only, and Python-level rather than a signal mask: Python runs its handlers in the main thread
+    whichever thread the kernel delivered to (torch's threads included). A handler installed outside Python
+    (``getsignal`` None) cannot be put back, so that signal is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)

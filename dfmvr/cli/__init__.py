@@ -61,8 +61,8 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_unwinds():
-    if threading.current_thread() is not threading.main_thread():
-        yield                               # only the main thread may set signal handlers
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
+        yield       # only the main thread may set handlers; one installed outside Python could not be put back
         return
 
     def _raise(signum, frame):

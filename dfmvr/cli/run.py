@@ -233,7 +233,7 @@ def _refuse_the_summary_name(triplets, problems):
     from ..errors import InputError
     from ..runtime.inputs import TripletProblem
 
-    clash = [t for t in triplets if t.name == SUMMARY_NAME]
+    clash = [t for t in triplets if t.name.casefold() == SUMMARY_NAME]     # macOS and Windows ignore case
     refused = [TripletProblem(t.name, InputError(t.ordered()[0].parent, f"a triplet named "
                                                  f"{SUMMARY_NAME} would overwrite the batch's {SUMMARY_NAME} "
                                                  "under --out", "rename the folder")) for t in clash]

@@ -208,7 +208,11 @@ class OnnxPredictor:
         self.card = self.artifact.card
         self._input = GRAPH_INPUT
         self.runner = OnnxrtRunner(path, threads=threads).activate()
-        check_graph_io(self.runner)
+        try:
+            check_graph_io(self.runner)
+        except InputError:
+            self.runner.deactivate()
+            raise
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.predict(images)[0]
@@ -295,7 +299,8 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         raise ValueError(f"landmark_noise is the data's landmarks' error: not with refine_landmarks={refine_landmarks!r}")
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
-        if refiner is not None and refine_landmarks == "data":
+        landmark_weight = getattr(getattr(refiner, "weights", None), "landmark_2d", None)
+        if refiner is not None and refine_landmarks == "data" and landmark_weight != 0:
             lacking = [f for f, s in zip(folders[start:start + batch], samples) if s.landmarks is None]
             if lacking:     # silently fitting the photo alone would wreck the expression (docs/refine.md)
                 raise InputError(lacking[0], "--refine fits the data's 2D landmarks and this triplet has none "

@@ -21,15 +21,13 @@ from __future__ import annotations
 import contextlib
 import random
 import secrets
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dfmvr.atomic import atomic_path
+from dfmvr.atomic import atomic_path, interrupts_held
 from dfmvr.card import ModelCard
 from dfmvr.errors import InputError, require
 from dfmvr.runtime.artifacts import DEFAULT_CHECKPOINT, bundled_file, names_bundled
@@ -108,42 +106,14 @@ def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: 
     if half_storage:
         metadata["storage_dtype"] = HALF_STORAGE
         tensors = {k: _to_half(k, v) for k, v in tensors.items()}
-    held = None
-    try:
-        with contextlib.ExitStack() as renames:     # on leaving: the weights renamed into place, then the state
-            if train_state is not None:
-                side = renames.enter_context(atomic_path(sidecar_path(path)))
-                torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, side)
-            tmp = renames.enter_context(atomic_path(path))
-            st.save_file(tensors, str(tmp), metadata=metadata)
-            held = _hold_interrupts()
-    finally:
-        _release_interrupts(held)
+    # both files or neither: interrupts wait for the two renames (weights first, then the state)
+    with interrupts_held(), contextlib.ExitStack() as renames:
+        if train_state is not None:
+            side = renames.enter_context(atomic_path(sidecar_path(path)))
+            torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, side)
+        tmp = renames.enter_context(atomic_path(path))
+        st.save_file(tensors, str(tmp), metadata=metadata)
     return path
-
-
-def _hold_interrupts():
-    """Hold SIGINT and SIGTERM back (main thread) until ``_release_interrupts``: the weights and their training
-    state are renamed into place together. A stop between the two renames left a new state beside old weights
-    (checkpoint ids differ), a run that could not be resumed. Python-level, not a signal mask: Python runs its
-    handlers in the main thread whichever thread the kernel delivered to (torch's threads included)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    return previous, caught
-
-
-def _release_interrupts(held) -> None:
-    """Put the handlers back and deliver what came in meanwhile, once each."""
-    if held is None:
-        return
-    previous, caught = held
-    for sig, handler in previous.items():
-        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-    for sig in dict.fromkeys(caught):
-        signal.raise_signal(sig)
 
 
 def _to_half(name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -100,8 +100,12 @@ def _folder_triplets(folder: Path, name: str) -> tuple[list[Triplet], list[Tripl
             unusable.setdefault(hit, []).append(f"{p.name} is an image type dfmvr does not read")
         else:
             groups.setdefault(key, {}).setdefault(view, []).append(p)
-    for key, _ in unusable:     # a triplet whose photos are all unreadable is reported, not passed over
-        groups.setdefault(key, {})
+    # Unread files only explain the views a triplet is missing. A group of them alone is a triplet only when
+    # it names all three views (an all-HEIC triplet); an IMG_0012.HEIC beside a good triplet is not one (it
+    # would fail the batch, end single-triplet mode and rename the good triplet by adding a second group).
+    for key in {k for k, _ in unusable} - set(groups):
+        if all((key, v) in unusable for v in VIEWS):
+            groups[key] = {}
     triplets, problems = [], []
     for key, views in sorted(groups.items()):
         # one triplet in a folder is named after the folder; several get "<folder>/<key>"

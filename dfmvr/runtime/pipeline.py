@@ -192,7 +192,11 @@ class Pipeline:
     # --- lifecycle -------------------------------------------------------------------------
     def activate(self) -> "Pipeline":
         self.runner.activate()
-        check_graph_io(self.runner)
+        try:
+            check_graph_io(self.runner)
+        except InputError:
+            self.runner.deactivate()      # a TensorRT runner holds a CUDA context
+            raise
         try:        # the mesh writers' trimesh takes ~1-2 s to import: pay it here, not in the first write
             import trimesh  # noqa: F401
         except ImportError:  # pragma: no cover - a base dependency
@@ -342,11 +346,14 @@ class Pipeline:
                     # ValueError: the mesh writers refuse non-finite vertices; the input was finite
                     # (normalised uint8), so then the network is at fault: name it, not the output folder
                     err = (exc if isinstance(exc, InputError) else
+                           InputError(Path(out_root) / name, f"cannot write outputs ({exc})")
+                           if np.isfinite(rec.mesh.vertices).all() else
+                           InputError(None, f"{name}: its refinement diverged (non-finite coefficients)",
+                                      "lower --refine-landmark-weight, or run without --refine")
+                           if getattr(rec, "refine", None) is not None else
                            InputError(self.artifact.path, f"{name}: the network's output for this triplet is "
                                       "not finite; its weights are damaged or diverged",
-                                      "re-export the model with 'dfmvr-export', or restore the file")
-                           if not np.isfinite(rec.mesh.vertices).all() else
-                           InputError(Path(out_root) / name, f"cannot write outputs ({exc})"))
+                                      "re-export the model with 'dfmvr-export', or restore the file"))
                     summary.failed.append(TripletProblem(name, err))
                     if progress:
                         progress(name, False)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, interrupts_held
 from ..errors import InputError, require
 from ..face.layout import PARSE_CLASSES
 from ..models.parse_net import CELEBAMASK_CLASSES, CELEBAMASK_TO_PARSE, BiSeNet
@@ -289,10 +289,11 @@ def train_parse_net(cfg: ParseConfig) -> Path:
             prov = {"trainer": "dfmvr-train --stage parse", "data": str(cfg.data), "images": len(data),
                     "epochs": epoch, "batch": cfg.batch, "lr": cfg.lr, "lr_per_epoch": lr_per_epoch, "variant": cfg.variant,
                     "class_weights": None if weight is None else dict(zip(PARSE_CLASSES, weight.round(decimals=4).tolist()))}
-            # weights first: a crash between the two writes costs at most a repeated epoch
-            save_parse_weights(weights_path, net, args, prov)
-            with atomic_path(state_path) as tmp:
-                torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "lr_per_epoch": lr_per_epoch}, tmp)
+            # both or neither (interrupts wait): weights without their state cannot be resumed
+            with interrupts_held():
+                save_parse_weights(weights_path, net, args, prov)
+                with atomic_path(state_path) as tmp:
+                    torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "lr_per_epoch": lr_per_epoch}, tmp)
             log.write(json.dumps({"kind": "parse_epoch", "epoch": epoch - 1, "loss": total / steps,
                                   "seconds": time.perf_counter() - start}) + "\n")
             log.flush()

@@ -284,7 +284,7 @@ class Refiner:
             # Keep what the network said where the fit made the weak loss worse (the coarse phase
             # optimises a half-size image, and a large step can overshoot): a refinement must never
             # hand back a triplet further from its own photos than it received.
-            worse = after > before
+            worse = ~(after <= before)      # NaN after a diverged fit counts as worse: the network's are kept
             if worse.any():
                 rows = torch.from_numpy(worse).to(x.device)
                 x[rows] = x0[rows]

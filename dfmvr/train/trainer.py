@@ -159,8 +159,9 @@ class Trainer:
         self.cfg = config
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if config.device is not None:
-            resolve_torch_device(config.device, "--device")   # exit 3, not a traceback, for cuda without one
+        if config.device is not None:       # exit 3, not a traceback, for cuda without one; this rank's GPU, not GPU 0
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if config.device == "cuda" else config.device
+            resolve_torch_device(name, "--device")
         want_cuda = config.device == "cuda" or (config.device is None and torch.cuda.is_available())
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo")
@@ -473,10 +474,12 @@ class Trainer:
             terms["keypoint_2d"] = keypoint_loss(keypoints.float(), batch["landmarks"],
                                                  view_mask & item["has_landmarks"].to(self.device)[:, None])
             total = total + self.loss.weights.keypoint_2d * terms["keypoint_2d"]
-        if not bool(torch.isfinite(total)):     # stop before NaN reaches the weights and the next checkpoint
+        if not self.amp and not self._all_finite(total):   # on CUDA, mixed precision's scaler skips such steps
+            kept = (f"the last checkpoint (epoch {self.epoch}) is kept" if self.ckpt_path.is_file()
+                    else "no checkpoint was written")
             raise DfmvrError(f"training diverged at step {self.step}: the loss is {float(total)} "
-                             f"({', '.join(f'{k} {float(v):.4g}' for k, v in terms.items())}); the last checkpoint "
-                             f"(epoch {self.epoch}) is kept -- lower --lr or check the data for non-finite values")
+                             f"({', '.join(f'{k} {float(v):.4g}' for k, v in terms.items())}); {kept} -- lower --lr "
+                             "or check the data for non-finite values")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
@@ -486,6 +489,13 @@ class Trainer:
         self.step += 1
         return {"loss": float(total.detach()), "lr": lr, "grad_norm": float(grad_norm),
                 **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (agreed, so that all ranks stop together, none left waiting)."""
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item() > 0)
 
     def run(self) -> dict:
         """Train from ``self.epoch`` to ``cfg.epochs`` (or ``stop_after_epoch``); returns the last

@@ -63,6 +63,16 @@ def test_a_view_in_an_unread_format_or_a_broken_link_is_named_not_just_missing(t
     assert "front.png is a broken link" in why["link"]
     assert "front.png is a folder" in why["dir"]
     assert all(f"{v}.HEIC is an image type" in why["allheic"] for v in VIEWS)
+    # an unread file named like a view beside good triplets is not a triplet of its own: nothing fails and the
+    # good triplets keep their names (a second group renamed "bob" to "bob/bob")
+    _touch_images(tmp_path / "more" / "alice", VIEWS, ".jpg")
+    (tmp_path / "more" / "alice" / "IMG_0012.HEIC").write_bytes(b"\x00" * 64)
+    _touch_images(tmp_path / "more" / "bob", ["bob_lt", "bob_ft", "bob_rt"], ".jpg")
+    (tmp_path / "more" / "bob" / "diagram1.gif").write_bytes(b"\x00" * 64)
+    triplets, problems = discover_triplets([tmp_path / "more"])
+    assert sorted(t.name for t in triplets) == ["alice", "bob"] and not problems
+    triplets, problems = discover_triplets([tmp_path / "more" / "alice"])
+    assert len(triplets) == 1 and not problems
 
 
 def test_single_triplet_folder_and_three_paths(tmp_path):

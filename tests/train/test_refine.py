@@ -154,6 +154,18 @@ def test_a_fit_that_raises_the_weak_loss_returns_the_network_prediction(face_mod
     assert result.record(0)["kept_initial"] is True
 
 
+def test_a_fit_that_diverges_to_nan_returns_the_network_prediction(face_model, triplet):
+    """A NaN weak loss after the fit compared as "not worse" (NaN > x is false), so NaN coefficients were handed
+    back and dfmvr-run then blamed the network's weights. An absurd landmark weight drives the fit to NaN."""
+    gt = triplet.gt
+    start = gt["coefficients"][None].astype(np.float32) + np.float32(0.05)
+    result = refine(start, triplet.images[None], face_model, Camera(), landmarks=gt["landmarks"][None] + 40,
+                    landmark_visible=gt["landmarks_visible"][None], labels=gt["labels"][None],
+                    config=RefineConfig(steps=4, lr=1e30, coarse_fraction=0.0, threads=1))
+    assert result.kept_initial.tolist() == [True] and np.isfinite(result.coefficients).all()
+    np.testing.assert_array_equal(result.coefficients, start)
+
+
 
 def test_a_start_prior_holds_its_block_near_the_network_and_leaves_the_others_free(face_model, triplet):
     """``start_prior``: a Gaussian prior toward the start on the named shape block only. With a strong
