@@ -252,6 +252,8 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
     given = _given(click.get_current_context())
     # what a --resume must find in the run it continues (it takes architecture and losses from the checkpoint)
     resume_expects = {"variant": variant if "variant" in given else None,
+                      **{name: value for name, value in (("keypoints", keypoints), ("per_sample_norm", per_sample_norm),
+                                                         ("pool", pool)) if name in given},
                       "weights": {field: getattr(weights, field) for name, field in WEIGHT_OPTIONS.items()
                                   if name in given}}
     if keypoint_weight and not keypoints and not init:     # with --init the checkpoint's architecture decides

@@ -216,7 +216,10 @@ def train_parse_net(cfg: ParseConfig) -> Path:
     """Train the variant's parser on ``cfg.data``; writes OUT/parse_net.safetensors (+ .train.pt for
     --resume) and appends to OUT/metrics.jsonl. Returns the weights path."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, f"cannot create the output folder ({exc.strerror or exc})", "choose another --out") from exc
     weights_path, state_path = out / WEIGHTS_NAME, out / "parse_net.train.pt"
     torch.manual_seed(cfg.seed)
     data = parse_dataset(cfg.data)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from ..atomic import atomic_write_text
 from ..errors import DfmvrError, InputError
 from ..face.camera import Camera
 from ..models.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
@@ -125,6 +126,18 @@ def _check_resume_expects(expects: dict | None, card, checkpoint) -> None:
     if expects.get("variant") and expects["variant"] != card.variant:
         raise ValueError(f"--variant {expects['variant']}: the run being resumed ({checkpoint}) is a "
                          f"'{card.variant}' network -- drop --variant, or train into a new --out")
+    arch = card.architecture
+    for name, asked, has in (
+            ("keypoints", expects.get("keypoints"),
+             (arch.get("unet") or {}).get("keypoints") or (arch.get("rednet") or {}).get("keypoints") or 0),
+            ("per-sample-norm", NORM_CHOICES.get(expects.get("per_sample_norm"), expects.get("per_sample_norm")),
+             arch.get(TRAINING_NORM_KEY)),
+            ("pool", *(None if v == "average" else v         # "average": the official default, also when unrecorded
+                       for v in (expects.get("pool"), (arch.get("rednet") or {}).get("pool"))))):
+        key = name.replace("-", "_")
+        if key in expects and (asked or None) != (has or None):
+            raise ValueError(f"--{name} {expects[key]}: the run being resumed ({checkpoint}) has {name} {has or 'none'}; "
+                             "a resume keeps its architecture -- drop the option, or train into a new --out")
     recorded = LossWeights.from_dict(card.loss_weights).to_dict()
     changed = {k: v for k, v in (expects.get("weights") or {}).items()
                if not math.isclose(float(v), float(recorded.get(k, 0.0)), rel_tol=1e-9, abs_tol=1e-12)}
@@ -174,6 +187,14 @@ class Trainer:
         self.amp = self.device.type == "cuda"          # mixed precision on GPU only
         self.out = Path(config.out)
         self.ckpt_path = self.out / CHECKPOINT_NAME
+        existed = self.out.exists()
+        try:        # before any work: an unwritable --out was a traceback from the metrics log after the model was built
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not existed:
+                self.out.rmdir()        # made for real with the first file: a refused run leaves no empty folder
+        except OSError as exc:
+            raise InputError(self.out, f"cannot create the output folder ({exc.strerror or exc})",
+                             "choose another --out") from exc
         torch.manual_seed(config.seed)
 
         self.dataset = TripletDataset(config.data, augment=config.augment,
@@ -501,7 +522,7 @@ class Trainer:
         """Train from ``self.epoch`` to ``cfg.epochs`` (or ``stop_after_epoch``); returns the last
         epoch's record."""
         cfg = self.cfg
-        logger = _MetricsLog(self.out, enabled=self.rank == 0)
+        logger = _MetricsLog(self.out, enabled=self.rank == 0, through_step=self.step)
         last = {}
         end = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
         while self.epoch < end:
@@ -595,16 +616,40 @@ class _LargestCoefficient:
         return coefficients
 
 
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl without the records of steps after ``step`` and without a line cut off by a kill."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 class _MetricsLog:
     """metrics.jsonl (one JSON object per line, appended and flushed) + TensorBoard if installed."""
 
-    def __init__(self, out: Path, enabled: bool):
+    def __init__(self, out: Path, enabled: bool, through_step: int | None = None):
+        """through_step: the step the run (re)starts from; records of later steps are an interrupted attempt's
+        (steps trained after the last checkpoint, which the run now trains again) and are dropped, so that a
+        resumed run lists every step once."""
         self.enabled = enabled
         self.file = None
         self.tb = None
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
+        if through_step is not None:
+            _drop_records_after(out / METRICS_NAME, through_step)
         self.file = open(out / METRICS_NAME, "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -708,8 +708,12 @@ def test_options_a_stage_or_a_resume_would_ignore_are_refused(synth4, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(command, base + ["--epochs", "2", "--resume"])               # the same command: resumes
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(command, base + ["--epochs", "2", "--resume", "--keypoints", "0", "--pool", "average"])
+    assert r.exit_code == 0, r.output                                                  # what the run has: fine
     for extra, words in ((["--supervised-weight", "7"], "supervised 7 (the run: 5)"),
-                         (["--variant", "lite"], "is a 'tiny' network")):
+                         (["--variant", "lite"], "is a 'tiny' network"),
+                         (["--keypoints", "68"], "has keypoints none"),
+                         (["--per-sample-norm"], "has per-sample-norm none")):
         args = [a for a in base if a not in ("--supervised-weight", "5")] + extra + ["--epochs", "3", "--resume"]
         r = CliRunner().invoke(command, args)
         assert r.exit_code == 2 and words in r.output, r.output
@@ -720,3 +724,35 @@ def test_options_a_stage_or_a_resume_would_ignore_are_refused(synth4, tmp_path):
     r = CliRunner().invoke(command, ["--stage", "parse", "--data", str(synth4), "--out", str(tmp_path / "p"),
                                      "--keypoints", "68"])
     assert r.exit_code == 2 and "--keypoints: not read by --stage parse" in r.output, r.output
+
+
+def test_a_resume_after_a_kill_lists_every_step_once(synth4, tmp_path):
+    """The steps a killed run trained after its last checkpoint stayed in metrics.jsonl, and the resumed run
+    trained and logged them again: they appeared twice. They are dropped on resume, with a line cut by the kill."""
+    out = tmp_path / "out"
+    Trainer(_config(synth4, out, epochs=2, stop_after_epoch=1, bn_recalibration=0)).run()
+    steps, _ = _steps(out)
+    last = steps[-1]["step"]
+    with (out / METRICS_NAME).open("a") as f:        # what the killed attempt of epoch 2 had written
+        f.write(json.dumps({"kind": "step", "epoch": 1, "step": last + 1, "loss": 1.0}) + "\n")
+        f.write('{"kind": "step", "epo')
+    Trainer(_config(synth4, out, epochs=2, resume=True, bn_recalibration=0)).run()
+    steps, epochs = _steps(out)
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    assert [e["epoch"] for e in epochs] == [0, 1]
+
+
+def test_an_output_folder_that_cannot_be_made_is_an_input_error_before_any_work(synth4, tmp_path):
+    """--out under a file (or in /proc): the main stage raised from its metrics log after building the model."""
+    from dfmvr.errors import InputError
+    from dfmvr.train.parse_stage import ParseConfig, train_parse_net
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="cannot create the output folder"):
+        Trainer(_config(synth4, blocker / "run", epochs=1))
+    with pytest.raises(InputError, match="cannot create the output folder"):
+        train_parse_net(ParseConfig(data=str(synth4), out=str(blocker / "parse"), epochs=1, batch=3,
+                                    max_steps_per_epoch=1, progress=False))
+    Trainer(_config(synth4, tmp_path / "fresh" / "run", epochs=1))       # a creatable one: no folder left yet
+    assert not (tmp_path / "fresh" / "run").exists()
