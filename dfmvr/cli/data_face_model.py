@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import OutputPath, exit_codes
+from .options import OutputPath, exit_codes, given_on_command_line
 from .settings import HELP_SETTINGS
 
 from ..errors import InputError
@@ -48,14 +48,11 @@ def command(synthetic, seed, bfm, bfm2009, exp_pca, std_exp, front_idx, exp_idx,
         raise click.UsageError("nothing to do: give --out and/or --preview")
     if bfm2009 is not None and exp_pca is None:
         raise click.UsageError("--bfm2009 needs --exp Exp_Pca.bin")
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    given = lambda name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE     # noqa: E731
+    given = given_on_command_line(click.get_current_context())
     # options another source reads were ignored without a word (--seed with --model, --exp with --synthetic)
     stray = [flag for name, flag, reader in (("seed", "--seed", synthetic),
                                              *((n, f, bfm2009 is not None) for n, f in BFM2009_FILES))
-             if given(name) and not reader]
+             if name in given and not reader]
     if stray:
         raise click.UsageError(f"{', '.join(stray)}: not read with {sources[0]}")
     if out is not None and out.suffix != ".npz":

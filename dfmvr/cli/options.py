@@ -29,7 +29,7 @@ __all__ = ["EXIT_CODES", "exit_codes", "OutputPath", "output_problem", "face_mod
            "engine_option", "data_face_model_option", "quiet_option", "threads_option", "json_option", "batch_size_option",
            "refine_device_option", "refine_landmark_weight_option", "refine_landmark_anneal_option",
            "refine_landmarks_option", "refine_config", "detector_option",
-           "FACE_MODEL_HELP", "FiniteFloatRange"]
+           "FACE_MODEL_HELP", "FiniteFloatRange", "given_on_command_line"]
 
 # code -> its meaning in every command; a command may say more about a code, or leave one out.
 EXIT_CODES = {
@@ -107,6 +107,14 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+def given_on_command_line(ctx: click.Context) -> list[str]:
+    """The parameters of ``ctx`` that the command line set (not defaults), sorted: what a command may refuse
+    as ignored or compare with a run's record."""
+    from click.core import ParameterSource
+
+    return sorted(name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
 
 
 # --- shared options ---------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .options import FiniteFloatRange, OutputPath, batch_size_option, data_face_model_option, exit_codes, quiet_option
+from .options import (FiniteFloatRange, OutputPath, batch_size_option, data_face_model_option, exit_codes,
+                      given_on_command_line, quiet_option)
 from .settings import HELP_SETTINGS
 
 from ..errors import require
@@ -34,16 +35,9 @@ WEIGHT_OPTIONS = {"supervised_weight": "supervised", "supervised_shape_weight": 
                   "depth_prior_weight": "depth_prior", "size_prior_weight": "size_prior"}
 
 
-def _given(ctx: click.Context) -> list[str]:
-    """The parameters the command line set (not defaults)."""
-    from click.core import ParameterSource
-
-    return sorted(name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE)
-
-
 def _refuse_what_is_ignored(ctx: click.Context, stage: str) -> None:
     reads = {"parse": PARSE_STAGE_READS, "heads": HEADS_STAGE_READS}.get(stage)
-    extra = ["--" + n.replace("_", "-") for n in _given(ctx) if reads is not None and n not in reads]
+    extra = ["--" + n.replace("_", "-") for n in given_on_command_line(ctx) if reads is not None and n not in reads]
     if extra:
         raise click.UsageError(f"{', '.join(extra)}: not read by --stage {stage}, which would ignore it")
 
@@ -249,7 +243,7 @@ def command(data, out, variant, stage, epochs, batch, lr, resume, init, face_mod
                               **({} if photo_weight is None else {"photo": photo_weight}))
     except ValueError as exc:              # weights no loss can compute (LossWeights.check): exit 2, no output yet
         raise click.UsageError(str(exc)) from None
-    given = _given(click.get_current_context())
+    given = given_on_command_line(click.get_current_context())
     # what a --resume must find in the run it continues (it takes architecture and losses from the checkpoint)
     resume_expects = {"variant": variant if "variant" in given else None,
                       **{name: value for name, value in (("keypoints", keypoints), ("per_sample_norm", per_sample_norm),

@@ -83,6 +83,9 @@ def _compact(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+REBUILD_HINT = "rebuild the face model with 'dfmvr data face-model'"     # the fix for a malformed face-model file
+
+
 @dataclass
 class MorphableModel:
     """A linear 3D morphable model in BFM/Deep3D conventions (numpy, float32).
@@ -151,19 +154,19 @@ class MorphableModel:
             if not ok:
                 raise InputError(path, f"face model array '{key}' has shape {arr.shape}, expected {pattern} "
                                  f"with N={n} vertices and T={t} triangles",
-                                 "rebuild the face model with 'dfmvr data face-model'")
+                                 REBUILD_HINT)
         if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= n):
             raise InputError(path, "face model triangles index vertices out of range (are they 1-based?)",
-                             "rebuild the face model with 'dfmvr data face-model'")
+                             REBUILD_HINT)
         if self.vertex_triangles.max() >= t or self.vertex_triangles.min() < -1:
             raise InputError(path, "face model vertex_triangles index triangles out of range",
-                             "rebuild the face model with 'dfmvr data face-model'")
+                             REBUILD_HINT)
         if self.keypoints.min() < 0 or self.keypoints.max() >= n:
             raise InputError(path, "face model keypoints index vertices out of range",
-                             "rebuild the face model with 'dfmvr data face-model'")
+                             REBUILD_HINT)
         if self.parts.max(initial=0) >= NUM_PARSE_CLASSES:
             raise InputError(path, f"face model parts use labels >= {NUM_PARSE_CLASSES}",
-                             "rebuild the face model with 'dfmvr data face-model'")
+                             REBUILD_HINT)
         want = {"identity": COEFFS.identity, "expression": COEFFS.expression, "texture": COEFFS.texture}
         if self.dims != want:
             raise InputError(path, f"face model has basis sizes {self.dims}, the network emits {want}",
@@ -227,7 +230,7 @@ class MorphableModel:
         missing = [k for k in _ARRAYS if k not in data]
         if missing:
             raise InputError(path, f"face model is missing arrays {missing}",
-                             "rebuild the face model with 'dfmvr data face-model'")
+                             REBUILD_HINT)
         try:        # the constructor validates without knowing the file: name it here
             model = cls(**{k: data[k] for k in _ARRAYS}, name=meta.get("name", path.stem),
                         units=meta.get("units", "decimetre"), source=meta.get("source", {}))
