@@ -15,7 +15,7 @@ from ..errors import require
 @click.command(name="synth", context_settings=HELP_SETTINGS, epilog=exit_codes(c3=None))
 @click.option("--out", "out", required=True, type=OutputPath("folder"),
               help="Dataset folder (created; an existing one with the same settings is resumed).")
-@click.option("--triplets", required=True, type=click.IntRange(min=0), help="Number of triplets.")
+@click.option("--triplets", required=True, type=click.IntRange(min=1), help="Number of triplets.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Dataset seed.")
 @face_model_option
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),

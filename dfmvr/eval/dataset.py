@@ -131,6 +131,17 @@ def _weak_inputs(folder: Path, image_size: int) -> dict:
     return out
 
 
+def _refuse_triplets_without_landmarks(folders: list[Path], image_size: int) -> None:
+    """``--refine`` fits the data's landmarks: a triplet without them is refused (silently fitting the
+    photo alone would wreck the expression, docs/refine.md)."""
+    for folder in folders:
+        if "landmarks" not in _weak_inputs(folder, image_size):
+            raise InputError(folder, "--refine fits the data's 2D landmarks and this triplet has none "
+                             "(no landmarks.npz, no 'landmarks' in gt.npz)",
+                             "add them (dfmvr data prepare writes landmarks.npz), fit the network's keypoints "
+                             "(--refine-landmarks network), or fit none on purpose (--refine-landmarks none)")
+
+
 def with_slot_order(sample: EvalSample, slot_order) -> EvalSample:
     """``sample`` with slot k showing view ``slot_order[k]``'s photo (and its landmarks and labels); the
     true per-view pose follows the photo (``Coefficients.with_views``). What ``--slot-order`` scores:
@@ -297,16 +308,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         raise ValueError(f"refine_landmarks must be one of {REFINE_LANDMARKS}, not {refine_landmarks!r}")
     if refine_landmarks != "data" and landmark_noise > 0:
         raise ValueError(f"landmark_noise is the data's landmarks' error: not with refine_landmarks={refine_landmarks!r}")
+    landmark_weight = getattr(getattr(refiner, "weights", None), "landmark_2d", None)
+    if refiner is not None and refine_landmarks == "data" and landmark_weight != 0:
+        _refuse_triplets_without_landmarks(folders, size)     # all of them before the first (minutes-long) fit
     for start in iterator:
         samples = [load_eval_sample(f, face_model, size) for f in folders[start:start + batch]]
-        landmark_weight = getattr(getattr(refiner, "weights", None), "landmark_2d", None)
-        if refiner is not None and refine_landmarks == "data" and landmark_weight != 0:
-            lacking = [f for f, s in zip(folders[start:start + batch], samples) if s.landmarks is None]
-            if lacking:     # silently fitting the photo alone would wreck the expression (docs/refine.md)
-                raise InputError(lacking[0], "--refine fits the data's 2D landmarks and this triplet has none "
-                                 "(no landmarks.npz, no 'landmarks' in gt.npz)",
-                                 "add them (dfmvr data prepare writes landmarks.npz), fit the network's keypoints "
-                                 "(--refine-landmarks network), or fit none on purpose (--refine-landmarks none)")
         if refine_landmarks == "none":
             for s in samples:
                 s.landmarks = s.landmark_visible = None

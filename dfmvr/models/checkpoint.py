@@ -6,13 +6,17 @@
     and ``checkpoint_id`` (random hex, shared with the sidecar). Loading parses JSON and raw tensors
     only: nothing pickled is ever executed.
 ``model.train.pt`` (only when a training state is saved)
-    ``{"checkpoint_id", "train_state"}`` written with ``torch.save`` and read with
-    ``torch.load(weights_only=True)``, which admits only tensors, numbers, strings, None and
+    ``{"checkpoint_id", "train_state", "weights", "model_card"}`` written with ``torch.save`` and
+    read with ``torch.load(weights_only=True)``, which admits only tensors, numbers, strings, None and
     dict/list/tuple containers: optimizer state dicts qualify as they are; RNG states go through
-    ``capture_rng_state`` (numpy's state as a tensor) so that they qualify too.
+    ``capture_rng_state`` (numpy's state as a tensor) so that they qualify too. ``weights`` and
+    ``model_card`` are the state's own copy of what it was saved with (sidecars written before
+    2026-12-08 lack them).
 
-Both files are written atomically (temporary file, then rename); the shared ``checkpoint_id`` lets
-loading detect a sidecar that belongs to other weights (e.g. a crash between the two renames).
+Both files are written atomically (temporary file, then rename), the weights first; the shared
+``checkpoint_id`` lets loading detect a sidecar that belongs to other weights. A hard kill (SIGKILL,
+power) between the two renames leaves the new weights beside the previous state: ``load_for_resume``
+then continues from the state's own copy of its weights, the last save that is whole.
 The name ``default`` resolves to the bundled model ``dfmvr/assets/default/model.safetensors``.
 """
 
@@ -32,7 +36,7 @@ from dfmvr.card import ModelCard
 from dfmvr.errors import InputError, require
 from dfmvr.runtime.artifacts import DEFAULT_CHECKPOINT, bundled_file, names_bundled
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_card", "resolve_checkpoint", "sidecar_path",
+__all__ = ["save_checkpoint", "load_checkpoint", "load_for_resume", "read_card", "resolve_checkpoint", "sidecar_path",
            "capture_rng_state", "restore_rng_state", "DEFAULT_CHECKPOINT", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "dfmvr-checkpoint"
@@ -102,15 +106,18 @@ def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: 
     metadata = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 "model_card": card.to_json(), "checkpoint_id": checkpoint_id}
     # safetensors needs contiguous CPU tensors (views of a GPU model would not serialise).
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    full = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = full
     if half_storage:
         metadata["storage_dtype"] = HALF_STORAGE
         tensors = {k: _to_half(k, v) for k, v in tensors.items()}
-    # both files or neither: interrupts wait for the two renames (weights first, then the state)
+    # both files or neither: interrupts wait for the two renames (weights first, then the state); a
+    # hard kill between them cannot be held off, so the state carries its own copy of its weights
     with interrupts_held(), contextlib.ExitStack() as renames:
         if train_state is not None:
             side = renames.enter_context(atomic_path(sidecar_path(path)))
-            torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state}, side)
+            torch.save({"checkpoint_id": checkpoint_id, "train_state": train_state, "weights": full,
+                        "model_card": card.to_json()}, side)
         tmp = renames.enter_context(atomic_path(path))
         st.save_file(tensors, str(tmp), metadata=metadata)
     return path
@@ -157,9 +164,40 @@ def load_checkpoint(path, load_train_state: bool = True):
     Raises InputError for a missing, corrupt, truncated or foreign file, or weights that do not fit
     the architecture the card describes.
     """
-    from .variants import build_model
-
     path = resolve_checkpoint(path)
+    meta, card, tensors = _read_weights(path)
+    model = _build(card, tensors, path)
+    train_state = _load_sidecar(path, meta["checkpoint_id"]) if load_train_state else None
+    return model, card, train_state
+
+
+def load_for_resume(path):
+    """-> (model, card, train_state or None, note or None): what ``--resume`` continues from.
+
+    Normally ``load_checkpoint``'s three. When the weights are newer than the training state beside them
+    (a hard kill between the checkpoint's two renames), the state's own copy of its weights and card, the
+    last save that is whole, and a note saying so; a state without that copy (written before 2026-12-08)
+    that belongs to other weights is refused as before.
+    """
+    path = resolve_checkpoint(path)
+    meta, card, tensors = _read_weights(path)
+    blob = _read_sidecar(path)
+    if blob is None:
+        return _build(card, tensors, path), card, None, None
+    side = sidecar_path(path)
+    if blob.get("checkpoint_id") == meta["checkpoint_id"]:
+        return _build(card, tensors, path), card, blob["train_state"], None
+    if "weights" not in blob:
+        raise _other_weights(side)
+    card = ModelCard.from_json(blob.get("model_card", ""), source=side)
+    state = blob["train_state"]
+    note = (f"{path.name} is newer than its training state (the run was stopped between the checkpoint's two "
+            f"renames); resuming from the state's own copy of its weights (epoch {state.get('epoch', '?')})")
+    return _build(card, blob["weights"], side), card, state, note
+
+
+def _read_weights(path: Path) -> tuple[dict[str, str], ModelCard, dict[str, torch.Tensor]]:
+    """-> (header metadata, card, float tensors) of a checkpoint file."""
     meta, handle = _read_header(path)
     card = ModelCard.from_json(meta.get("model_card", ""), source=path)
     try:
@@ -168,6 +206,13 @@ def load_checkpoint(path, load_train_state: bool = True):
             tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
     except Exception as exc:
         raise InputError(path, f"checkpoint is truncated or corrupt ({exc})", "re-save or re-download it") from exc
+    return meta, card, tensors
+
+
+def _build(card: ModelCard, tensors: dict, path: Path):
+    """The model ``card`` describes holding ``tensors`` (read from ``path``), in eval mode."""
+    from .variants import build_model
+
     broken = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:      # else an export fails its parity gate and a run writes no mesh, neither naming this file
         raise InputError(path, f"{len(broken)} weight tensor(s) hold NaN or infinite values (first: {broken[0]}): "
@@ -193,12 +238,10 @@ def load_checkpoint(path, load_train_state: bool = True):
             model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:   # shape mismatches
         raise InputError(path, f"weights do not match the card's architecture ({exc})") from exc
-    model.eval()
-    train_state = _load_sidecar(path, meta["checkpoint_id"]) if load_train_state else None
-    return model, card, train_state
+    return model.eval()
 
 
-def _load_sidecar(path: Path, checkpoint_id: str):
+def _read_sidecar(path: Path) -> dict | None:
     side = sidecar_path(path)
     if not side.is_file():
         return None
@@ -207,10 +250,23 @@ def _load_sidecar(path: Path, checkpoint_id: str):
     except Exception as exc:
         raise InputError(side, f"training state is corrupt or contains non-tensor objects ({exc})",
                          "delete it to load the weights alone") from exc
-    if not isinstance(blob, dict) or blob.get("checkpoint_id") != checkpoint_id:
-        raise InputError(side, "training state belongs to other weights (checkpoint ids differ)",
-                         "delete it, or restore the matching .safetensors file")
+    if not isinstance(blob, dict) or "train_state" not in blob:
+        raise InputError(side, "is not a dfmvr training state", "delete it to load the weights alone")
+    return blob
+
+
+def _load_sidecar(path: Path, checkpoint_id: str):
+    blob = _read_sidecar(path)
+    if blob is None:
+        return None
+    if blob.get("checkpoint_id") != checkpoint_id:
+        raise _other_weights(sidecar_path(path))
     return blob["train_state"]
+
+
+def _other_weights(side: Path) -> InputError:
+    return InputError(side, "training state belongs to other weights (checkpoint ids differ)",
+                      "delete it, or restore the matching .safetensors file")
 
 
 def _key_diff(expected: dict, found: dict) -> tuple[list[str], list[str]]:

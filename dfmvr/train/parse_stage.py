@@ -253,6 +253,8 @@ def train_parse_net(cfg: ParseConfig) -> Path:
         except Exception as exc:   # torch raises OSError, RuntimeError, UnpicklingError... for a damaged file
             raise InputError(state_path, f"training state is truncated or corrupt ({type(exc).__name__})",
                              "restore it, or start a new run (--out elsewhere)") from exc
+        if "net" in state:      # the state's own copy of its weights: the file may be a save newer (a hard kill between the renames)
+            net.load_state_dict(state["net"])
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         opt.load_state_dict(state["optimizer"])
         epoch = int(state["epoch"])
@@ -292,11 +294,13 @@ def train_parse_net(cfg: ParseConfig) -> Path:
             prov = {"trainer": "dfmvr-train --stage parse", "data": str(cfg.data), "images": len(data),
                     "epochs": epoch, "batch": cfg.batch, "lr": cfg.lr, "lr_per_epoch": lr_per_epoch, "variant": cfg.variant,
                     "class_weights": None if weight is None else dict(zip(PARSE_CLASSES, weight.round(decimals=4).tolist()))}
-            # both or neither (interrupts wait): weights without their state cannot be resumed
+            # both or neither (interrupts wait): weights without their state cannot be resumed; a hard kill
+            # between the renames cannot be held off, so the state keeps its own copy of the weights
             with interrupts_held():
                 save_parse_weights(weights_path, net, args, prov)
                 with atomic_path(state_path) as tmp:
-                    torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "lr_per_epoch": lr_per_epoch}, tmp)
+                    torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "lr_per_epoch": lr_per_epoch,
+                                "net": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, tmp)
             log.write(json.dumps({"kind": "parse_epoch", "epoch": epoch - 1, "loss": total / steps,
                                   "seconds": time.perf_counter() - start}) + "\n")
             log.flush()

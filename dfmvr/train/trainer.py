@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from ..atomic import atomic_write_text
 from ..errors import DfmvrError, InputError
 from ..face.camera import Camera
-from ..models.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
+from ..models.checkpoint import capture_rng_state, load_checkpoint, load_for_resume, save_checkpoint
 from ..models.convert import DEAD_PREFIXES
 from .data import TripletDataset
 from .device import resolve_torch_device
@@ -207,13 +207,16 @@ class Trainer:
         if config.val:      # an empty or unreadable validation set fails now, not after the first epoch's training
             from ..eval.dataset import find_eval_folders, load_eval_sample
 
-            load_eval_sample(find_eval_folders(config.val)[0], face_model)
+            for folder in find_eval_folders(config.val)[:config.val_limit]:     # the triplets validate() scores
+                load_eval_sample(folder, face_model)
         if self.ckpt_path.is_file() and not config.resume:     # hours of someone's training: never overwritten
             raise InputError(self.ckpt_path, "a run's checkpoint is already here",
                              "continue that run with --resume, or pass another --out")
         train_state = None
         if config.resume and self.ckpt_path.is_file():
-            model, card, train_state = load_checkpoint(self.ckpt_path)
+            model, card, train_state, note = load_for_resume(self.ckpt_path)
+            if note and self.rank == 0:
+                print(f"note: {note}")
             if train_state is None:
                 raise InputError(self.ckpt_path.with_suffix(".train.pt"), "no training state beside the checkpoint",
                                  "cannot resume exactly; start a new run (--out elsewhere)")

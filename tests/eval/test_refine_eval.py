@@ -179,3 +179,37 @@ def test_refine_on_data_without_landmarks_is_refused_naming_the_triplet(synth4, 
     report = evaluate_dataset(predictor, data, face_model, limit=2, batch=2, baselines=False, refiner=refiner,
                               refine_landmarks="none")
     assert report["num_triplets"] == 2
+
+
+def test_a_late_triplet_without_landmarks_is_refused_before_any_batch_is_refined(synth4, tmp_path):
+    """The check ran per batch: a triplet without landmarks late in a set was refused after the batches
+    before it had been refined (minutes each on a real set), their work lost."""
+    import shutil
+
+    import numpy as np
+
+    from dfmvr.errors import InputError
+    from dfmvr.eval import OnnxPredictor, evaluate_dataset
+    from dfmvr.face.model import MorphableModel
+    from dfmvr.train.refine import RefineConfig, Refiner
+
+    class CountingRefiner(Refiner):
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            return super().__call__(*args, **kwargs)
+
+    data = tmp_path / "data"
+    shutil.copytree(synth4, data)
+    last = sorted(p for p in data.iterdir() if p.is_dir())[-1]
+    gt = dict(np.load(last / "gt.npz"))
+    del gt["landmarks"]
+    np.savez(last / "gt.npz", **gt)
+    face_model = MorphableModel.load(data / "face_model.npz")
+    predictor = OnnxPredictor(DEFAULT_ONNX, threads=1)
+    refiner = CountingRefiner(face_model, predictor.card.camera_obj(), RefineConfig(steps=1))
+    with pytest.raises(InputError, match="has none") as err:
+        evaluate_dataset(predictor, data, face_model, batch=1, baselines=False, refiner=refiner)
+    assert last.name in str(err.value)
+    assert refiner.calls == 0

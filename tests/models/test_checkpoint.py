@@ -160,6 +160,8 @@ def test_sidecar_with_pickled_objects_or_other_id_is_refused(tmp_path, trained_t
     torch.save({"checkpoint_id": "other", "train_state": {"epoch": 1}}, sidecar_path(path))
     with pytest.raises(InputError, match="other weights"):
         load_checkpoint(path)
+    with pytest.raises(InputError, match="other weights"):     # a state without its own weights (before 2026-12-08)
+        ckpt.load_for_resume(path)
     assert load_checkpoint(path, load_train_state=False)[2] is None
 
 

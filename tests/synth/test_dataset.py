@@ -186,6 +186,16 @@ def test_cli_bad_face_model_exits_2_naming_the_file(tmp_path, capsys):
     assert not (tmp_path / "ds").exists()
 
 
+def test_cli_refuses_zero_triplets_and_writes_nothing(tmp_path, capsys):
+    from dfmvr.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:      # it wrote an empty dataset folder, exit 0
+        main(["data", "synth", "--out", str(tmp_path / "ds"), "--triplets", "0"])
+    assert exit_info.value.code == 2
+    assert "--triplets" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.slow
 def test_workers_write_the_same_dataset(tmp_path):
     write_dataset(tmp_path / "one", 2, seed=5, model=_model(), progress=False)

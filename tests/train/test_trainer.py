@@ -649,6 +649,14 @@ def test_a_validation_set_made_with_another_face_model_is_refused(synth4, tmp_pa
     empty.mkdir()
     with pytest.raises(InputError, match="no triplet folders"):        # before any training, not after an epoch
         Trainer(_config(synth4, tmp_path / "out2", epochs=1, val=str(empty)))
+    late = tmp_path / "late_val"        # only the first triplet was checked: a broken later one failed after an epoch
+    shutil.copytree(synth4, late)
+    last = sorted(p for p in late.iterdir() if p.is_dir())[-1]
+    (last / "right.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot decode") as err:
+        Trainer(_config(synth4, tmp_path / "out3", epochs=1, val=str(late)))
+    assert str(last / "right.png") in str(err.value)
+    assert not (tmp_path / "out3").exists()
 
 
 @pytest.mark.parametrize("flag", ["--lr", "--clip-grad", "--supervised-weight", "--landmark-noise"])
@@ -692,6 +700,29 @@ def test_the_parse_stage_never_overwrites_and_resumes_only_what_it_can(synth4, t
     with pytest.raises(InputError, match="no training state"):
         train_parse_net(ParseConfig(epochs=2, resume=True, **cfg))
     assert weights.read_bytes() == before
+
+
+def test_the_parse_stage_resumes_from_its_states_own_weights_after_a_hard_kill(synth4, tmp_path):
+    """A hard kill between the parse stage's two renames left epoch 2's weights beside epoch 1's state: the
+    resume trained epoch 2 again on top of epoch 2's weights with epoch 1's optimizer, and said nothing. It
+    continues from the state's own copy of its weights now and ends where an unbroken run does."""
+    from dfmvr.train.parse_stage import ParseConfig, load_parse_weights, train_parse_net
+
+    def run(out, epochs, **kw):
+        train_parse_net(ParseConfig(data=str(synth4), out=str(out), batch=3, max_steps_per_epoch=1,
+                                    progress=False, epochs=epochs, **kw))
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run(whole, 2)
+    run(broken, 1)
+    state_after_epoch_1 = (broken / "parse_net.train.pt").read_bytes()
+    run(broken, 2, resume=True)
+    (broken / "parse_net.train.pt").write_bytes(state_after_epoch_1)     # epoch 2's weights, epoch 1's state
+    run(broken, 2, resume=True)
+    done, _ = load_parse_weights(broken / "parse_net.safetensors")
+    reference, _ = load_parse_weights(whole / "parse_net.safetensors")
+    for (name, a), b in zip(done.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_options_a_stage_or_a_resume_would_ignore_are_refused(synth4, tmp_path):
@@ -740,6 +771,34 @@ def test_a_resume_after_a_kill_lists_every_step_once(synth4, tmp_path):
     steps, epochs = _steps(out)
     assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
     assert [e["epoch"] for e in epochs] == [0, 1]
+
+
+def test_a_hard_kill_between_the_checkpoints_two_renames_resumes_from_the_last_whole_save(synth4, tmp_path, capsys):
+    """SIGKILL or a power cut after the weights' rename and before the state's left new weights beside the
+    previous state: --resume refused ("cannot resume exactly") and the run was stuck. The state carries its own
+    copy of its weights, so the resume continues from the last whole save and ends where an unbroken run does."""
+    import shutil
+
+    from dfmvr.errors import InputError
+    from dfmvr.models.checkpoint import sidecar_path
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    Trainer(_config(synth4, whole, epochs=3, bn_recalibration=0)).run()
+    Trainer(_config(synth4, broken, epochs=3, stop_after_epoch=1, bn_recalibration=0)).run()
+    state_after_epoch_1 = sidecar_path(broken / "checkpoint.safetensors").read_bytes()
+    Trainer(_config(synth4, broken, epochs=3, stop_after_epoch=2, resume=True, bn_recalibration=0)).run()
+    sidecar_path(broken / "checkpoint.safetensors").write_bytes(state_after_epoch_1)   # epoch 2's weights, epoch 1's state
+    with pytest.raises(InputError, match="other weights"):          # what export and eval read: the weights alone
+        load_checkpoint(broken / "checkpoint.safetensors")
+    capsys.readouterr()
+    Trainer(_config(synth4, broken, epochs=3, resume=True, bn_recalibration=0)).run()
+    assert "resuming from the state's own copy of its weights (epoch 1)" in capsys.readouterr().out
+    done, card, state = load_checkpoint(broken / "checkpoint.safetensors")
+    reference, _, _ = load_checkpoint(whole / "checkpoint.safetensors")
+    assert state["epoch"] == 3 and card.provenance["epochs_trained"] == 3
+    for (name, a), b in zip(done.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    shutil.rmtree(whole)
 
 
 def test_an_output_folder_that_cannot_be_made_is_an_input_error_before_any_work(synth4, tmp_path):
