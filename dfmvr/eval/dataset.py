@@ -212,13 +212,13 @@ class OnnxPredictor:
 
     def __init__(self, path, threads: int | None = None):
         from ..card import GRAPH_INPUT
-        from ..runtime.artifacts import load_onnx_artifact
+        from ..runtime.artifacts import load_onnx_artifact, resolve_onnx
         from ..runtime.runners import OnnxrtRunner, check_graph_io
 
-        self.artifact = load_onnx_artifact(path)
+        self.artifact = load_onnx_artifact(resolve_onnx(path))        # "default": the bundled graph
         self.card = self.artifact.card
         self._input = GRAPH_INPUT
-        self.runner = OnnxrtRunner(path, threads=threads).activate()
+        self.runner = OnnxrtRunner(self.artifact.path, threads=threads).activate()
         try:
             check_graph_io(self.runner)
         except InputError:
@@ -231,6 +231,8 @@ class OnnxPredictor:
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """-> (coefficients [B, 269] float32, the graph's parse labels [B, 3, H, W] uint8, its keypoints
         [B, 3, 68, 2] float32 crop px or None when the graph has no such output)."""
+        if np.asarray(images).dtype == np.uint8:      # silently cast, it gave coefficients off by up to 64
+            raise ValueError("images are uint8 crops; the graph takes them normalised: card.normalise(crops)")
         out = self.runner.infer({self._input: np.ascontiguousarray(images, np.float32)})
         coefficients, labels = (out[name] for name in GRAPH_OUTPUTS)
         keypoints = out.get(GRAPH_KEYPOINTS)
@@ -290,8 +292,11 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
     in the report as view names. The slot prior is then each slot's mean of the moved truth: it knows
     the order, so it is a stronger baseline there than a network that ignores the photos would be.
     """
-    folders = find_eval_folders(root)[:limit] if limit else find_eval_folders(root)
+    if batch < 1 or (limit is not None and limit < 1):     # limit=0 read as "no limit"; batch=0 failed in range()
+        raise ValueError(f"batch and limit must be at least 1 (limit None: every triplet), got {batch} and {limit}")
+    folders = find_eval_folders(root)[:limit] if limit is not None else find_eval_folders(root)
     card = predictor.card
+    card.check_face_model(face_model, source=getattr(face_model, "name", None))    # the CLI checks; the API did not
     size = int(card.image_size)
     mean_shape = face_model.mean_shape
     rows = []

@@ -216,7 +216,17 @@ class MorphableModel:
             raise InputError(path, "face model file not found",
                              "create one with 'dfmvr data face-model' or pass the right path")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            loaded = np.load(path, allow_pickle=False)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            # numpy reads an unknown file as a pickle and advises loading it unsafely: not the way here
+            what = "another kind of file" if "pickle" in str(exc) else str(exc)
+            raise InputError(path, f"not a readable dfmvr face model .npz ({what})",
+                             "the file is truncated or of another format; rebuild it with 'dfmvr data face-model'") from exc
+        if not isinstance(loaded, np.lib.npyio.NpzFile):        # a bare .npy array (whatever its name)
+            raise InputError(path, "is a single numpy array (.npy), not a dfmvr face model .npz",
+                             "convert BFM files with 'dfmvr data face-model --bfm ...'")
+        try:
+            with loaded as z:
                 data = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             raise InputError(path, f"not a readable dfmvr face model .npz ({exc})",
@@ -224,7 +234,12 @@ class MorphableModel:
         if "meta" not in data:
             raise InputError(path, "not a dfmvr face model (no 'meta' entry)",
                              "convert BFM files with 'dfmvr data face-model --bfm ...'")
-        meta = json.loads(str(data.pop("meta")))
+        try:
+            meta = json.loads(str(data.pop("meta")))
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"its 'meta' entry is not the JSON dfmvr writes ({exc})", REBUILD_HINT) from exc
+        if not isinstance(meta, dict):
+            raise InputError(path, "its 'meta' entry is not the JSON object dfmvr writes", REBUILD_HINT)
         if meta.get("format") != "dfmvr-face-model" or meta.get("version") != FORMAT_VERSION:
             raise InputError(path, f"unsupported face model format {meta.get('format')} v{meta.get('version')}")
         missing = [k for k in _ARRAYS if k not in data]

@@ -33,7 +33,7 @@ from ..face.layout import VIEW_YAW_DEG, VIEWS
 
 __all__ = ["FORMATS", "FORMAT_FILES", "OVERLAY_FORMATS", "SLOT_YAW_TOLERANCE_DEG", "needs_photos", "parse_formats",
            "pose_record", "slot_doubts",
-           "write_reconstruction", "staged_folder", "landmarks_on_photo"]
+           "write_reconstruction", "staged_folder", "output_folder", "landmarks_on_photo"]
 
 FORMATS = ("obj", "ply", "npz", "json", "png", "jpg")
 FORMAT_FILES = {"obj": "mesh.obj", "ply": "mesh.ply", "npz": "coeffs.npz", "json": "result.json",
@@ -58,13 +58,38 @@ def needs_photos(formats) -> bool:
     return any(kind in formats for kind in OVERLAY_FORMATS)
 
 
+# What a file browser drops into any folder it shows (view settings): not the user's data.
+OS_VIEW_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+def output_folder(out_root, name: str) -> Path:
+    """``out_root/<name>``; a name that is empty or leads out of ``out_root`` (".", "..", absolute) is refused:
+    the folder there is replaced whole, so such a name could replace ``out_root`` itself or a sibling."""
+    relative = Path(str(name))
+    if not relative.parts or relative.is_absolute() or ".." in relative.parts:
+        raise InputError(None, f"triplet name {str(name)!r} is not a folder under the output folder",
+                         "name each triplet with a relative folder name (as dfmvr-run names them)")
+    return Path(out_root) / relative
+
+
 @contextlib.contextmanager
-def staged_folder(target: Path):
-    """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` whole."""
+def staged_folder(target: Path, replaceable: frozenset[str] = frozenset()):
+    """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` whole.
+
+    An existing ``target`` is replaced only when it holds nothing but ``replaceable`` names (the files this
+    writer makes: an earlier output) and file-browser view files; anything else (the user's photos, when --out
+    is the photos' own folder) is refused, naming the folder, before any work."""
     target = Path(target)
     if target.exists() and not target.is_dir():     # a user's file is never replaced by an output folder
         raise InputError(target, "a file (not an earlier output folder) is where this triplet's folder goes",
                          "move the file, or choose another --out")
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable | OS_VIEW_FILES)
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise InputError(target, f"this triplet's output folder already holds files dfmvr does not write there "
+                             f"({', '.join(foreign[:3])}{more}); replacing the folder would delete them",
+                             "choose another --out (not the photos' own folder)")
     target.parent.mkdir(parents=True, exist_ok=True)
     # not mkdtemp: its 0700 would become the finished folder's mode; os.mkdir honours the umask (0755 usually)
     tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
@@ -182,8 +207,10 @@ def write_reconstruction(pipe, rec, out_root: Path, formats) -> Path:
     from ..face import meshio
 
     start = time.perf_counter()
-    target = Path(out_root) / rec.prepared.triplet.name
-    with staged_folder(target) as tmp:
+    # the CLI parses --format; through the API "json" (a string) matched by substring and ["OBJ"] wrote nothing
+    formats = parse_formats(formats if isinstance(formats, str) else ",".join(map(str, formats)))
+    target = output_folder(out_root, rec.prepared.triplet.name)
+    with staged_folder(target, frozenset(FORMAT_FILES.values())) as tmp:
         verts, colors = _front_mesh(rec)
         tris = pipe.face_model.triangles
         if "obj" in formats:

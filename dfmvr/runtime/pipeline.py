@@ -113,6 +113,10 @@ def prepare_triplet(triplet: Triplet, size: int, detector=None, keep_photos: boo
     landmarks are found in each view (``detect.detect_triplet``: a view where no detector finds the
     face is covered from the other views) and the crop is aligned on their five points."""
     start = time.perf_counter()
+    missing = [view for view in VIEWS if view not in triplet.paths]
+    if missing:     # through the API (the CLI's discovery never makes one): a KeyError stopped the whole run
+        raise InputError(None, f"triplet '{triplet.name}' has no {' / '.join(missing)} photo",
+                         f"give Triplet.paths a path for each of {', '.join(VIEWS)}")
     paths = [triplet.paths[view] for view in VIEWS]
     images = [decode_image(path) for path in paths]
     detections = None
@@ -154,6 +158,7 @@ class Pipeline:
             raise InputError(None, f"unknown device '{device}'", f"choose one of {', '.join(DEVICES)}")
         if not aligned and detector is None:
             raise ValueError("a detector is needed unless the inputs are aligned")
+        artifact.card.check_face_model(face_model, source=getattr(face_model, "name", "the face model"))
         self.artifact, self.card, self.face_model, self.runner = artifact, artifact.card, face_model, runner
         self.aligned, self.detector, self.device, self.keep_photos = aligned, detector, device, keep_photos
         self.face_model_identity = face_model.identity()     # hashes every array: compute once
@@ -270,6 +275,8 @@ class Pipeline:
     def reconstruct(self, prepared: list[Prepared]) -> list[Reconstruction]:
         """Stages 2-4 for a batch of prepared triplets (one network call)."""
         n = len(prepared)
+        if n == 0:
+            return []
         t0 = time.perf_counter()
         images = self.normalise(np.stack([p.crops for p in prepared]))
         t1 = time.perf_counter()

@@ -36,7 +36,7 @@ from ..card import IMAGE_SIZE
 from ..errors import InputError
 from ..face.layout import VIEWS
 from .inputs import Triplet, TripletProblem
-from .outputs import staged_folder
+from .outputs import output_folder, staged_folder
 from .pipeline import prepare_triplet
 from .refine import crop_landmarks
 
@@ -44,6 +44,7 @@ __all__ = ["LANDMARKS_FILE", "PREPARE_RECORD", "PrepareSummary", "prepare_traini
 
 LANDMARKS_FILE = "landmarks.npz"
 PREPARE_RECORD = "prepare.json"
+PREPARED_FILES = frozenset({*(f"{view}.png" for view in VIEWS), LANDMARKS_FILE, PREPARE_RECORD})
 VISIBILITY_NOTE = ("every point marked visible: the detector places all 68 points in every view and reports "
                    "no occlusion")
 
@@ -87,8 +88,8 @@ def prepare_training_triplet(triplet: Triplet, out_root, detector, size: int = I
               "detector": {v: {"detector": d.detector, "path": d.path} for v, d in zip(VIEWS, detections)},
               "landmarks": "68 iBUG points per view in crop pixels (the detector's, mapped into the crop); "
                            + VISIBILITY_NOTE}
-    target = Path(out_root) / triplet.name
-    with staged_folder(target) as tmp:
+    target = output_folder(out_root, triplet.name)
+    with staged_folder(target, PREPARED_FILES) as tmp:
         for view, crop in zip(VIEWS, crops):
             if not cv2.imwrite(str(tmp / f"{view}.png"), np.ascontiguousarray(crop[:, :, ::-1])):
                 raise OSError(f"could not write {target / f'{view}.png'}")

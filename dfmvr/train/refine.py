@@ -195,6 +195,21 @@ def _cosine(step: int, total: int, lr: float, final: float) -> float:
     return lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
+def _check_weak_inputs(images: np.ndarray, landmarks, landmark_visible, labels, size: int) -> None:
+    """ValueError for arrays that would broadcast or clamp into a wrong fit without one (``make_batch``'s shapes)."""
+    if images.ndim != 5 or images.shape[1:] != (3, size, size, 3):
+        raise ValueError(f"images have shape {images.shape}; expected [B, 3, {size}, {size}, 3] (aligned RGB crops, "
+                         "views left, front, right)")
+    if images.dtype != np.uint8 and images.size and not (np.nanmin(images) >= 0 and np.nanmax(images) <= 1):
+        raise ValueError(f"float images must be in [0, 1] (these span {np.nanmin(images):g} to "
+                         f"{np.nanmax(images):g}); pass uint8 0-255 as read from the files")
+    b = images.shape[0]
+    for name, array, shape in (("landmarks", landmarks, (b, 3, 68, 2)), ("landmark_visible", landmark_visible,
+                                                                        (b, 3, 68)), ("labels", labels, (b, 3, size, size))):
+        if array is not None and np.shape(array) != shape:
+            raise ValueError(f"{name} have shape {np.shape(array)}; expected {list(shape)} (one row per triplet of images)")
+
+
 class Refiner:
     """A face model, camera and loss set up once; ``__call__`` refines batches of triplets.
 
@@ -236,6 +251,7 @@ class Refiner:
         point); landmark_visible [B, V, 68] bool or None (all visible where landmarks are given);
         labels [B, V, H, W] parse classes or None (all background: a uniform photometric weight)."""
         images = np.asarray(images)
+        _check_weak_inputs(images, landmarks, landmark_visible, labels, int(self.camera.image_size))
         photos = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         photos = photos.float() / 255.0 if images.dtype == np.uint8 else photos.float().clamp(0, 1)
         photos = photos.permute(0, 1, 4, 2, 3).contiguous()               # [B, V, 3, H, W]
@@ -277,7 +293,11 @@ class Refiner:
             start = time.perf_counter()
             batch = self.make_batch(images, landmarks, landmark_visible, labels)
             self.last_batch = batch
-            x0 = torch.as_tensor(np.asarray(coefficients, np.float32), device=self.device).reshape(-1, COEFFS.size)
+            x0 = torch.as_tensor(np.asarray(coefficients, np.float32), device=self.device)
+            if x0.ndim != 2 or x0.shape != (len(batch["photos"]), COEFFS.size):
+                raise ValueError(f"coefficients have shape {tuple(x0.shape)}; refining {len(batch['photos'])} "
+                                 f"triplet(s) needs [{len(batch['photos'])}, {COEFFS.size}] (COEFFS layout; "
+                                 "COEFFS.join(reconstruction.coeffs) for a dfmvr-run result)")
             before, terms_before = self._per_triplet(x0, batch)
             x = self._fit(x0, batch)
             after, terms_after = self._per_triplet(x, batch)

@@ -256,3 +256,22 @@ def test_a_triplet_missing_its_front_photo_or_with_a_broken_truth_is_refused_by_
     with pytest.raises(InputError, match="NaN or infinite") as err:
         load_eval_sample(data / "000002", fm)
     assert "gt.npz" in str(err.value)
+
+
+def test_the_python_api_refuses_what_the_cli_refuses(synth4):
+    """OnnxPredictor("default") said "default: ONNX model not found" (the name works everywhere else); uint8
+    crops were cast, not normalised (coefficients off by up to 64); evaluate_dataset scored against another
+    face model than the network's without a word (the CLI refuses it), and limit=0 meant "every triplet"."""
+    from dfmvr.eval.dataset import OnnxPredictor
+    from dfmvr.face.synthetic import synthetic_face_model
+
+    predictor = OnnxPredictor("default", threads=1)
+    crops = load_eval_sample(sorted(p for p in synth4.iterdir() if p.is_dir())[0],
+                             MorphableModel.load(synth4 / "face_model.npz")).images[None]
+    with pytest.raises(ValueError, match="card.normalise"):
+        predictor(crops)
+    assert predictor(predictor.card.normalise(crops)).shape == (1, COEFFS.size)
+    with pytest.raises(InputError, match="does not match the model card"):
+        evaluate_dataset(predictor, synth4, synthetic_face_model(seed=5), baselines=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate_dataset(predictor, synth4, MorphableModel.load(synth4 / "face_model.npz"), limit=0)

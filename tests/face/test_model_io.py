@@ -114,6 +114,26 @@ def test_not_a_face_model(tmp_path):
         MorphableModel.load(tmp_path / "absent.npz")
 
 
+@pytest.mark.parametrize("kind", ["npy", "npy named .npz", "meta not JSON", "meta a list", "a png"])
+def test_other_files_given_as_a_face_model_are_input_errors(tmp_path, kind):
+    """A .npy array (any name) raised TypeError from the context manager and a non-JSON meta JSONDecodeError:
+    tracebacks, exit 1, from dfmvr-run --face-model; a PNG got numpy's advice to load it unsafely."""
+    import shutil
+
+    path = tmp_path / ("fm.npy" if kind == "npy" else "fm.npz")
+    if kind.startswith("npy"):
+        np.save(tmp_path / "a.npy", np.zeros(3))
+        shutil.move(tmp_path / "a.npy", path)
+    elif kind.startswith("meta"):
+        np.savez(path, meta=np.array("not json" if kind == "meta not JSON" else "[1, 2]"))
+    else:
+        cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
+        shutil.move(tmp_path / "x.png", path)
+    with pytest.raises(InputError) as err:
+        MorphableModel.load(path)
+    assert str(path) in str(err.value) and "allow_pickle" not in str(err.value)
+
+
 # --- CLI ------------------------------------------------------------------------------------------
 def _invoke(*args):
     return CliRunner().invoke(dfmvr_group, ["data", "face-model", *map(str, args)], catch_exceptions=True)

@@ -272,6 +272,29 @@ def test_out_under_a_regular_file_is_refused_before_any_work(tmp_path, capsys):
     assert code == 2 and str(blocker) in err
 
 
+def test_an_out_that_puts_a_triplets_folder_on_its_photos_is_refused_and_the_photos_kept(tmp_path, base, capsys):
+    """`dfmvr-run me --out .` (the folder above the photos) or a batch with --out its own input folder: the
+    triplet's output folder was the photos' folder, replaced whole: the photos were deleted, exit 0."""
+    photos = write_triplet(tmp_path / "me", make_crops(0))
+    (photos / "notes.txt").write_text("the user's")
+    before = sorted(p.name for p in photos.iterdir())
+    code, _, err = dfmvr_run([photos, *base, "--aligned", "--format", "json", "--out", tmp_path], capsys)
+    assert code == 2 and str(photos) in err and "replacing the folder would delete them" in err
+    assert sorted(p.name for p in photos.iterdir()) == before
+    batch = tmp_path / "batch"
+    for i in range(2):
+        write_triplet(batch / f"p{i}", make_crops(i))
+    code, _, err = dfmvr_run([batch, *base, "--aligned", "--format", "json", "--out", batch], capsys)
+    assert code == 2 and "p0" in err and "p1" in err
+    assert sorted(p.name for p in (batch / "p0").iterdir()) == sorted(f"{v}.png" for v in VIEWS)
+    # an earlier output (and a file browser's view file) is still replaced by a rerun
+    out = tmp_path / "out"
+    assert dfmvr_run([photos, *base, "--aligned", "--format", "json,ply", "--out", out], capsys)[0] == 0
+    (out / "me" / ".DS_Store").write_bytes(b"view settings")
+    assert dfmvr_run([photos, *base, "--aligned", "--format", "obj", "--out", out], capsys)[0] == 0
+    assert sorted(p.name for p in (out / "me").iterdir()) == ["mesh.obj"]
+
+
 def test_a_link_to_dot_in_a_triplet_folder_reconstructs_once(tmp_path, base, capsys):
     write_triplet(tmp_path / "me", make_crops(0))
     (tmp_path / "me" / "loop").symlink_to(".", target_is_directory=True)

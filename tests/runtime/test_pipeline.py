@@ -110,9 +110,13 @@ def test_staged_folder_is_all_or_nothing(tmp_path):
     assert not target.exists() and list((tmp_path / "out").iterdir()) == []
     with staged_folder(target) as tmp:
         (tmp / "a.txt").write_text("first")
-    with staged_folder(target) as tmp:
+    with staged_folder(target, frozenset({"a.txt", "b.txt"})) as tmp:     # an earlier output of this writer
         (tmp / "b.txt").write_text("second")
     assert [p.name for p in target.iterdir()] == ["b.txt"]          # replaced whole, not merged
+    with pytest.raises(InputError, match="would delete them"):       # a folder of files it does not write
+        with staged_folder(target, frozenset({"a.txt"})) as tmp:
+            (tmp / "a.txt").write_text("third")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"]  # no temporary folders left
 
 
@@ -138,7 +142,7 @@ def test_a_failed_swap_keeps_the_earlier_output_and_leaves_no_hidden_folder(tmp_
 
         monkeypatch.setattr(outputs.os, "replace", replace)
         with pytest.raises(PermissionError):
-            with staged_folder(target) as tmp:
+            with staged_folder(target, frozenset({"a.txt"})) as tmp:
                 (tmp / "a.txt").write_text("second")
         monkeypatch.setattr(outputs.os, "replace", real)
         assert (target / "a.txt").read_text() == "first", failing_call
@@ -152,6 +156,23 @@ def test_a_file_where_the_folder_goes_is_refused_not_replaced(tmp_path):
             (tmp / "a.txt").write_text("x")
     assert str(tmp_path / "t") in str(err.value)
     assert (tmp_path / "t").read_text() == "the user's notes" and sorted(tmp_path.iterdir()) == [tmp_path / "t"]
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../raw_photos", "a/../../raw_photos", "/abs"])
+def test_a_triplet_name_that_leaves_the_output_folder_is_refused(aligned_pipe, tmp_path, name):
+    """Through the Python API, Triplet("") or Triplet(".") replaced the whole output folder (a user's files in it
+    deleted) and Triplet("../raw_photos") the sibling folder of photos."""
+    write_triplet(tmp_path / "in" / "t", make_crops(1))
+    (tmp_path / "raw_photos").mkdir()
+    (tmp_path / "raw_photos" / "img.jpg").write_bytes(b"a photo")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    triplet = Triplet(name, {v: tmp_path / "in" / "t" / f"{v}.png" for v in VIEWS})
+    summary = aligned_pipe.run([triplet], out, ["json"])
+    assert not summary.done and "not a folder under the output folder" in str(summary.failed[0].error)
+    assert (out / "notes.txt").read_text() == "the user's" and (tmp_path / "raw_photos" / "img.jpg").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_a_finished_folder_gets_the_umask_mode_not_a_temporary_folders_0700(tmp_path):
@@ -253,6 +274,37 @@ def test_normalise_is_the_card_formula_in_graph_layout(aligned_pipe):
     got = aligned_pipe.normalise(crops)
     assert got.dtype == np.float32 and got.shape == (2, 3, 3, 224, 224) and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_caller_mistakes_through_the_api_are_named_not_silently_wrong(aligned_pipe, stats_onnx, tmp_path):
+    """Float crops or crops already in graph layout were normalised into nonsense without a word; a Triplet
+    without a view raised KeyError and stopped the whole run; formats "json" (a string) matched by substring
+    and ["OBJ"] wrote an empty folder counted as done; reconstruct([]) raised from np.stack; a face model other
+    than the card's was accepted by the constructor (from_options refuses it)."""
+    from dfmvr.face.synthetic import synthetic_face_model
+    from dfmvr.runtime.artifacts import load_artifact
+    from dfmvr.runtime.runners import OnnxrtRunner
+
+    crops = make_crops(2)[None]
+    for wrong in (crops.astype(np.float32) / 255, crops.transpose(0, 1, 4, 2, 3), crops[0]):
+        with pytest.raises(ValueError, match="expected uint8 RGB crops"):
+            aligned_pipe.normalise(wrong)
+    write_triplet(tmp_path / "in" / "t", make_crops(2))
+    paths = {v: tmp_path / "in" / "t" / f"{v}.png" for v in VIEWS}
+    no_right = Triplet("t", {v: p for v, p in paths.items() if v != "right"})
+    summary = aligned_pipe.run([no_right, Triplet("u", paths)], tmp_path / "out", "json")
+    assert [d[0] for d in summary.done] == ["u"] and "has no right photo" in str(summary.failed[0].error)
+    assert sorted(p.name for p in (tmp_path / "out" / "u").iterdir()) == ["result.json"]
+    summary = aligned_pipe.run([Triplet("v", paths)], tmp_path / "out", ["OBJ"])
+    assert sorted(p.name for p in (tmp_path / "out" / "v").iterdir()) == ["mesh.obj"]
+    with pytest.raises(InputError, match="unknown output format"):
+        aligned_pipe.write(aligned_pipe.reconstruct([aligned_pipe.prepare(Triplet("w", paths))])[0],
+                           tmp_path / "out", ["bogus"])
+    assert not (tmp_path / "out" / "w").exists()
+    assert aligned_pipe.reconstruct([]) == []
+    artifact = load_artifact(onnx=stats_onnx)
+    with pytest.raises(InputError, match="does not match the model card"):
+        Pipeline(artifact, synthetic_face_model(seed=5), OnnxrtRunner(stats_onnx, threads=1), aligned=True)
 
 
 # --- batch mode overlap (decode + align and writing in threads around the network) ---------------

@@ -82,6 +82,21 @@ def test_aligned_crops_are_kept_and_the_detector_runs_on_them(rendered_faces, tm
     assert json.loads((out / "c" / "prepare.json").read_text())["aligned_input"] is True
 
 
+def test_prepare_never_replaces_the_photos_own_folder(rendered_faces, tmp_path, capsys):
+    """`dfmvr data prepare photos --out photos`: each triplet's training folder was its photos' folder, replaced
+    whole (the original photos deleted). Refused now; a rerun over an earlier prepared folder still replaces it."""
+    photos, _ = rendered_faces
+    folder = _photo_triplet(tmp_path / "photos" / "anna", photos)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, output = run_cli(prepare_command, [tmp_path / "photos", "--out", tmp_path / "photos", "--quiet"], capsys)
+    assert code == 2 and "replacing the folder would delete them" in output and "anna" in output
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    out = tmp_path / "data"
+    for _ in range(2):
+        code, output = run_cli(prepare_command, [tmp_path / "photos", "--out", out, "--quiet"], capsys)
+        assert code == 0, output
+
+
 @pytest.mark.parametrize("problem", ["wrong size", "no face"])
 def test_a_single_bad_triplet_exits_2_naming_the_file(problem, tmp_path, capsys):
     grey = np.full((3, 224, 224, 3), 128, np.uint8)

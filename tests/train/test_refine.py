@@ -215,3 +215,26 @@ def test_a_falling_landmark_weight_weighs_the_landmarks_more_early_and_ends_at_i
             assert float(first - weak) == pytest.approx(99.0 * loss.weights.landmark_2d * float(terms["landmark_2d"]), rel=1e-5)
     with pytest.raises(ValueError, match="landmark_anneal"):
         Refiner(face_model, Camera(), RefineConfig(landmark_anneal=0.5))
+
+
+@pytest.mark.parametrize("mistake", ["two coefficient rows for one triplet", "landmarks without the batch axis",
+                                     "labels without the batch axis", "float images in 0-255", "two views"])
+def test_inputs_that_would_broadcast_or_clamp_into_a_wrong_fit_are_refused(face_model, triplet, mistake):
+    """Each of these ran without a word: a second coefficient row scored against an empty slice, landmarks
+    [3, 68, 2] broadcast so that every view was judged by the left view's, float 0-255 photos clamped to white."""
+    gt = triplet.gt
+    args = dict(coefficients=gt["coefficients"][None].astype(np.float32), images=triplet.images[None],
+                landmarks=gt["landmarks"][None], labels=gt["labels"][None])
+    if mistake == "two coefficient rows for one triplet":
+        args["coefficients"] = np.concatenate([args["coefficients"]] * 2)
+    elif mistake == "landmarks without the batch axis":
+        args["landmarks"] = gt["landmarks"]
+    elif mistake == "labels without the batch axis":
+        args["labels"] = gt["labels"]
+    elif mistake == "float images in 0-255":
+        args["images"] = args["images"].astype(np.float32)
+    else:
+        args["images"] = args["images"][:, :2]
+    coefficients, images = args.pop("coefficients"), args.pop("images")
+    with pytest.raises(ValueError, match="shape|must be in"):
+        refine(coefficients, images, face_model, Camera(), config=RefineConfig(steps=1, threads=1), **args)
