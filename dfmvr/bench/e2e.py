@@ -138,6 +138,9 @@ def resolve_sources(checkpoint=None, onnx=None, engine=None, backends=BACKENDS, 
         if int8_artifact.card.variant != artifact.card.variant:
             raise InputError(int8_onnx, f"int8 graph of variant '{int8_artifact.card.variant}' differs from "
                              f"'{artifact.card.variant}' of the other model given", "benchmark one model at a time")
+        if "quantization" not in int8_artifact.card.provenance:     # an fp32 graph was timed as "int8 QDQ"
+            raise InputError(int8_onnx, "is not an int8 graph (its card records no quantization)",
+                             "pass the model.int8.onnx that 'dfmvr-export --int8' writes")
         desc["int8_onnx"] = str(int8_onnx)
     desc["variant"] = artifact.card.variant
     return Sources(card=artifact.card, artifact=artifact, torch_model=torch_model,

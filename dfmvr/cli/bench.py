@@ -1,7 +1,7 @@
 """``dfmvr bench`` / ``dfmvr-bench``: every backend, per stage, in one run (JSON + Markdown).
 
 Exit codes: 0 done (unavailable backends are listed with their reason, not an error); 2 bad usage or
-bad input; 1 anything else.
+bad input; 3 none of the backends asked for can run here; 1 anything else; 130 / 143 interrupted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
     if not out or min(out) < 1:
         raise click.BadParameter(f"expected positive batch sizes, got {value!r}")
-    return tuple(out)
+    return tuple(dict.fromkeys(out))        # "1,1" measured and reported the same row twice
 
 
 def _backends(ctx, param, value):
@@ -38,7 +38,8 @@ def _backends(ctx, param, value):
 
 
 @click.command(name="bench", context_settings=HELP_SETTINGS, epilog=exit_codes(
-    c0="done (backends unavailable here are listed with their reason, not an error)", c3=None))
+    c0="done (backends unavailable here are listed with their reason, not an error)",
+    c3="none of the backends asked for can run here (each one's reason is listed)"))
 @click.option("--checkpoint", help="Torch weights: a dfmvr checkpoint, 'default', or a variant name "
               "('tiny', 'paper': random weights, seed 0). Exported on the fly for ONNX Runtime unless --onnx is given.")
 @onnx_option
@@ -76,20 +77,40 @@ def command(checkpoint, onnx, engine, int8_onnx, backends, batches, iters, warmu
 
     With no model option, the bundled default model is used.
     """
-    from ..atomic import atomic_write_text
+    import tempfile
+
     from ..bench.e2e import resolve_sources, run_bench
     from ..bench.report import markdown_report
+    from ..errors import UnavailableError
     from ..runtime.outputs import parse_formats
 
+    if json_out and md_path and Path(json_out).resolve() == Path(md_path).resolve():   # the table overwrote the JSON
+        raise click.BadParameter("--json and --markdown name the same file", param_hint="--markdown")
     fmts = parse_formats(formats)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    sources = resolve_sources(checkpoint=checkpoint, onnx=onnx, engine=engine, backends=backends, echo=echo,
-                              int8_onnx=int8_onnx)
-    report = run_bench(sources, backends=backends, batches=batches, iters=iters, warmup=warmup, threads=threads,
-                       formats=fmts, face_model=face_model, gemm=not no_gemm, gemm_size=gemm_size, echo=echo)
+    # a graph exported (and quantized) on the fly lives here and goes with it: 14 MB per run stayed in /tmp
+    with tempfile.TemporaryDirectory(prefix="dfmvr-bench-") as workdir:
+        sources = resolve_sources(checkpoint=checkpoint, onnx=onnx, engine=engine, backends=backends, echo=echo,
+                                  int8_onnx=int8_onnx, workdir=workdir)
+        report = run_bench(sources, backends=backends, batches=batches, iters=iters, warmup=warmup, threads=threads,
+                           formats=fmts, face_model=face_model, gemm=not no_gemm, gemm_size=gemm_size, echo=echo)
+    if not report["backends"]:
+        raise UnavailableError("none of the backends asked for can run here: " + "; ".join(
+            f"{name}: {why}" for name, why in report["unavailable"].items()))
     text = markdown_report(report)
     if json_out:
-        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+        _write_report(json_out, json.dumps(report, indent=2) + "\n")
     if md_path:
-        atomic_write_text(md_path, text)
+        _write_report(md_path, text)
     click.echo(text)
+
+
+def _write_report(path, text: str) -> None:
+    """The report's file, or exit 2 naming it (the check before the run cannot see every refusal: /proc as root)."""
+    from ..atomic import atomic_write_text
+    from ..errors import InputError
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise InputError(path, f"cannot write the report ({exc.strerror or exc})", "choose another path") from exc

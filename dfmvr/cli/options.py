@@ -38,6 +38,7 @@ EXIT_CODES = {
     2: "bad usage or bad input; the message names the file or option and what to do",
     3: "a requested capability is missing on this machine (a GPU, TensorRT)",
     130: "interrupted (Ctrl-C)",
+    143: "stopped by SIGTERM (a batch scheduler's stop, `kill`)",
 }
 
 

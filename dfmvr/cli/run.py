@@ -150,12 +150,12 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
         if not quiet:
             click.echo(f"{name}: wrote {folder} ({_stage_line(times.to_ms())})")
         return
-    _write_summary(out, pipe, summary)
     if not quiet:
         _print_table(summary)
     else:       # --quiet: no table, but the failures the last line points at are still listed
         for problem in summary.failed:
             click.echo(f"{problem.name}: {problem.error}", err=True)
+    _write_summary(out, pipe, summary)      # after the listing: a summary that cannot be written loses none of it
     if summary.failed:
         click.echo(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.done)} triplets failed "
                    f"(listed above and in {Path(out) / SUMMARY_NAME})", err=True)
@@ -242,6 +242,7 @@ def _refuse_the_summary_name(triplets, problems):
 
 def _write_summary(out: Path, pipe, summary) -> None:
     from ..atomic import atomic_write_text
+    from ..errors import InputError
 
     n = len(summary.done)
     doc = {"model": pipe.artifact.model_id, "device": pipe.device, "wall_s": round(summary.wall, 4),
@@ -252,7 +253,12 @@ def _write_summary(out: Path, pipe, summary) -> None:
                      **({"slot_doubts": summary.slot_doubts[name]} if name in summary.slot_doubts else {})}
                     for name, folder, t in summary.done],
            "failed": [{"triplet": p.name, "file": p.error.path, "reason": str(p.error)} for p in summary.failed]}
-    atomic_write_text(Path(out) / SUMMARY_NAME, json.dumps(doc, indent=2))
+    path = Path(out) / SUMMARY_NAME
+    try:
+        atomic_write_text(path, json.dumps(doc, indent=2))
+    except OSError as exc:      # a folder in its place, or --out made read-only mid-run: a traceback after the batch
+        raise InputError(path, f"cannot write the batch summary ({exc.strerror or exc}); the triplets above "
+                         "are written", "make room for the file (or the folder writable), or choose another --out") from exc
 
 
 def _print_table(summary) -> None:

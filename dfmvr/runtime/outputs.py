@@ -79,7 +79,8 @@ def staged_folder(target: Path, replaceable: frozenset[str] = frozenset()):
     An existing ``target`` is replaced only when it holds nothing but ``replaceable`` names (the files this
     writer makes: an earlier output) and file-browser view files; anything else (the user's photos, when --out
     is the photos' own folder) is refused, naming the folder, before any work."""
-    target = Path(target)
+    # resolved: through "o/t/.." the earlier output moved aside and then could not be found again (left hidden)
+    target = Path(target).resolve()
     if target.exists() and not target.is_dir():     # a user's file is never replaced by an output folder
         raise InputError(target, "a file (not an earlier output folder) is where this triplet's folder goes",
                          "move the file, or choose another --out")

@@ -124,14 +124,20 @@ def test_bench_torch_and_onnxruntime_side_by_side(tiny_stats_onnx, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_cli_on_the_real_tiny_export(tmp_path):
-    """The command as users run it: --checkpoint tiny (random weights) exported on the fly."""
+def test_bench_cli_on_the_real_tiny_export(tmp_path, monkeypatch):
+    """The command as users run it: --checkpoint tiny (random weights) exported on the fly, into a temporary
+    folder that goes with the run (each run left 14 MB of graphs in /tmp)."""
+    import tempfile
+
     from dfmvr.cli.bench import command
 
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     command.main(["--checkpoint", "tiny", "--backends", "torch,onnxruntime,tensorrt", "--batch", "1", "--iters", "1",
                   "--warmup", "0", "--format", "obj,json", "--json", str(out_json), "--markdown", str(out_md),
                   "--quiet"], standalone_mode=False)
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("dfmvr")] == []
     report = json.loads(out_json.read_text())
     _check_report(report, ("torch", "onnxruntime"), (1,))
     assert report["flops"]["by_op"]["Involution"] > 0 and report["flops"]["by_op"]["Conv"] > 1e9
@@ -144,7 +150,7 @@ def test_bench_onnxruntime_without_torch(tiny_stats_onnx, tmp_path):
     res = run_python(f"""
         import sys
         from dfmvr.cli.bench import command
-        command.main(["--onnx", r"{tiny_stats_onnx}", "--backends", "onnxruntime,torch", "--batch", "1,3",
+        command.main(["--onnx", r"{tiny_stats_onnx}", "--backends", "onnxruntime,torch", "--batch", "1,3,1",
                       "--iters", "1", "--warmup", "0", "--no-gemm", "--format", "json",
                       "--json", r"{out_json}", "-q"], standalone_mode=False)
         assert "torch" not in sys.modules
@@ -172,6 +178,15 @@ def test_bench_bad_input_exit_codes(tiny_stats_onnx, tmp_path):
     assert r.returncode == 2 and "unknown backend" in r.stderr
     r = run("--onnx", str(tiny_stats_onnx), "--batch", "0")
     assert r.returncode == 2
+    fast = ("--iters", "1", "--warmup", "0", "--no-gemm", "--format", "json", "--batch", "1", "-q")
+    r = run("--onnx", str(tiny_stats_onnx), *fast, "--json", str(tmp_path / "r"), "--markdown", str(tmp_path / "r"))
+    assert r.returncode == 2 and "same file" in r.stderr and not (tmp_path / "r").exists()     # the table ate the JSON
+    r = run("--onnx", str(tiny_stats_onnx), "--int8-onnx", str(tiny_stats_onnx), "--backends", "onnxruntime-int8", *fast)
+    assert r.returncode == 2 and "is not an int8 graph" in r.stderr        # an fp32 graph timed as "int8 QDQ"
+    r = run("--onnx", str(tiny_stats_onnx), "--backends", "tensorrt", *fast)
+    assert r.returncode == 3 and "none of the backends asked for can run here" in r.stderr and "tensorrt:" in r.stderr
+    r = run("--onnx", str(tiny_stats_onnx), "--backends", "onnxruntime", *fast, "--markdown", "/proc/dfmvr-bench.md")
+    assert r.returncode == 2 and "/proc/dfmvr-bench.md" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_markdown_report_lists_every_backend_row():
@@ -207,9 +222,9 @@ def test_markdown_report_lists_every_backend_row():
 
 def test_bench_peers_with_parity(tiny_stats_onnx, tmp_path):
     """openvino and onnxruntime-int8 next to torch and onnxruntime, each row with its parity against torch
-    eager in mesh mm. The int8 backend picks up the ``.int8.onnx`` folder-mate of --onnx (here a copy of
-    the fp32 statistics graph: this checks the wiring, not quantization -- the slow test below runs a
-    real int8 graph)."""
+    eager in mesh mm. The int8 backend picks up the ``.int8.onnx`` folder-mate of --onnx (here the fp32
+    statistics graph under a card that records a quantization: this checks the wiring, not quantization --
+    the slow test below runs a real int8 graph)."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnx")
     import shutil
@@ -219,7 +234,8 @@ def test_bench_peers_with_parity(tiny_stats_onnx, tmp_path):
 
     onnx = tmp_path / "model.onnx"
     shutil.copy(tiny_stats_onnx, onnx)
-    shutil.copy(tiny_stats_onnx, tmp_path / "model.int8.onnx")
+    build_stats_onnx(tmp_path / "model.int8.onnx", ModelCard(variant="tiny", architecture={"kind": "image statistics"},
+                                                             provenance={"quantization": {"stand-in": "fp32"}}))
     sources = resolve_sources(onnx=onnx, backends=("onnxruntime", "onnxruntime-int8", "openvino"))
     assert sources.int8_path == tmp_path / "model.int8.onnx"
     sources.torch_model = _StatsTorch.build()

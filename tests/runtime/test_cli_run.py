@@ -295,6 +295,31 @@ def test_an_out_that_puts_a_triplets_folder_on_its_photos_is_refused_and_the_pho
     assert sorted(p.name for p in (out / "me").iterdir()) == ["mesh.obj"]
 
 
+def test_an_out_through_dotdot_replaces_the_earlier_output_and_strands_nothing(tmp_path, base, capsys):
+    """--out o/t/..: the earlier o/t moved aside, and every path through t/.. was gone with it: the run failed,
+    o/t stayed hidden in .t.old-*/x beside a .t.partial-* folder."""
+    photos = write_triplet(tmp_path / "a" / "t", make_crops(0))
+    out = tmp_path / "o"
+    assert dfmvr_run([photos, *base, "--aligned", "--format", "json,ply", "--out", out], capsys)[0] == 0
+    code, _, err = dfmvr_run([photos, *base, "--aligned", "--format", "json", "--out", out / "t" / ".."], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["t"]
+    assert sorted(p.name for p in (out / "t").iterdir()) == ["result.json"]
+
+
+def test_a_summary_that_cannot_be_written_exits_2_after_listing_the_failures(tmp_path, base, capsys):
+    """A folder named summary.json in --out (or --out made read-only mid-run): IsADirectoryError, exit 1, after
+    the whole batch, and with -q the failed triplets were never listed."""
+    root = tmp_path / "batch"
+    write_triplet(root / "good", make_crops(0))
+    write_triplet(root / "bad", make_crops(1, size=100))
+    (tmp_path / "out" / "summary.json").mkdir(parents=True)
+    code, _, err = dfmvr_run([root, *base, "--aligned", "--format", "json", "--out", tmp_path / "out", "-q"], capsys)
+    assert code == 2 and "bad" in err and "cannot write the batch summary" in err
+    assert err.index("bad") < err.index("cannot write the batch summary")
+    assert (tmp_path / "out" / "good" / "result.json").is_file()
+
+
 def test_a_link_to_dot_in_a_triplet_folder_reconstructs_once(tmp_path, base, capsys):
     write_triplet(tmp_path / "me", make_crops(0))
     (tmp_path / "me" / "loop").symlink_to(".", target_is_directory=True)
