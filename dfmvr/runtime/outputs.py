@@ -97,26 +97,50 @@ def staged_folder(target: Path, replaceable: frozenset[str] = frozenset()):
     os.mkdir(tmp)
     try:
         yield tmp
-        old = None
-        if target.exists():     # the earlier output steps aside, and comes back if the new one cannot move in
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            try:
-                os.replace(target, old / "x")
-            except BaseException:
-                old.rmdir()
-                raise
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old / "x", target)
-                old.rmdir()
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with _swap_lock(target.parent):
+            _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _swap_lock(folder: Path):
+    """Two writers of one output folder (two dfmvr-run into one --out) take turns at the renames: between one's
+    move-aside and move-in the other's rename failed and an earlier output was left in a hidden .old-* folder.
+    An advisory lock on the folder itself (no lock file to list); where flock does not exist, no lock."""
+    try:
+        import fcntl
+    except ImportError:         # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)            # closing releases the lock
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """``tmp`` becomes ``target``; an earlier ``target`` steps aside first and comes back if the move in fails."""
+    old = None
+    if target.exists():     # the earlier output steps aside, and comes back if the new one cannot move in
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        try:
+            os.replace(target, old / "x")
+        except BaseException:
+            old.rmdir()
+            raise
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "x", target)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def pose_record(rotation: np.ndarray, translation: np.ndarray) -> dict:

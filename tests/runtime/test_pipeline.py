@@ -447,3 +447,29 @@ def test_overlay_refuses_a_file_type_it_cannot_write(aligned_pipe, tmp_path):
     with pytest.raises(ValueError, match="png or .jpg"):
         write_overlay(tmp_path / "overlay.bmp", aligned_pipe, rec)
     assert not (tmp_path / "overlay.bmp").exists()
+
+
+def _write_many(root: str, writer: int, rounds: int = 60) -> list[str]:
+    from pathlib import Path
+
+    errors = []
+    for k in range(rounds):
+        try:
+            with staged_folder(Path(root) / f"t{k % 3}", frozenset({"a.txt"})) as tmp:
+                (tmp / "a.txt").write_text(str(writer))
+        except Exception as exc:         # noqa: BLE001 - counted, not raised: the test is about how many
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return errors
+
+
+def test_two_writers_of_the_same_folders_take_turns(tmp_path):
+    """Two dfmvr-run into one --out: between one writer's move-aside and move-in the other's rename failed
+    (Directory not empty / No such file) and an earlier output stayed in a hidden .old-* folder."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        errors = pool.starmap(_write_many, [(str(tmp_path), w) for w in range(3)])
+    assert sum(errors, []) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t0", "t1", "t2"]
+    for k in range(3):
+        assert [p.name for p in (tmp_path / f"t{k}").iterdir()] == ["a.txt"]
