@@ -93,6 +93,8 @@ def _string_pair(blob: bytes) -> tuple[str, str]:
 def read_onnx_metadata(path) -> dict[str, str]:
     """ONNX file -> its ``metadata_props`` as a dict. Raises InputError if the file is not a whole ONNX model."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an ONNX model file", "pass the .onnx file inside it (e.g. model.onnx)")
     if not path.is_file():
         raise InputError(path, "ONNX model not found", "export one with 'dfmvr-export' or check the path")
     size = path.stat().st_size

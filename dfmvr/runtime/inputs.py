@@ -269,6 +269,8 @@ def decode_image(path) -> np.ndarray:
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(path, "image file not found", "check the path") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not an image file", "pass the image's path") from None
     except OSError as exc:
         raise InputError(path, f"image file cannot be read ({exc.strerror})", "check its permissions") from None
     if not data:

@@ -73,6 +73,11 @@ def weak_batch(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in WEAK_BATCH_KEYS}
 
 
+# Per block, the size of one unit step of the fit (``RefineConfig.step_scale``).
+DEFAULT_STEP_SCALE = {"identity": 0.05, "expression": 0.05, "texture": 0.05, "lighting": 0.01,
+                      "rotation": 0.005, "translation": 0.005}
+
+
 @dataclass
 class RefineConfig:
     """How to refine. steps: Adam steps in all; pose_fraction: share of them on the pose (and, with
@@ -86,9 +91,7 @@ class RefineConfig:
     pose_phase_lighting: bool = True    # the lighting moves in the pose phase too (False: the pose alone)
     lr: float = 4.0
     final_lr: float = 0.05
-    step_scale: dict = field(default_factory=lambda: {
-        "identity": 0.05, "expression": 0.05, "texture": 0.05, "lighting": 0.01,
-        "rotation": 0.005, "translation": 0.005})
+    step_scale: dict = field(default_factory=lambda: dict(DEFAULT_STEP_SCALE))
     # Coarse to fine: the first ``coarse_fraction`` of the steps render at 1/``coarse_factor`` of the
     # image size (camera focal and size divided, photos box-averaged, labels subsampled, landmarks
     # scaled; the landmark weight multiplied by coarse_factor² so that its pixel² loss weighs the
@@ -112,6 +115,15 @@ class RefineConfig:
     device: str = "cpu"                 # a torch device: "cpu", "cuda", "cuda:1"
     threads: int | None = None          # torch CPU threads during the fit (None: leave torch's setting)
     progress: bool = False              # a tqdm bar over the steps
+
+    def __post_init__(self):
+        if int(self.steps) < 0:         # -5 ran as 0 without a word
+            raise ValueError(f"steps must be 0 or more, got {self.steps}")
+        unknown = set(self.step_scale) - set(DEFAULT_STEP_SCALE)
+        if unknown:
+            raise ValueError(f"step_scale has unknown blocks {sorted(unknown)}; they are {sorted(DEFAULT_STEP_SCALE)}")
+        # {"identity": 0.1} changes that block and keeps the others (it raised KeyError 'expression')
+        self.step_scale = {**DEFAULT_STEP_SCALE, **self.step_scale}
 
     def to_dict(self) -> dict:
         return asdict(self)

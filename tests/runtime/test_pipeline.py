@@ -473,3 +473,15 @@ def test_two_writers_of_the_same_folders_take_turns(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t0", "t1", "t2"]
     for k in range(3):
         assert [p.name for p in (tmp_path / f"t{k}").iterdir()] == ["a.txt"]
+
+
+def test_a_folder_given_as_an_image_or_a_model_is_named_as_a_folder(tmp_path):
+    """An image path that is a folder said "Is a directory -- check its permissions"; an --onnx folder said
+    "ONNX model not found" although the path exists."""
+    from dfmvr.runtime.artifacts import load_artifact
+    from dfmvr.runtime.inputs import decode_image
+
+    with pytest.raises(InputError, match="is a folder, not an image file"):
+        decode_image(tmp_path)
+    with pytest.raises(InputError, match="is a folder, not an ONNX model file"):
+        load_artifact(onnx=tmp_path)

@@ -238,3 +238,13 @@ def test_inputs_that_would_broadcast_or_clamp_into_a_wrong_fit_are_refused(face_
     coefficients, images = args.pop("coefficients"), args.pop("images")
     with pytest.raises(ValueError, match="shape|must be in"):
         refine(coefficients, images, face_model, Camera(), config=RefineConfig(steps=1, threads=1), **args)
+
+
+def test_refine_config_merges_a_partial_step_scale_and_refuses_negative_steps():
+    """RefineConfig(step_scale={"identity": 0.1}) raised KeyError 'expression' in the fit; steps=-5 ran as 0."""
+    cfg = RefineConfig(step_scale={"identity": 0.1})
+    assert cfg.step_scale["identity"] == 0.1 and cfg.step_scale["expression"] == RefineConfig().step_scale["expression"]
+    with pytest.raises(ValueError, match="unknown blocks"):
+        RefineConfig(step_scale={"identy": 0.1})
+    with pytest.raises(ValueError, match="steps"):
+        RefineConfig(steps=-5)
