@@ -89,7 +89,7 @@ def command(checkpoint, onnx, engine, int8_onnx, backends, batches, iters, warmu
     fmts = parse_formats(formats)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     # a graph exported (and quantized) on the fly lives here and goes with it: 14 MB per run stayed in /tmp
-    with tempfile.TemporaryDirectory(prefix="dfmvr-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="dfmvr-bench-", ignore_cleanup_errors=True) as workdir:
         sources = resolve_sources(checkpoint=checkpoint, onnx=onnx, engine=engine, backends=backends, echo=echo,
                                   int8_onnx=int8_onnx, workdir=workdir)
         report = run_bench(sources, backends=backends, batches=batches, iters=iters, warmup=warmup, threads=threads,

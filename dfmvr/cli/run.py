@@ -108,7 +108,9 @@ def command(inputs, onnx, engine, face_model, out, aligned, detector, formats, b
     if not single:
         triplets, problems = _refuse_the_summary_name(triplets, problems)
     if resume:
-        skipped = [t for t in triplets if (Path(out) / t.name).is_dir()]
+        from ..runtime.outputs import already_written
+
+        skipped = [t for t in triplets if already_written(out, t)]
         triplets = [t for t in triplets if t not in skipped]
         if skipped and not quiet:
             click.echo(f"--resume: {len(skipped)} triplet(s) already done, skipped", err=True)

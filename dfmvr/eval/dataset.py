@@ -296,7 +296,7 @@ def evaluate_dataset(predictor, root, face_model: MorphableModel, *, limit: int 
         raise ValueError(f"batch and limit must be at least 1 (limit None: every triplet), got {batch} and {limit}")
     folders = find_eval_folders(root)[:limit] if limit is not None else find_eval_folders(root)
     card = predictor.card
-    card.check_face_model(face_model, source=getattr(face_model, "name", None))    # the CLI checks; the API did not
+    card.check_face_model(face_model)    # the CLI checks (naming the file); the API did not
     size = int(card.image_size)
     mean_shape = face_model.mean_shape
     rows = []

@@ -105,6 +105,10 @@ def save_checkpoint(path, model: torch.nn.Module, card: ModelCard, train_state: 
     checkpoint_id = secrets.token_hex(8)
     metadata = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 "model_card": card.to_json(), "checkpoint_id": checkpoint_id}
+    if train_state is not None and path.is_file():
+        # the save this one supersedes: a resume falls back to the state's own weights only when the
+        # weights file is that state's successor (a kill between the renames), not another model put here
+        metadata["previous_checkpoint_id"] = _read_header(path)[0].get("checkpoint_id", "")
     # safetensors needs contiguous CPU tensors (views of a GPU model would not serialise).
     full = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tensors = full
@@ -175,20 +179,20 @@ def load_for_resume(path):
     """-> (model, card, train_state or None, note or None): what ``--resume`` continues from.
 
     Normally ``load_checkpoint``'s three. When the weights are newer than the training state beside them
-    (a hard kill between the checkpoint's two renames), the state's own copy of its weights and card, the
-    last save that is whole, and a note saying so; a state without that copy (written before 2026-12-08)
-    that belongs to other weights is refused as before.
+    (a hard kill between the checkpoint's two renames: the weights record the state's id as the save they
+    superseded), the state's own copy of its weights and card, the last save that is whole, and a note saying
+    so. A state beside weights that are not its successor (another model copied here) or without that copy
+    (written before 2026-12-08) is refused as before.
     """
     path = resolve_checkpoint(path)
-    meta, card, tensors = _read_weights(path)
+    meta, _ = _read_header(path)
     blob = _read_sidecar(path)
-    if blob is None:
-        return _build(card, tensors, path), card, None, None
+    if blob is None or blob.get("checkpoint_id") == meta["checkpoint_id"]:
+        _, card, tensors = _read_weights(path)
+        return _build(card, tensors, path), card, None if blob is None else blob["train_state"], None
     side = sidecar_path(path)
-    if blob.get("checkpoint_id") == meta["checkpoint_id"]:
-        return _build(card, tensors, path), card, blob["train_state"], None
-    if "weights" not in blob:
-        raise _other_weights(side)
+    if "weights" not in blob or meta.get("previous_checkpoint_id") != blob.get("checkpoint_id"):
+        raise _other_weights(side)      # another model put here (or a state from before 2026-12-08)
     card = ModelCard.from_json(blob.get("model_card", ""), source=side)
     state = blob["train_state"]
     note = (f"{path.name} is newer than its training state (the run was stopped between the checkpoint's two "

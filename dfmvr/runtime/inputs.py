@@ -265,12 +265,12 @@ def decode_image(path) -> np.ndarray:
     16-bit images are scaled to 8 bit, grey is replicated to RGB, RGBA is composited over mid-grey.
     """
     path = Path(path)
+    if path.is_dir():       # Windows says "Permission denied" for a folder read as a file
+        raise InputError(path, "is a folder, not an image file", "pass the image's path")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(path, "image file not found", "check the path") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not an image file", "pass the image's path") from None
     except OSError as exc:
         raise InputError(path, f"image file cannot be read ({exc.strerror})", "check its permissions") from None
     if not data:

@@ -33,7 +33,8 @@ from ..face.layout import VIEW_YAW_DEG, VIEWS
 
 __all__ = ["FORMATS", "FORMAT_FILES", "OVERLAY_FORMATS", "SLOT_YAW_TOLERANCE_DEG", "needs_photos", "parse_formats",
            "pose_record", "slot_doubts",
-           "write_reconstruction", "staged_folder", "output_folder", "landmarks_on_photo"]
+           "write_reconstruction", "staged_folder", "output_folder", "holds_sources", "already_written",
+           "landmarks_on_photo"]
 
 FORMATS = ("obj", "ply", "npz", "json", "png", "jpg")
 FORMAT_FILES = {"obj": "mesh.obj", "ply": "mesh.ply", "npz": "coeffs.npz", "json": "result.json",
@@ -72,25 +73,63 @@ def output_folder(out_root, name: str) -> Path:
     return Path(out_root) / relative
 
 
+def holds_sources(folder: Path, sources) -> list[Path]:
+    """The ``sources`` (a triplet's photos) that lie inside ``folder``: replacing it would delete them."""
+    where = Path(folder).resolve()
+    found = []
+    for source in sources:
+        try:
+            Path(source).resolve().relative_to(where)
+        except ValueError:
+            continue
+        found.append(Path(source))
+    return found
+
+
+def already_written(out_root, triplet) -> bool:
+    """--resume's test (dfmvr-run, data prepare): the triplet's folder exists and is not the one holding its
+    photos (that one is refused when written, not skipped as done)."""
+    try:
+        folder = output_folder(out_root, triplet.name)
+    except InputError:
+        return False            # refused when written
+    return folder.is_dir() and not holds_sources(folder, triplet.paths.values())
+
+
+def _ours(name: str, replaceable: frozenset[str]) -> bool:
+    # macOS writes AppleDouble "._mesh.obj" beside each file on exFAT / SMB volumes
+    return name in replaceable or name in OS_VIEW_FILES or (name.startswith("._") and name[2:] in replaceable)
+
+
 @contextlib.contextmanager
-def staged_folder(target: Path, replaceable: frozenset[str] = frozenset()):
+def staged_folder(target: Path, replaceable: frozenset[str] = frozenset(), sources=()):
     """Yield a hidden temporary folder beside ``target``; on success it replaces ``target`` whole.
 
     An existing ``target`` is replaced only when it holds nothing but ``replaceable`` names (the files this
-    writer makes: an earlier output) and file-browser view files; anything else (the user's photos, when --out
-    is the photos' own folder) is refused, naming the folder, before any work."""
-    # resolved: through "o/t/.." the earlier output moved aside and then could not be found again (left hidden)
-    target = Path(target).resolve()
+    writer makes: an earlier output) and file-browser view files, and none of ``sources`` (the triplet's own
+    photos, which may bear the writer's own names: data prepare's left.png); anything else is refused, naming
+    the folder, before any work."""
+    # the parent resolved: through "o/t/.." the earlier output moved aside and could not be found again. The
+    # name is not: a link where the folder goes is replaced as a link, as before.
+    target = Path(target)
+    target = target.parent.resolve() / target.name
     if target.exists() and not target.is_dir():     # a user's file is never replaced by an output folder
         raise InputError(target, "a file (not an earlier output folder) is where this triplet's folder goes",
                          "move the file, or choose another --out")
     if target.is_dir():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable | OS_VIEW_FILES)
+        inside = holds_sources(target, sources)
+        if inside:      # --out on the photos' own folder: the output would replace the photos
+            raise InputError(target, f"is where this triplet's output goes and holds its own photo {inside[0]}; "
+                             "writing the output would delete the photos", "choose another --out")
+        try:
+            foreign = sorted(p.name for p in target.iterdir() if not _ours(p.name, replaceable))
+        except FileNotFoundError:       # another writer of this folder is swapping it right now
+            foreign = []
         if foreign:
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             raise InputError(target, f"this triplet's output folder already holds files dfmvr does not write there "
                              f"({', '.join(foreign[:3])}{more}); replacing the folder would delete them",
-                             "choose another --out (not the photos' own folder)")
+                             "move those files, or choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     # not mkdtemp: its 0700 would become the finished folder's mode; os.mkdir honours the umask (0755 usually)
     tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
@@ -108,18 +147,28 @@ def staged_folder(target: Path, replaceable: frozenset[str] = frozenset()):
 def _swap_lock(folder: Path):
     """Two writers of one output folder (two dfmvr-run into one --out) take turns at the renames: between one's
     move-aside and move-in the other's rename failed and an earlier output was left in a hidden .old-* folder.
-    An advisory lock on the folder itself (no lock file to list); where flock does not exist, no lock."""
+    An advisory lock on the folder itself (no lock file to list); best effort: where flock does not exist or the
+    file system refuses it on a folder, no lock."""
     try:
         import fcntl
     except ImportError:         # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:     # NFS / SMB (an exclusive lock wants a file open for writing), Lustre without flock
+            os.close(fd)
+            fd = None       # best effort: the renames go ahead unlocked, as they did before the lock
+    try:
         yield
     finally:
-        os.close(fd)            # closing releases the lock
+        if fd is not None:
+            os.close(fd)            # closing releases the lock
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
@@ -235,7 +284,7 @@ def write_reconstruction(pipe, rec, out_root: Path, formats) -> Path:
     # the CLI parses --format; through the API "json" (a string) matched by substring and ["OBJ"] wrote nothing
     formats = parse_formats(formats if isinstance(formats, str) else ",".join(map(str, formats)))
     target = output_folder(out_root, rec.prepared.triplet.name)
-    with staged_folder(target, frozenset(FORMAT_FILES.values())) as tmp:
+    with staged_folder(target, frozenset(FORMAT_FILES.values()), rec.prepared.triplet.paths.values()) as tmp:
         verts, colors = _front_mesh(rec)
         tris = pipe.face_model.triangles
         if "obj" in formats:

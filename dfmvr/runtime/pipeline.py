@@ -158,7 +158,7 @@ class Pipeline:
             raise InputError(None, f"unknown device '{device}'", f"choose one of {', '.join(DEVICES)}")
         if not aligned and detector is None:
             raise ValueError("a detector is needed unless the inputs are aligned")
-        artifact.card.check_face_model(face_model, source=getattr(face_model, "name", "the face model"))
+        artifact.card.check_face_model(face_model)      # from_options checks it naming the file; the API did not
         self.artifact, self.card, self.face_model, self.runner = artifact, artifact.card, face_model, runner
         self.aligned, self.detector, self.device, self.keep_photos = aligned, detector, device, keep_photos
         self.face_model_identity = face_model.identity()     # hashes every array: compute once

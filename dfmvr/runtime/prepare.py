@@ -36,7 +36,7 @@ from ..card import IMAGE_SIZE
 from ..errors import InputError
 from ..face.layout import VIEWS
 from .inputs import Triplet, TripletProblem
-from .outputs import output_folder, staged_folder
+from .outputs import already_written, output_folder, staged_folder
 from .pipeline import prepare_triplet
 from .refine import crop_landmarks
 
@@ -89,7 +89,7 @@ def prepare_training_triplet(triplet: Triplet, out_root, detector, size: int = I
               "landmarks": "68 iBUG points per view in crop pixels (the detector's, mapped into the crop); "
                            + VISIBILITY_NOTE}
     target = output_folder(out_root, triplet.name)
-    with staged_folder(target, PREPARED_FILES) as tmp:
+    with staged_folder(target, PREPARED_FILES, triplet.paths.values()) as tmp:
         for view, crop in zip(VIEWS, crops):
             if not cv2.imwrite(str(tmp / f"{view}.png"), np.ascontiguousarray(crop[:, :, ::-1])):
                 raise OSError(f"could not write {target / f'{view}.png'}")
@@ -109,7 +109,7 @@ def prepare_dataset(triplets: Iterable[Triplet], out_root, detector, *, size: in
     summary = PrepareSummary(failed=list(problems))
     start = time.perf_counter()
     for triplet in triplets:
-        if resume and (Path(out_root) / triplet.name).is_dir():
+        if resume and already_written(out_root, triplet):
             summary.skipped.append(triplet.name)
             continue
         try:

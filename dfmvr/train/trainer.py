@@ -204,6 +204,8 @@ class Trainer:
         camera = _dataset_camera(config.data)
         self.face_model = face_model
         _check_sets_face_model(face_model, fm_source, config.data, config.val)
+        if config.val_limit is not None and config.val_limit < 1:     # 0 meant "all" once; now it would fail after an epoch
+            raise ValueError(f"val_limit must be at least 1 (None: every triplet), got {config.val_limit}")
         if config.val:      # an empty or unreadable validation set fails now, not after the first epoch's training
             from ..eval.dataset import find_eval_folders, load_eval_sample
 

@@ -268,3 +268,22 @@ def test_a_stop_between_the_two_renames_waits_until_both_are_done(tmp_path, trai
     assert len(calls) == 2                               # both renames happened before the stop was delivered
     _, _, state = load_checkpoint(path)                  # ids agree: the run resumes
     assert state == {"epoch": 2}
+
+
+def test_resume_falls_back_to_the_states_weights_only_for_their_successor(tmp_path, trained_tiny):
+    """After a kill between the renames the weights file is the state's successor and the state's own copy
+    resumes the run; another model copied over the weights (a user restoring a file) is refused, not silently
+    replaced by the state's weights and overwritten at the next save."""
+    import shutil
+
+    model, _ = trained_tiny
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, model.card, {"epoch": 1})
+    state_1 = sidecar_path(path).read_bytes()
+    save_checkpoint(path, model, model.card, {"epoch": 2})
+    sidecar_path(path).write_bytes(state_1)                     # killed between epoch 2's renames
+    _, _, state, note = ckpt.load_for_resume(path)
+    assert state == {"epoch": 1} and "newer than its training state" in note
+    shutil.copy(save_checkpoint(tmp_path / "other.safetensors", model, model.card), path)    # another model
+    with pytest.raises(InputError, match="other weights"):
+        ckpt.load_for_resume(path)

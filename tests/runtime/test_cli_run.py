@@ -278,19 +278,24 @@ def test_an_out_that_puts_a_triplets_folder_on_its_photos_is_refused_and_the_pho
     photos = write_triplet(tmp_path / "me", make_crops(0))
     (photos / "notes.txt").write_text("the user's")
     before = sorted(p.name for p in photos.iterdir())
-    code, _, err = dfmvr_run([photos, *base, "--aligned", "--format", "json", "--out", tmp_path], capsys)
-    assert code == 2 and str(photos) in err and "replacing the folder would delete them" in err
-    assert sorted(p.name for p in photos.iterdir()) == before
+    for resume in ([], ["--resume"]):       # --resume took the photos' folder for a finished output
+        code, _, err = dfmvr_run([photos, *base, "--aligned", "--format", "json", "--out", tmp_path, *resume], capsys)
+        assert code == 2 and str(photos) in err and "would delete the photos" in err
+        assert sorted(p.name for p in photos.iterdir()) == before
     batch = tmp_path / "batch"
     for i in range(2):
         write_triplet(batch / f"p{i}", make_crops(i))
     code, _, err = dfmvr_run([batch, *base, "--aligned", "--format", "json", "--out", batch], capsys)
     assert code == 2 and "p0" in err and "p1" in err
     assert sorted(p.name for p in (batch / "p0").iterdir()) == sorted(f"{v}.png" for v in VIEWS)
+    (photos / "notes.txt").unlink()         # photos alone, by names a run never writes: still refused
+    code, _, err = dfmvr_run([photos, *base, "--aligned", "--format", "json", "--out", tmp_path], capsys)
+    assert code == 2 and "would delete the photos" in err
     # an earlier output (and a file browser's view file) is still replaced by a rerun
     out = tmp_path / "out"
     assert dfmvr_run([photos, *base, "--aligned", "--format", "json,ply", "--out", out], capsys)[0] == 0
     (out / "me" / ".DS_Store").write_bytes(b"view settings")
+    (out / "me" / "._mesh.ply").write_bytes(b"AppleDouble")       # macOS on exFAT / SMB
     assert dfmvr_run([photos, *base, "--aligned", "--format", "obj", "--out", out], capsys)[0] == 0
     assert sorted(p.name for p in (out / "me").iterdir()) == ["mesh.obj"]
 

@@ -485,3 +485,18 @@ def test_a_folder_given_as_an_image_or_a_model_is_named_as_a_folder(tmp_path):
         decode_image(tmp_path)
     with pytest.raises(InputError, match="is a folder, not an ONNX model file"):
         load_artifact(onnx=tmp_path)
+
+
+def test_a_file_system_that_refuses_the_folder_lock_still_gets_its_output(tmp_path, monkeypatch):
+    """NFS and SMB refuse an exclusive flock on a folder (EBADF), Lustre without -o flock (ENOSYS): every
+    output write failed. The lock is best effort."""
+    import errno
+    import fcntl
+
+    def refuse(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with staged_folder(tmp_path / "t", frozenset({"a.txt"})) as tmp:
+        (tmp / "a.txt").write_text("x")
+    assert (tmp_path / "t" / "a.txt").read_text() == "x"

@@ -18,10 +18,10 @@ from tests.conftest import run_cli
 from .conftest import write_triplet
 
 
-def _photo_triplet(folder, photos):
+def _photo_triplet(folder, photos, ext=".jpg"):
     folder.mkdir(parents=True)
     for view, img in zip(VIEWS, photos):
-        assert cv2.imwrite(str(folder / f"{view}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert cv2.imwrite(str(folder / f"{view}{ext}"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
     return folder
 
 
@@ -82,15 +82,19 @@ def test_aligned_crops_are_kept_and_the_detector_runs_on_them(rendered_faces, tm
     assert json.loads((out / "c" / "prepare.json").read_text())["aligned_input"] is True
 
 
-def test_prepare_never_replaces_the_photos_own_folder(rendered_faces, tmp_path, capsys):
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_prepare_never_replaces_the_photos_own_folder(rendered_faces, tmp_path, capsys, ext):
     """`dfmvr data prepare photos --out photos`: each triplet's training folder was its photos' folder, replaced
-    whole (the original photos deleted). Refused now; a rerun over an earlier prepared folder still replaces it."""
+    whole (the original photos deleted), also when the photos bear the names prepare writes (left.png...), and
+    --resume skipped them as done. Refused now; a rerun over an earlier prepared folder still replaces it."""
     photos, _ = rendered_faces
-    folder = _photo_triplet(tmp_path / "photos" / "anna", photos)
+    folder = _photo_triplet(tmp_path / "photos" / "anna", photos, ext)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    code, output = run_cli(prepare_command, [tmp_path / "photos", "--out", tmp_path / "photos", "--quiet"], capsys)
-    assert code == 2 and "replacing the folder would delete them" in output and "anna" in output
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    for resume in ([], ["--resume"]):
+        code, output = run_cli(prepare_command, [tmp_path / "photos", "--out", tmp_path / "photos", "--quiet",
+                                                 *resume], capsys)
+        assert code == 2 and "would delete the photos" in output and "anna" in output
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     out = tmp_path / "data"
     for _ in range(2):
         code, output = run_cli(prepare_command, [tmp_path / "photos", "--out", out, "--quiet"], capsys)

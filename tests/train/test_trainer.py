@@ -657,6 +657,8 @@ def test_a_validation_set_made_with_another_face_model_is_refused(synth4, tmp_pa
         Trainer(_config(synth4, tmp_path / "out3", epochs=1, val=str(late)))
     assert str(last / "right.png") in str(err.value)
     assert not (tmp_path / "out3").exists()
+    with pytest.raises(ValueError, match="val_limit"):     # 0 once meant "all"; it would fail after an epoch
+        Trainer(_config(synth4, tmp_path / "out4", epochs=1, val=str(synth4), val_limit=0))
 
 
 @pytest.mark.parametrize("flag", ["--lr", "--clip-grad", "--supervised-weight", "--landmark-noise"])
