@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..face.camera import Camera
-from ..face.layout import COEFFS
+from ..face.layout import COEFFS, NUM_VIEWS, VIEWS
 from ..face.model import MorphableModel
 from ..synth.face_torch import FaceModelTorch
 from .device import resolve_torch_device
@@ -209,15 +209,15 @@ def _cosine(step: int, total: int, lr: float, final: float) -> float:
 
 def _check_weak_inputs(images: np.ndarray, landmarks, landmark_visible, labels, size: int) -> None:
     """ValueError for arrays that would broadcast or clamp into a wrong fit without one (``make_batch``'s shapes)."""
-    if images.ndim != 5 or images.shape[1:] != (3, size, size, 3):
-        raise ValueError(f"images have shape {images.shape}; expected [B, 3, {size}, {size}, 3] (aligned RGB crops, "
-                         "views left, front, right)")
+    if images.ndim != 5 or images.shape[1:] != (NUM_VIEWS, size, size, 3):
+        raise ValueError(f"images have shape {images.shape}; expected [B, {NUM_VIEWS}, {size}, {size}, 3] (aligned RGB crops, "
+                         f"views {', '.join(VIEWS)})")
     if images.dtype != np.uint8 and images.size and not (np.nanmin(images) >= 0 and np.nanmax(images) <= 1):
         raise ValueError(f"float images must be in [0, 1] (these span {np.nanmin(images):g} to "
                          f"{np.nanmax(images):g}); pass uint8 0-255 as read from the files")
     b = images.shape[0]
-    for name, array, shape in (("landmarks", landmarks, (b, 3, 68, 2)), ("landmark_visible", landmark_visible,
-                                                                        (b, 3, 68)), ("labels", labels, (b, 3, size, size))):
+    for name, array, shape in (("landmarks", landmarks, (b, NUM_VIEWS, 68, 2)), ("landmark_visible", landmark_visible,
+                                                                        (b, NUM_VIEWS, 68)), ("labels", labels, (b, NUM_VIEWS, size, size))):
         if array is not None and np.shape(array) != shape:
             raise ValueError(f"{name} have shape {np.shape(array)}; expected {list(shape)} (one row per triplet of images)")
 
